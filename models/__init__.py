@@ -1,0 +1,1 @@
+"""Model-side code (no orchestration imports)."""

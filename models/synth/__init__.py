@@ -1,0 +1,1 @@
+"""Video synthesis from a still portrait."""

@@ -1,0 +1,255 @@
+"""Animate a still portrait into a talking clip: a mouth that opens with the speech
+loudness, plus slight seeded head motion. Pure numpy/scipy, deterministic for a seed.
+
+Coordinates are (x, y) pixels with y pointing down; landmarks are dlib's 68 points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d, map_coordinates
+
+from talkflow.errors import FaceNotFound, InputError
+
+_INNER_UPPER = [60, 61, 62, 63, 64]
+_INNER_LOWER = [60, 67, 66, 65, 64]
+_JAW = list(range(3, 14))  # lower face contour, left to right
+
+# Mouth-interior colours (RGB, 0-255).
+_DARK = np.array([28.0, 8.0, 10.0], np.float32)
+_TONGUE = np.array([125.0, 48.0, 52.0], np.float32)
+_TEETH = np.array([222.0, 214.0, 204.0], np.float32)
+
+
+def speech_envelope(samples: np.ndarray, sample_rate: int, fps: float = 25) -> np.ndarray:
+    """Loudness per video frame, (T,) float32 in [0, 1], T = ceil(duration * fps).
+
+    RMS over each frame's samples, Gaussian-smoothed over ~1 frame, divided by the
+    95th percentile (so normal speech reaches 1) and clipped.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim == 2:
+        x = x.mean(axis=1)  # (N,C) -> (N,)
+    if x.ndim != 1:
+        raise InputError(f"expected mono samples (N,), got shape {x.shape}")
+    if sample_rate <= 0 or fps <= 0 or sample_rate < fps:
+        raise InputError(f"bad rates: sample_rate={sample_rate}, fps={fps}")
+    n = x.shape[0]
+    t = math.ceil(n * fps / sample_rate - 1e-9)
+    if t <= 0:
+        return np.zeros(0, np.float32)
+    bounds = np.minimum(np.round(np.arange(t + 1) * sample_rate / fps).astype(np.int64), n)  # (T+1,)
+    sq = np.concatenate([[0.0], np.cumsum(x * x)])  # (N+1,)
+    counts = np.maximum(bounds[1:] - bounds[:-1], 1)  # (T,)
+    rms = np.sqrt((sq[bounds[1:]] - sq[bounds[:-1]]) / counts)  # (T,)
+    smooth = gaussian_filter1d(rms, sigma=1.0, mode="nearest") if t > 1 else rms
+    ref = float(np.percentile(smooth, 95))
+    if ref <= 1e-6:
+        return np.zeros(t, np.float32)
+    return np.clip(smooth / ref, 0.0, 1.0).astype(np.float32)
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def _profile(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points (K,2) sorted by x, duplicates in x merged, for np.interp."""
+    p = points[np.argsort(points[:, 0], kind="stable")]
+    xs, idx = np.unique(p[:, 0], return_index=True)
+    return xs, p[idx, 1]
+
+
+def _mouth_height(lm: np.ndarray) -> float:
+    """Reference mouth height: outer lip height (51 -> 57), at least a quarter of the mouth width."""
+    mouth_w = float(np.hypot(*(lm[54] - lm[48])))
+    return max(float(lm[57, 1] - lm[51, 1]), 0.25 * mouth_w, 1.0)
+
+
+@dataclass(frozen=True)
+class _MouthRig:
+    """Static geometry of the mouth/jaw warp, all in face (unmoved) pixel coordinates."""
+
+    split_x: np.ndarray  # (K,) lip-line sample x
+    split_y: np.ndarray  # (K,) lip-line y (midway between the inner lips)
+    jaw_x: np.ndarray  # (J,) jaw contour x
+    jaw_y: np.ndarray  # (J,) jaw contour y
+    mouth_cx: float  # opening centre x
+    mouth_half: float  # opening half-width (inner lip corners)
+    jaw_cx: float
+    jaw_half: float  # half-width of the jaw at mouth level (points 5..11)
+    mouth_w: float  # outer mouth width
+    mouth_h: float  # reference mouth height (outer lip height, floored)
+    ramp_len: float  # lip line -> chin distance over which the jaw drop ramps in
+    fall_len: float  # below-chin distance over which the drop fades out
+    bbox: tuple[float, float, float, float]  # x0, y0, x1, y1 of the region the warp touches
+
+    @staticmethod
+    def from_landmarks(lm: np.ndarray, max_drop: float) -> _MouthRig:
+        upper = _profile(lm[_INNER_UPPER])
+        lower = _profile(lm[_INNER_LOWER])
+        split_x = np.linspace(lm[60, 0], lm[64, 0], 33)
+        split_y = 0.5 * (np.interp(split_x, *upper) + np.interp(split_x, *lower))
+        jaw_x, jaw_y = _profile(lm[_JAW])
+        mouth_w = float(np.hypot(*(lm[54] - lm[48])))
+        mouth_h = _mouth_height(lm)
+        chin_drop = float(lm[8, 1] - np.interp(lm[8, 0], split_x, split_y))
+        ramp_len = max(0.9 * chin_drop, 2.0 * max_drop, 1.0)
+        fall_len = max(0.6 * mouth_h, 2.0 * max_drop, 1.0)
+        jaw_cx = 0.5 * float(lm[5, 0] + lm[11, 0])
+        jaw_half = max(0.5 * float(lm[11, 0] - lm[5, 0]), 1.0)
+        y0 = float(split_y.min()) - 2.0
+        y1 = float(jaw_y.max()) + fall_len + 2.0
+        x0, x1 = jaw_cx - 1.1 * jaw_half, jaw_cx + 1.1 * jaw_half
+        return _MouthRig(
+            split_x, split_y, jaw_x, jaw_y,
+            mouth_cx=0.5 * float(lm[60, 0] + lm[64, 0]),
+            mouth_half=max(0.5 * float(lm[64, 0] - lm[60, 0]), 1.0),
+            jaw_cx=jaw_cx, jaw_half=jaw_half, mouth_w=mouth_w, mouth_h=mouth_h,
+            ramp_len=ramp_len, fall_len=fall_len, bbox=(x0, y0, x1, y1),
+        )
+
+    def warp(self, qx: np.ndarray, qy: np.ndarray, drop: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Backward vertical warp at face points (N,): (source y (N,), interior alpha (N,), depth (N,)).
+
+        The lower lip and jaw move down by ``drop`` px. Inside the mouth the lip line
+        tears open by drop * lens(x) (an ellipse between the inner corners); the rest
+        of the drop ramps in smoothly towards the chin and fades out below it.
+        alpha marks the torn-open gap; depth is the position in it (0 top, 1 bottom).
+        """
+        s = qy - np.interp(qx, self.split_x, self.split_y)  # below the lip line, px
+        u = (qx - self.mouth_cx) / self.mouth_half
+        lens = np.sqrt(np.clip(1.0 - u * u, 0.0, 1.0))  # (N,) 1 at centre, 0 at corners
+        jaw = 1.0 - _smoothstep((np.abs(qx - self.jaw_cx) / self.jaw_half - 0.55) / 0.5)
+        lens = np.minimum(lens, jaw)
+        gap = drop * lens  # (N,) opening height
+        step = np.clip(s + 0.5, 0.0, 1.0)  # 1-px wide tear at the lip line
+        ramp = _smoothstep(s / self.ramp_len)
+        below_chin = qy - np.interp(qx, self.jaw_x, self.jaw_y)
+        fade = 1.0 - _smoothstep(below_chin / self.fall_len)
+        d = (gap * step + drop * (jaw - lens) * ramp) * fade  # (N,) downward displacement
+        src_y = qy - d
+        # Gap = points below the lip line whose source lies above it (duplicated upper lip).
+        inside = np.minimum(s, d - s)  # px from the nearer gap edge, <0 outside
+        alpha = np.clip(inside / 1.5, 0.0, 1.0) * _smoothstep(lens / 0.25)
+        depth = np.clip(s / np.maximum(d, 1e-3), 0.0, 1.0)
+        return src_y, alpha, depth
+
+
+def _interior_colour(depth: np.ndarray, u: np.ndarray, gap: float, mouth_w: float) -> np.ndarray:
+    """Mouth-interior RGB (N,3): upper teeth at the top, dark cavity, tongue at the bottom."""
+    tongue = _smoothstep((depth - 0.6) / 0.4)[:, None]
+    col = _DARK * (1.0 - tongue) + _TONGUE * tongue * 0.8
+    teeth_h = min(0.22, 0.06 * mouth_w / max(gap, 1e-3))  # as a fraction of the gap
+    teeth = (1.0 - _smoothstep((depth - teeth_h) / max(0.5 * teeth_h, 1e-3)))
+    teeth = teeth * (1.0 - _smoothstep((np.abs(u) - 0.45) / 0.3)) * _smoothstep((gap - 3.0) / 4.0)
+    return col * (1.0 - 0.8 * teeth[:, None]) + _TEETH * 0.8 * teeth[:, None]
+
+
+def _head_noise(rng: np.random.Generator, t: int, fps: float) -> np.ndarray:
+    """(3,T) smooth signals in [-1, 1]: sums of three low-frequency sinusoids with seeded phases."""
+    base = np.array([0.13, 0.31, 0.53])  # Hz
+    time = np.arange(t) / fps  # (T,)
+    out = np.empty((3, t))
+    for i in range(3):
+        freq = base * rng.uniform(0.8, 1.25, size=3)
+        phase = rng.uniform(0.0, 2 * np.pi, size=3)
+        amp = np.array([1.0, 0.5, 0.25])
+        out[i] = (amp[:, None] * np.sin(2 * np.pi * freq[:, None] * time + phase[:, None])).sum(0) / amp.sum()
+    return out
+
+
+def animate_portrait(
+    image: np.ndarray,
+    landmarks: np.ndarray,
+    envelope: np.ndarray,
+    *,
+    seed: int = 0,
+    head_motion_px: float = 3.0,
+    head_rotation_deg: float = 2.0,
+    max_mouth_open: float = 0.6,
+    fps: float = 25,
+) -> np.ndarray:
+    """Frames (T,H,W,3) uint8 of ``image`` (H,W,3) uint8 talking along ``envelope`` (T,) in [0,1].
+
+    The lower lip and jaw drop by envelope * max_mouth_open * mouth height, the
+    opening is painted as a mouth interior, and the whole image rotates/translates
+    slightly about the face centre (seeded smooth noise). ``fps`` sets the head-motion
+    time scale only.
+    """
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise InputError(f"expected an HxWx3 uint8 image, got shape {img.shape} dtype {img.dtype}")
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape != (68, 2) or not np.isfinite(lm).all():
+        raise FaceNotFound(f"expected 68 finite (x, y) face landmarks, got shape {lm.shape}")
+    env = np.clip(np.nan_to_num(np.asarray(envelope, dtype=np.float64).reshape(-1)), 0.0, 1.0)  # (T,)
+    h, w, _ = img.shape
+    t = env.shape[0]
+    frames = np.empty((t, h, w, 3), np.uint8)
+    if t == 0:
+        return frames
+
+    drops = env * max_mouth_open * _mouth_height(lm)  # (T,) px
+    rig = _MouthRig.from_landmarks(lm, max_drop=float(drops.max()))
+    noise = _head_noise(np.random.default_rng(seed), t, fps)  # (3,T)
+    angles = np.deg2rad(head_rotation_deg) * noise[0]
+    shifts = head_motion_px * noise[1:]  # (2,T) x, y
+    cx, cy = lm.mean(axis=0)
+
+    planes = [np.ascontiguousarray(img[..., c]) for c in range(3)]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)  # (H,W)
+    margin = head_motion_px + abs(np.deg2rad(head_rotation_deg)) * math.hypot(h, w) + 2.0
+    x0, y0, x1, y1 = rig.bbox
+    r0, r1 = max(int(y0 - margin), 0), min(int(y1 + margin) + 1, h)
+    c0, c1 = max(int(x0 - margin), 0), min(int(x1 + margin) + 1, w)
+    for i in range(t):
+        # Backward map output -> face coords: q = R(-a) (p - c - shift) + c.
+        ca, sa = math.cos(angles[i]), math.sin(angles[i])
+        px, py = xx - (cx + shifts[0, i]), yy - (cy + shifts[1, i])
+        qx = (ca * px + sa * py + cx).astype(np.float32)  # (H,W)
+        qy = (-sa * px + ca * py + cy).astype(np.float32)
+        src_y = qy.copy()
+        alpha = None
+        if drops[i] > 0.05 and r1 > r0 and c1 > c0:
+            rqx, rqy = qx[r0:r1, c0:c1].ravel(), qy[r0:r1, c0:c1].ravel()  # (N,) region of interest
+            sy, a, depth = rig.warp(rqx, rqy, float(drops[i]))
+            src_y[r0:r1, c0:c1] = sy.reshape(r1 - r0, c1 - c0)
+            hit = a > 0.0
+            if hit.any():
+                alpha = (hit, a[hit], depth[hit], (rqx[hit] - rig.mouth_cx) / rig.mouth_half)
+        coords = np.stack([src_y, qx])  # (2,H,W) row, col
+        out = np.stack([map_coordinates(p, coords, order=1, mode="nearest", output=np.float32) for p in planes], -1)
+        if alpha is not None:
+            hit, a, depth, u = alpha
+            roi = out[r0:r1, c0:c1].reshape(-1, 3)  # view-free copy; written back below
+            col = _interior_colour(depth, u, float(drops[i]), rig.mouth_w)  # (N,3)
+            roi[hit] = roi[hit] * (1.0 - a[:, None]) + col * a[:, None]
+            out[r0:r1, c0:c1] = roi.reshape(r1 - r0, c1 - c0, 3)
+        frames[i] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return frames
+
+
+def sample_portrait(size: int = 512) -> np.ndarray:
+    """A (size,size,3) uint8 portrait: skimage's public-domain NASA astronaut photo, cropped
+    square around the detected face (face ~40 % of the width) and Lanczos-resized."""
+    from PIL import Image
+    from skimage import data
+
+    from models.face.landmarks import detect_faces
+
+    img = data.astronaut()  # (512,512,3) uint8
+    boxes = detect_faces(img)
+    if not boxes:
+        raise FaceNotFound("no face found in skimage's astronaut photo; check the dlib install")
+    b = boxes[0]
+    side = min(int(round(max(b.width, b.height) / 0.4)), *img.shape[:2])
+    cx, cy = (b.left + b.right) / 2, (b.top + b.bottom) / 2
+    left = int(np.clip(round(cx - side / 2), 0, img.shape[1] - side))
+    top = int(np.clip(round(cy - side / 2), 0, img.shape[0] - side))
+    crop = Image.fromarray(img[top : top + side, left : left + side])
+    return np.asarray(crop.resize((size, size), Image.LANCZOS), dtype=np.uint8)

@@ -1,0 +1,79 @@
+"""Pretrained weights the user supplies, registered by path (nothing is downloaded).
+
+`doctor` shows which are present and what each missing one switches off; code that needs an
+asset calls `require(name)`, which names the file and how to register it when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from talkflow.errors import AssetMissing, InputError
+from talkflow.settings import get_settings
+
+
+@dataclass(frozen=True)
+class AssetSpec:
+    name: str
+    file: str  # the file (or folder) name users know it by
+    what: str
+    fallback: str  # what runs instead while it is missing
+
+
+KNOWN: dict[str, AssetSpec] = {
+    a.name: a
+    for a in [
+        AssetSpec("bfm", "01_MorphableModel.mat", "Basel Face Model 2009 (3DMM tracking)",
+                  "generic landmark-based head model for poses and cameras"),
+        AssetSpec("bisenet", "79999_iter.pth", "BiSeNet face parsing weights",
+                  "classical parsing from landmarks and background estimation"),
+        AssetSpec("hubert", "hubert-large-ls960-ft/", "HuBERT audio features (transformers folder)",
+                  "log-mel audio features"),
+        AssetSpec("wav2vec2", "wav2vec2-large-xlsr-53-esperanto/",
+                  "wav2vec2 audio features (transformers folder)", "log-mel audio features"),
+        AssetSpec("lpips", "alex.pth", "LPIPS (AlexNet) perceptual loss for the lips stage",
+                  "a documented patch loss without pretrained features"),
+        AssetSpec("generator", "ffhqrebalanced512-128.pkl",
+                  "3D-aware generator checkpoint for one-shot portraits",
+                  "a small generator that the project initialises or trains itself"),
+    ]
+}
+
+
+def registry_path() -> Path:
+    return get_settings().root / "assets.json"
+
+
+def registered() -> dict[str, str]:
+    path = registry_path()
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def register(name: str, path: Path) -> Path:
+    if name not in KNOWN:
+        raise InputError(f"unknown asset {name!r}; known assets: {', '.join(KNOWN)}")
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise InputError(f"{path} does not exist; give the path of {KNOWN[name].file}")
+    entries = registered() | {name: str(path)}
+    registry_path().parent.mkdir(parents=True, exist_ok=True)
+    registry_path().write_text(json.dumps(entries, indent=2, sort_keys=True))
+    return path
+
+
+def locate(name: str) -> Path | None:
+    """The registered path of an asset when it is still on disk, else None."""
+    path = registered().get(name)
+    return Path(path) if path and Path(path).exists() else None
+
+
+def require(name: str) -> Path:
+    if (path := locate(name)) is not None:
+        return path
+    spec = KNOWN[name]
+    raise AssetMissing(
+        f"{spec.what} is not available: obtain {spec.file} and register it with "
+        f"`talkflow assets add {name} /path/to/{spec.file}`"
+    )

@@ -1,0 +1,205 @@
+"""The stage cache: a Prefect CachePolicy keyed by content, and the `stage` task decorator.
+
+key = <namespace>.<stage>.v<version>.<sha256 of the inputs' CONTENT and the config>
+
+* a Path argument contributes the sha256 of the file (or directory) it points to, so renaming
+  or moving the input still hits and changing one byte misses;
+* an Artifact / StageResult contributes its recorded checksums (upstream changes flow down);
+* a pydantic config contributes its canonical JSON; other values their JSON.
+
+A cached result is a StageResult manifest. Reading it back verifies the artifacts it names
+(`ManifestSerializer.loads`); a failed check makes Prefect treat the entry as absent, so a
+corrupt or half-written entry is recomputed instead of returned. SERIALIZABLE isolation with
+`SettingsLockManager` makes concurrent identical requests compute once.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, TypeVar
+
+from prefect import task
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.serializers import Serializer
+from pydantic import BaseModel
+
+import talkflow
+from talkflow.errors import CorruptArtifact, InputError
+from talkflow.hashing import canonical_json, sha256_bytes, sha256_path
+from talkflow.locks import SettingsLockManager
+from talkflow.settings import get_settings
+from talkflow.store import Artifact, StageResult, get_store
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NO_NAMESPACE = "_"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """A person/character name used as a cache namespace and a folder name: no path tricks."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InputError(
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '_' or '-', starting with a "
+            "letter or digit (no '/', '..' or spaces)"
+        )
+    return name
+
+
+def fingerprint(value: Any) -> Any:
+    """What of an argument enters the cache key: content for files, checksums for artifacts."""
+    if isinstance(value, StageResult):
+        return {
+            "stage": value.stage,
+            "artifacts": {k: a.sha256 for k, a in sorted(value.artifacts.items())},
+            "meta": sha256_bytes(canonical_json(value.meta).encode()),
+        }
+    if isinstance(value, Artifact):
+        return {"artifact": value.sha256}
+    if isinstance(value, Path):
+        # a missing path hashes as itself; the stage body reports it as bad input
+        return {"file": sha256_path(value)} if value.exists() else {"missing": str(value)}
+    if isinstance(value, BaseModel):
+        return {"config": canonical_json(value)}
+    if isinstance(value, dict):
+        return {str(k): fingerprint(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [fingerprint(v) for v in value]
+    return value
+
+
+def cache_key(stage: str, version: str, inputs: dict[str, Any]) -> str:
+    namespace = inputs.get("namespace") or NO_NAMESPACE
+    if namespace != NO_NAMESPACE:
+        validate_name(namespace, "namespace")
+    digest = sha256_bytes(canonical_json(fingerprint(inputs)).encode())
+    return f"{namespace}.{stage}.v{version}.{digest}"
+
+
+def parse_key(key: str) -> dict[str, str] | None:
+    parts = key.split(".")
+    if len(parts) != 4 or not parts[2].startswith("v"):
+        return None
+    return {"namespace": parts[0], "stage": parts[1], "version": parts[2][1:], "digest": parts[3]}
+
+
+@dataclass
+class ContentCachePolicy(CachePolicy):
+    def compute_key(self, task_ctx: TaskRunContext, inputs, flow_parameters, **kwargs) -> str:
+        t = task_ctx.task
+        return cache_key(t.name, t.version or "0", inputs)
+
+
+class ManifestSerializer(Serializer):
+    """JSON for StageResult; loading verifies the artifacts, so a bad entry reads as a miss."""
+
+    type: Literal["talkflow-manifest"] = "talkflow-manifest"
+
+    def dumps(self, obj: StageResult) -> bytes:
+        return obj.model_dump_json().encode()
+
+    def loads(self, blob: bytes) -> StageResult:
+        result = StageResult.model_validate_json(blob)
+        store = get_store()
+        for name, art in result.artifacts.items():
+            if not store.verify(art):
+                raise CorruptArtifact(f"cached {result.stage}: artifact {name!r} failed verification")
+        return result
+
+
+CONTENT_CACHE = ContentCachePolicy().configure(
+    isolation_level="SERIALIZABLE", lock_manager=SettingsLockManager()
+)
+
+
+def _not_user_error(task, task_run, state) -> bool:
+    """Retry transient failures only: bad input fails the same way every time."""
+    try:
+        state.result()
+    except InputError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def journal_path() -> Path:
+    return get_settings().root / "journal.jsonl"
+
+
+def _computed(stage: str, version: str, fn: F) -> F:
+    """Run the stage body, stamp its manifest, and journal the run.
+
+    The journal gets one line per computed (not cached) stage run: the trace of real work.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if not isinstance(out, StageResult):
+            raise TypeError(f"stage {stage} must return a StageResult, not {type(out).__name__}")
+        bound = signature.bind(*args, **kwargs).arguments
+        out = out.model_copy(
+            update={"stage": stage, "version": version, "namespace": bound.get("namespace"),
+                    "versions": {"talkflow": talkflow.__version__, **out.versions}}
+        )
+        line = {"stage": stage, "seconds": round(time.perf_counter() - t0, 4), "pid": os.getpid(),
+                "at": time.time()}
+        path = journal_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        return out
+
+    return run  # type: ignore[return-value]
+
+
+def stage(name: str, version: str, *, timeout_s: float = 3600, retries: int = 2) -> Callable[[F], F]:
+    """Make `fn` a cached Prefect task whose result (a StageResult) is cached by content."""
+
+    def deco(fn: F) -> F:
+        return task(
+            name=name,
+            version=version,
+            cache_policy=CONTENT_CACHE,
+            cache_expiration=None,
+            persist_result=True,
+            result_serializer=ManifestSerializer(),
+            timeout_seconds=timeout_s,
+            retries=retries,
+            retry_delay_seconds=[2, 10, 30][:retries] or 0,
+            retry_condition_fn=_not_user_error,
+        )(_computed(name, version, fn))
+
+    return deco
+
+
+def computed_stages() -> list[dict]:
+    """Stages actually computed (cache misses) since the journal began, oldest first."""
+    path = journal_path()
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+__all__ = [
+    "CONTENT_CACHE",
+    "ContentCachePolicy",
+    "ManifestSerializer",
+    "cache_key",
+    "computed_stages",
+    "fingerprint",
+    "parse_key",
+    "stage",
+    "validate_name",
+]

@@ -1,0 +1,106 @@
+"""The media stage: probe, normalize, extract frames, mux; each a cached task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from talkflow import media
+from talkflow.cache import stage
+from talkflow.errors import EmptyMedia
+from talkflow.store import Artifact, StageResult, get_store
+from tasks.inputs import local_file, scratch
+
+
+class NormalizeConfig(BaseModel):
+    """A talking video as ER-NeRF trains on it: constant frame rate, square, 16 kHz mono audio."""
+
+    fps: int = Field(25, ge=1, le=120, description="Output frame rate (ER-NeRF uses 25).")
+    size: int = Field(512, ge=32, le=2048, description="Side of the centred square crop, pixels.")
+    sample_rate: int = Field(16000, description="Audio sample rate (speech models use 16 kHz).")
+    min_duration_s: float = Field(1.0, ge=0, description="Shorter videos are rejected.")
+    require_audio: bool = Field(True, description="Reject videos without an audio track.")
+    crf: int = Field(18, ge=0, le=51, description="x264 quality of the normalized video.")
+
+
+class FramesConfig(BaseModel):
+    ext: str = Field("jpg", pattern="^(jpg|png)$", description="Frame image format.")
+    quality: int = Field(2, ge=1, le=31, description="JPEG qscale (1 best).")
+
+
+class MuxConfig(BaseModel):
+    fps: int = Field(25, ge=1, le=120)
+    crf: int = Field(18, ge=0, le=51, description="x264 quality (lower is better).")
+
+
+@stage("probe", "1", retries=0)
+def probe_media(src: Path | Artifact) -> StageResult:
+    """ffprobe facts about a file (streams, duration, fps, size, audio present)."""
+    info = media.probe(local_file(src))
+    return StageResult(meta=info.model_dump(exclude={"path"}))
+
+
+@stage("normalize", "1")
+def normalize_video(
+    video: Path | Artifact, config: NormalizeConfig, namespace: str | None = None
+) -> StageResult:
+    """25 fps, centred square crop, 16 kHz mono wav. Bad input fails before transcoding."""
+    src = local_file(video)
+    info = media.probe(src)
+    media.require_video(
+        info, need_audio=config.require_audio, min_duration_s=config.min_duration_s
+    )
+    with scratch("normalize") as work:
+        out_video, out_wav = work / "video.mp4", work / "audio.wav"
+        media.normalize_video(
+            src, out_video, out_wav, fps=config.fps, size=config.size,
+            sample_rate=config.sample_rate, crf=config.crf,
+        )
+        out = media.probe(out_video)
+        store = get_store()
+        artifacts = {"video": store.put_file(out_video)}
+        if out_wav.exists():
+            artifacts["audio"] = store.put_file(out_wav)
+    return StageResult(
+        artifacts=artifacts,
+        meta={"fps": config.fps, "size": config.size, "n_frames": out.n_frames,
+              "duration_s": out.duration_s, "source": info.model_dump(exclude={"path"})},
+    )
+
+
+@stage("frames", "1")
+def extract_frames(
+    video: Artifact, config: FramesConfig, namespace: str | None = None
+) -> StageResult:
+    """Every frame as <i>.jpg (ER-NeRF's ori_imgs layout), stored as one directory artifact."""
+    with scratch("frames") as work:
+        n = media.extract_frames(local_file(video), work / "frames", ext=config.ext,
+                                 quality=config.quality)
+        if n == 0:
+            raise EmptyMedia("the normalized video decoded to no frames; check the source video")
+        frames = get_store().put_dir(work / "frames")
+    return StageResult(artifacts={"frames": frames}, meta={"n_frames": n, "ext": config.ext})
+
+
+@stage("mux", "1")
+def mux_video(
+    frames: StageResult, audio: Artifact | None, config: MuxConfig, namespace: str | None = None
+) -> StageResult:
+    """Frames + audio -> an H.264/AAC mp4 (+faststart) whose length follows the frames."""
+    with scratch("mux") as work:
+        out = work / "video.mp4"
+        media.mux(
+            local_file(frames["frames"]),
+            local_file(audio) if audio is not None else None,
+            out,
+            fps=config.fps,
+            ext=frames.meta.get("ext", "jpg"),
+            crf=config.crf,
+        )
+        info = media.probe(out)
+        art = get_store().put_file(out)
+    return StageResult(
+        artifacts={"video": art},
+        meta={"duration_s": info.duration_s, "n_frames": info.n_frames, "fps": config.fps},
+    )
