@@ -27,6 +27,7 @@ def configure_prefect_env(settings: Settings | None = None) -> None:
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    env.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     if s.store_is_remote:
         env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] = RESULT_BLOCK_SLUG
         env.pop("PREFECT_RESULTS_LOCAL_STORAGE_PATH", None)

@@ -16,10 +16,11 @@ import json
 import os
 import shutil
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -50,7 +51,7 @@ class StageResult(BaseModel):
     namespace: str | None = None
     artifacts: dict[str, Artifact] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
-    created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
     versions: dict[str, str] = Field(default_factory=dict)
 
     def __getitem__(self, name: str) -> Artifact:

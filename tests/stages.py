@@ -29,7 +29,10 @@ def reverse_bytes(src: Path, config: ReverseConfig, namespace: str | None = None
             (work / "tree" / f"{i}.txt").write_bytes(data[i::3])
         store = get_store()
         return StageResult(
-            artifacts={"out": store.put_file(work / "out.bin"), "tree": store.put_dir(work / "tree")},
+            artifacts={
+                "out": store.put_file(work / "out.bin"),
+                "tree": store.put_dir(work / "tree"),
+            },
             meta={"n": len(data)},
         )
 
@@ -42,7 +45,7 @@ def length_of(upstream: StageResult) -> StageResult:
 
 @flow
 def reverse_flow(src: Path, config: ReverseConfig = ReverseConfig(), namespace: str | None = None):
-    
+
     rev = reverse_bytes(src, config, namespace=namespace)
     return rev, length_of(rev)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +18,8 @@ from talkflow.errors import (
     NotAMedia,
     NoVideoStream,
 )
-
-
-def _ffmpeg(*args: str) -> None:
-    subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args], check=True
-    )
-
-
-def _make_clip(
-    path: Path,
-    *,
-    duration: float = 2.0,
-    fps: int = 30,
-    size: str = "320x240",
-    audio: bool = True,
-) -> Path:
-    args = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={fps}:duration={duration}"]
-    if audio:
-        args += [
-            "-f",
-            "lavfi",
-            "-i",
-            f"sine=frequency=440:sample_rate=44100:duration={duration}",
-        ]
-    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
-    args += ["-c:a", "aac", "-shortest"] if audio else ["-an"]
-    _ffmpeg(*args, str(path))
-    return path
+from tests.mediafiles import ffmpeg_run as _ffmpeg
+from tests.mediafiles import make_clip as _make_clip
 
 
 @pytest.fixture(scope="module")
