@@ -9,6 +9,8 @@ from talkflow.cache import stage
 from talkflow.store import StageResult, get_store
 from tasks.inputs import local_file, scratch
 
+LANDMARK_SIZE = 512
+
 
 class SampleClipConfig(BaseModel):
     seed: int = Field(0, description="Head-motion seed; the same seed gives the same clip.")
@@ -27,7 +29,8 @@ def animate_sample_clip(speech: StageResult, config: SampleClipConfig) -> StageR
 
     samples, rate = media.read_wav(local_file(speech["audio"]))
     portrait = sample_portrait(config.size)
-    landmarks = largest_face_landmarks(portrait)
+    # dlib's detector needs a face of about 80 px: find landmarks at 512 px and scale them
+    landmarks = largest_face_landmarks(sample_portrait(LANDMARK_SIZE)) * (config.size / LANDMARK_SIZE)
     envelope = speech_envelope(samples, rate, fps=config.fps)
     frames = animate_portrait(
         portrait, landmarks, envelope, seed=config.seed, head_motion_px=config.head_motion_px,
