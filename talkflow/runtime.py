@@ -8,6 +8,7 @@ PREFECT_RESULTS_LOCAL_STORAGE_PATH, or on S3 through a saved RemoteFileSystem bl
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from talkflow.settings import Settings, get_settings
 
@@ -24,6 +25,7 @@ def configure_prefect_env(settings: Settings | None = None) -> None:
     env = os.environ
     if embedded(env):
         env.setdefault("PREFECT_HOME", str(s.prefect_home))
+        Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     env.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
