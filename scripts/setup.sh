@@ -38,6 +38,6 @@ pip_install() {
 }
 pip_install --upgrade 'pip>=25' 'setuptools<82' wheel
 pip_install -r requirements.lock
-pip_install --no-deps --no-build-isolation -e .
+PYTHONWARNINGS=ignore pip_install --no-deps --no-build-isolation -e .  # quiet the editable-install notice
 "$VENV/bin/python" -m pip check
 echo "$want" > "$stamp"
