@@ -55,3 +55,7 @@ class StoreError(TalkflowError):
 
 class CorruptArtifact(StoreError):
     """A stored artifact does not match its recorded checksum or size."""
+
+
+class FaceTooSmall(FaceNotFound):
+    """A face was found but is too small (in pixels) to track or parse reliably."""

@@ -10,7 +10,7 @@ import math
 import os
 import re
 import wave
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from talkflow.errors import (
 
 __all__ = [
     "MediaInfo",
+    "FrameFolder",
     "extract_audio",
     "extract_frames",
     "mux",
@@ -537,6 +538,28 @@ def write_frames(
             img.save(out / f"{i}.png", "PNG")
         n += 1
     return n
+
+
+class FrameFolder(Sequence):
+    """Frames 0.ext, 1.ext, ... of a folder as a lazy sequence of (H,W,C) uint8 arrays.
+
+    Keeps a long clip out of memory: each item is decoded when it is read.
+    """
+
+    def __init__(self, folder: str | Path, ext: str = "jpg", mode: str = "RGB"):
+        self.folder, self.ext, self.mode = Path(folder), _check_ext(ext), mode
+        self._n = _count_contiguous(self.folder, self.ext)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        with Image.open(self.folder / f"{i % self._n}.{self.ext}") as img:
+            return np.asarray(img.convert(self.mode))
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:

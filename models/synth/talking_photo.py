@@ -84,6 +84,7 @@ class _MouthRig:
     jaw_half: float  # half-width of the jaw at mouth level (points 5..11)
     mouth_w: float  # outer mouth width
     mouth_h: float  # reference mouth height (outer lip height, floored)
+    teeth: float  # 0..1 strength of painted upper teeth; 0 when the photo already shows teeth
     ramp_len: float  # lip line -> chin distance over which the jaw drop ramps in
     fall_len: float  # below-chin distance over which the drop fades out
     bbox: tuple[float, float, float, float]  # x0, y0, x1, y1 of the region the warp touches
@@ -97,6 +98,7 @@ class _MouthRig:
         jaw_x, jaw_y = _profile(lm[_JAW])
         mouth_w = float(np.hypot(*(lm[54] - lm[48])))
         mouth_h = _mouth_height(lm)
+        inner_gap = float(np.mean(lm[[65, 66, 67], 1] - lm[[63, 62, 61], 1]))  # >0: lips already apart
         chin_drop = float(lm[8, 1] - np.interp(lm[8, 0], split_x, split_y))
         ramp_len = max(0.9 * chin_drop, 2.0 * max_drop, 1.0)
         fall_len = max(0.6 * mouth_h, 2.0 * max_drop, 1.0)
@@ -108,7 +110,8 @@ class _MouthRig:
         return _MouthRig(
             split_x, split_y, jaw_x, jaw_y,
             mouth_cx=0.5 * float(lm[60, 0] + lm[64, 0]),
-            mouth_half=max(0.5 * float(lm[64, 0] - lm[60, 0]), 1.0),
+            mouth_half=max(0.46 * float(lm[64, 0] - lm[60, 0]), 1.0),
+            teeth=1.0 - float(_smoothstep(np.asarray(inner_gap / (0.08 * mouth_w)))),
             jaw_cx=jaw_cx, jaw_half=jaw_half, mouth_w=mouth_w, mouth_h=mouth_h,
             ramp_len=ramp_len, fall_len=fall_len, bbox=(x0, y0, x1, y1),
         )
@@ -117,13 +120,13 @@ class _MouthRig:
         """Backward vertical warp at face points (N,): (source y (N,), interior alpha (N,), depth (N,)).
 
         The lower lip and jaw move down by ``drop`` px. Inside the mouth the lip line
-        tears open by drop * lens(x) (an ellipse between the inner corners); the rest
+        tears open by drop * lens(x) (a lens shape just inside the inner corners); the rest
         of the drop ramps in smoothly towards the chin and fades out below it.
         alpha marks the torn-open gap; depth is the position in it (0 top, 1 bottom).
         """
         s = qy - np.interp(qx, self.split_x, self.split_y)  # below the lip line, px
         u = (qx - self.mouth_cx) / self.mouth_half
-        lens = np.sqrt(np.clip(1.0 - u * u, 0.0, 1.0))  # (N,) 1 at centre, 0 at corners
+        lens = np.clip(1.0 - u * u, 0.0, 1.0) ** 0.7  # (N,) 1 at centre, tapering to 0 at the corners
         jaw = 1.0 - _smoothstep((np.abs(qx - self.jaw_cx) / self.jaw_half - 0.55) / 0.5)
         lens = np.minimum(lens, jaw)
         gap = drop * lens  # (N,) opening height
@@ -135,19 +138,19 @@ class _MouthRig:
         src_y = qy - d
         # Gap = points below the lip line whose source lies above it (duplicated upper lip).
         inside = np.minimum(s, d - s)  # px from the nearer gap edge, <0 outside
-        alpha = np.clip(inside / 1.5, 0.0, 1.0) * _smoothstep(lens / 0.25)
+        alpha = np.clip(inside / 2.0, 0.0, 1.0) * _smoothstep(lens / 0.25)
         depth = np.clip(s / np.maximum(d, 1e-3), 0.0, 1.0)
         return src_y, alpha, depth
 
 
-def _interior_colour(depth: np.ndarray, u: np.ndarray, gap: float, mouth_w: float) -> np.ndarray:
+def _interior_colour(depth: np.ndarray, u: np.ndarray, gap: float, mouth_w: float, teeth_k: float) -> np.ndarray:
     """Mouth-interior RGB (N,3): upper teeth at the top, dark cavity, tongue at the bottom."""
     tongue = _smoothstep((depth - 0.6) / 0.4)[:, None]
     col = _DARK * (1.0 - tongue) + _TONGUE * tongue * 0.8
     teeth_h = min(0.22, 0.06 * mouth_w / max(gap, 1e-3))  # as a fraction of the gap
     teeth = (1.0 - _smoothstep((depth - teeth_h) / max(0.5 * teeth_h, 1e-3)))
-    teeth = teeth * (1.0 - _smoothstep((np.abs(u) - 0.45) / 0.3)) * _smoothstep((gap - 3.0) / 4.0)
-    return col * (1.0 - 0.8 * teeth[:, None]) + _TEETH * 0.8 * teeth[:, None]
+    teeth = teeth * (1.0 - _smoothstep((np.abs(u) - 0.45) / 0.3)) * _smoothstep((gap - 3.0) / 4.0) * teeth_k
+    return col * (1.0 - teeth[:, None]) + _TEETH * teeth[:, None]
 
 
 def _head_noise(rng: np.random.Generator, t: int, fps: float) -> np.ndarray:
@@ -186,7 +189,9 @@ def animate_portrait(
         raise InputError(f"expected an HxWx3 uint8 image, got shape {img.shape} dtype {img.dtype}")
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.shape != (68, 2) or not np.isfinite(lm).all():
-        raise FaceNotFound(f"expected 68 finite (x, y) face landmarks, got shape {lm.shape}")
+        raise InputError(f"expected 68 finite (x, y) face landmarks, got shape {lm.shape}")
+    if max_mouth_open < 0 or head_motion_px < 0:
+        raise InputError("max_mouth_open and head_motion_px must be >= 0")
     env = np.clip(np.nan_to_num(np.asarray(envelope, dtype=np.float64).reshape(-1)), 0.0, 1.0)  # (T,)
     h, w, _ = img.shape
     t = env.shape[0]
@@ -226,8 +231,8 @@ def animate_portrait(
         out = np.stack([map_coordinates(p, coords, order=1, mode="nearest", output=np.float32) for p in planes], -1)
         if alpha is not None:
             hit, a, depth, u = alpha
-            roi = out[r0:r1, c0:c1].reshape(-1, 3)  # view-free copy; written back below
-            col = _interior_colour(depth, u, float(drops[i]), rig.mouth_w)  # (N,3)
+            roi = out[r0:r1, c0:c1].reshape(-1, 3)  # (N,3), a copy unless the ROI spans full rows
+            col = _interior_colour(depth, u, float(drops[i]), rig.mouth_w, rig.teeth)  # (N,3)
             roi[hit] = roi[hit] * (1.0 - a[:, None]) + col * a[:, None]
             out[r0:r1, c0:c1] = roi.reshape(r1 - r0, c1 - c0, 3)
         frames[i] = np.clip(out + 0.5, 0, 255).astype(np.uint8)

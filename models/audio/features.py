@@ -1,0 +1,375 @@
+"""Audio features for the audio-driven NeRF: one window of 16 steps at 50 Hz per video frame.
+
+Kinds (``FeatureInfo.kind``):
+
+* ``logmel`` (default, no weights): 80-band log-mel spectrogram in pure torch: 16 kHz,
+  400-sample Hann window (zero-padded to n_fft 512), hop 320 (50 Hz), centred frames with
+  zero padding, power spectrum, Slaney mel scale and Slaney area normalisation (librosa's
+  defaults), natural log with a floor (``log_floor``).
+* ``hubert``: last hidden state of a transformers ``HubertModel`` (1024 for HuBERT large,
+  ``hubert-large-ls960-ft`` as in ER-NeRF), loaded from a LOCAL folder only.
+* ``wav2vec2``: logits of a transformers ``Wav2Vec2ForCTC`` (44 for the esperanto model
+  ER-NeRF uses), local folder only.
+* ``deepspeech``: ER-NeRF's precomputed DeepSpeech features, read with ``load_deepspeech_npy``.
+
+Every kind is resampled to 50 Hz frames centred at k/50 s (frame count 1 + N // 320 for N
+samples at 16 kHz), then ``window_features`` cuts a window of 16 frames around video frame t,
+rows 2t-8 .. 2t+7, i.e. 0.32 s centred on t/25 s, repeating the first/last frame past the ends.
+Features are saved as ONE file name, ``aud_feats.npy`` (T,16,D) float32, with
+``aud_feats.json`` describing them (ER-NeRF's writers and readers disagreed on file names).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pydantic
+import torch
+
+from talkflow.errors import AssetMissing, InputError
+
+SAMPLE_RATE = 16_000
+FEATURE_FPS = 50  # audio feature frames per second
+VIDEO_FPS = 25
+WINDOW = 16
+FEATS_FILE = "aud_feats.npy"
+INFO_FILE = "aud_feats.json"
+DEEPSPEECH_DIM = 29
+
+Kind = Literal["logmel", "hubert", "wav2vec2", "deepspeech"]
+
+
+class FeatureInfo(pydantic.BaseModel):
+    """What ``aud_feats.npy`` holds (written beside it as ``aud_feats.json``)."""
+
+    kind: Kind
+    dim: int
+    fps: int = VIDEO_FPS  # windows per second (one per video frame)
+    window: int = WINDOW  # 50 Hz feature frames per window
+
+
+class LogMelConfig(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    sample_rate: int = SAMPLE_RATE
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms
+    hop_length: int = 320  # 20 ms -> 50 Hz
+    n_mels: int = 80
+    fmin: float = 0.0
+    fmax: float | None = None  # None: sample_rate / 2
+    log_floor: float = pydantic.Field(1e-5, gt=0)  # mel power floor before the log
+
+
+class AudioFeatureConfig(pydantic.BaseModel):
+    """Stage config: which features, and how the model-based ones run."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+
+    kind: Literal["logmel", "hubert", "wav2vec2"] = "logmel"
+    window: int = pydantic.Field(WINDOW, ge=1)
+    logmel: LogMelConfig = LogMelConfig()
+    chunk_s: float = pydantic.Field(20.0, gt=0)  # model input per forward pass
+    context_s: float = pydantic.Field(1.0, ge=0)  # extra audio each side of a chunk, outputs dropped
+    max_gap_s: float = pydantic.Field(0.5, ge=0)  # video may outlast the audio by this much
+
+
+# --------------------------------------------------------------------------- input
+
+
+def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Samples (N,) or (N,C), int16 or float in [-1, 1], as mono float32 (N',) at 16 kHz."""
+    x = np.asarray(samples)
+    if x.dtype == np.int16:
+        x = x.astype(np.float32) / 32768.0
+    elif x.dtype.kind != "f":
+        raise InputError(f"unsupported sample type {x.dtype}; give int16 or float samples in [-1, 1]")
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    if x.ndim != 1:
+        raise InputError(f"expected audio samples (N,) or (N,channels), got shape {x.shape}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise InputError("the audio has NaN/inf samples")
+    if sample_rate <= 0:
+        raise InputError(f"bad sample rate {sample_rate}")
+    if sample_rate != SAMPLE_RATE:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(int(sample_rate), SAMPLE_RATE)
+        x = resample_poly(x, SAMPLE_RATE // g, int(sample_rate) // g).astype(np.float32)
+    return x
+
+
+# --------------------------------------------------------------------------- log-mel
+
+
+def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    """Slaney mel scale: linear (3 mels / 200 Hz) below 1 kHz, logarithmic above."""
+    lin = f / (200.0 / 3.0)
+    log = 15.0 + torch.log(torch.clamp(f, min=1e-10) / 1000.0) / (math.log(6.4) / 27.0)
+    return torch.where(f >= 1000.0, log, lin)
+
+
+def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    lin = m * (200.0 / 3.0)
+    log = 1000.0 * torch.exp((m - 15.0) * (math.log(6.4) / 27.0))
+    return torch.where(m >= 15.0, log, lin)
+
+
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> torch.Tensor:
+    """Triangular Slaney-normalised mel filters (n_mels, n_fft//2 + 1) float64, as librosa.filters.mel."""
+    fmax = sample_rate / 2.0 if fmax is None else fmax
+    bins = torch.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1, dtype=torch.float64)  # (F,)
+    edges = _mel_to_hz(
+        torch.linspace(float(_hz_to_mel(torch.tensor(fmin, dtype=torch.float64))),
+                       float(_hz_to_mel(torch.tensor(fmax, dtype=torch.float64))), n_mels + 2, dtype=torch.float64)
+    )  # (M+2,) Hz
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (M,1)
+    rising = (bins[None] - lo) / (mid - lo)
+    falling = (hi - bins[None]) / (hi - mid)
+    tri = torch.clamp(torch.minimum(rising, falling), min=0.0)  # (M,F)
+    return tri * (2.0 / (hi - lo))  # equal area per filter
+
+
+def log_mel(samples: np.ndarray, config: LogMelConfig | None = None) -> np.ndarray:
+    """Log-mel (L, n_mels) float32 of 16 kHz mono float samples (N,); L = 1 + N // hop."""
+    cfg = config or LogMelConfig()
+    x = torch.as_tensor(np.asarray(samples, dtype=np.float32), dtype=torch.float64)
+    if x.ndim != 1 or x.numel() == 0:
+        raise InputError(f"expected mono samples (N,) with N > 0, got shape {tuple(x.shape)}")
+    window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64)
+    spec = torch.stft(x, cfg.n_fft, cfg.hop_length, cfg.win_length, window, center=True, pad_mode="constant",
+                      return_complex=True)  # (F,L)
+    power = spec.real**2 + spec.imag**2
+    mel = mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax) @ power  # (M,L)
+    return torch.log(torch.clamp(mel, min=cfg.log_floor)).T.float().numpy()  # (L,M)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def window_features(
+    feats: np.ndarray,
+    n_frames: int,
+    window: int = WINDOW,
+    *,
+    feature_fps: float = FEATURE_FPS,
+    video_fps: float = VIDEO_FPS,
+    max_gap_s: float = 0.5,
+) -> np.ndarray:
+    """Per-video-frame windows (T, window, D) from features (L, D) at ``feature_fps``.
+
+    Video frame t (time t / video_fps) gets rows c - window//2 .. c + window - window//2 - 1
+    with c = round(t * feature_fps / video_fps) (2t for 50/25 Hz); rows past either end
+    repeat the first/last row. Raises InputError when the video outlasts the features by
+    more than ``max_gap_s``.
+    """
+    f = np.asarray(feats)
+    if f.ndim != 2 or f.shape[0] == 0:
+        raise InputError(f"expected features (L,D) with L > 0, got shape {f.shape}")
+    if n_frames < 0:
+        raise InputError(f"n_frames must be >= 0, got {n_frames}")
+    ratio = feature_fps / video_fps
+    centres = np.round(np.arange(n_frames) * ratio).astype(np.int64)  # (T,)
+    if n_frames and centres[-1] - (f.shape[0] - 1) > max_gap_s * feature_fps:
+        raise InputError(
+            f"the audio features cover {f.shape[0] / feature_fps:.2f} s but the video has {n_frames} frames "
+            f"({n_frames / video_fps:.2f} s); give audio as long as the video"
+        )
+    rows = centres[:, None] + np.arange(window)[None] - window // 2  # (T,W)
+    return f[np.clip(rows, 0, f.shape[0] - 1)].astype(np.float32)
+
+
+# --------------------------------------------------------------------------- HuBERT / wav2vec2
+
+
+def _model_dir(kind: str, model_dir: str | Path | None) -> Path:
+    path = Path(model_dir) if model_dir is not None else None
+    if path is None:
+        from talkflow import assets
+
+        path = assets.require(kind)
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        raise AssetMissing(
+            f"{path} is not a transformers model folder (no config.json); give the folder of a {kind} "
+            "model saved with save_pretrained (nothing is downloaded)"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model(kind: str, path: str, device: str) -> tuple[torch.nn.Module, bool]:
+    """(model in eval mode on ``device``, whether inputs are normalised) from a local folder."""
+    import transformers
+
+    cls = transformers.HubertModel if kind == "hubert" else transformers.Wav2Vec2ForCTC
+    try:
+        model = cls.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise AssetMissing(f"cannot load the {kind} model from {path}: {exc}") from exc
+    prep = Path(path) / "preprocessor_config.json"
+    normalize = json.loads(prep.read_text()).get("do_normalize", True) if prep.is_file() else True
+    return model.eval().to(device), bool(normalize)
+
+
+@torch.inference_mode()
+def model_features(
+    samples: np.ndarray,
+    kind: Literal["hubert", "wav2vec2"],
+    model_dir: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    chunk_s: float = 20.0,
+    context_s: float = 1.0,
+) -> np.ndarray:
+    """50 Hz features (L, D) float32 of 16 kHz mono samples (N,), L = 1 + N // 320.
+
+    The audio is padded by 200 samples each side so that frame k (the conv stack's 400-sample
+    field, stride 320) is centred at k/50 s, like the log-mel frames. Long audio is processed in
+    chunks of ``chunk_s`` with ``context_s`` extra audio each side whose outputs are dropped.
+    """
+    if kind not in ("hubert", "wav2vec2"):
+        raise InputError(f"unknown model feature kind {kind!r}; use hubert or wav2vec2")
+    path = _model_dir(kind, model_dir)
+    model, normalize = _load_model(kind, str(path), str(device))
+    x = np.asarray(samples, dtype=np.float32)
+    if x.ndim != 1 or x.size == 0:
+        raise InputError(f"expected mono samples (N,) with N > 0, got shape {x.shape}")
+    if normalize:
+        x = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
+    hop, field = 320, 400
+    x = np.pad(x, (field // 2, field // 2))  # frame k now covers original samples 320k +- 200
+    n_out = (x.size - field) // hop + 1
+    step = max(int(chunk_s * FEATURE_FPS), 1)
+    ctx = int(context_s * FEATURE_FPS)
+    outs = []
+    for f0 in range(0, n_out, step):
+        f1 = min(f0 + step, n_out)
+        a, b = max(f0 - ctx, 0), min(f1 + ctx, n_out)
+        chunk = torch.from_numpy(x[a * hop : (b - 1) * hop + field]).to(device)[None]  # (1,n)
+        out = model(chunk)
+        hidden = out.last_hidden_state if kind == "hubert" else out.logits  # (1,b-a,D)
+        if hidden.shape[1] != b - a:
+            raise InputError(
+                f"the {kind} model at {path} gave {hidden.shape[1]} frames for {b - a}; only encoders with "
+                "a 400-sample field and a 320-sample stride (50 Hz at 16 kHz) are supported"
+            )
+        outs.append(hidden[0, f0 - a : f1 - a].float().cpu())
+    return torch.cat(outs).numpy()
+
+
+# --------------------------------------------------------------------------- DeepSpeech (supplied)
+
+
+def load_deepspeech_npy(path: str | Path, n_frames: int, *, max_frame_diff: int = 2) -> np.ndarray:
+    """ER-NeRF's DeepSpeech features as (T,16,29) float32 for ``n_frames`` video frames.
+
+    Accepts (T',16,29) (already windowed per video frame) or (L,29) per-step logits at 50 Hz
+    (L ~ 2T) or 25 Hz (L ~ T, each step used twice); up to ``max_frame_diff`` video frames of
+    length mismatch are fixed by repeating the last window / cutting; anything else is an InputError.
+    """
+    path = Path(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read DeepSpeech features {path}: {exc}; give a .npy array") from exc
+    hint = f"expected DeepSpeech features (T,16,{DEEPSPEECH_DIM}) or (L,{DEEPSPEECH_DIM}) for {n_frames} frames"
+    if arr.dtype.kind not in "fiu" or arr.shape[-1:] != (DEEPSPEECH_DIM,) or arr.ndim not in (2, 3):
+        raise InputError(f"{path.name}: {hint}, got shape {arr.shape} dtype {arr.dtype}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{path.name} has NaN/inf values")
+    if arr.ndim == 3:
+        if arr.shape[1] != WINDOW:
+            raise InputError(f"{path.name}: {hint}, got shape {arr.shape}")
+        if abs(arr.shape[0] - n_frames) > max_frame_diff or arr.shape[0] == 0:
+            raise InputError(
+                f"{path.name} has {arr.shape[0]} windows but the video has {n_frames} frames; "
+                "compute the features from this video's audio"
+            )
+        idx = np.minimum(np.arange(n_frames), arr.shape[0] - 1)
+        return arr[idx]
+    length = arr.shape[0]
+    if abs(length - 2 * n_frames) <= 2 * max_frame_diff + 1:
+        steps = arr
+    elif abs(length - n_frames) <= max_frame_diff:
+        steps = np.repeat(arr, 2, axis=0)  # 25 Hz -> 50 Hz
+    else:
+        raise InputError(
+            f"{path.name} has {length} steps, which matches neither 50 Hz ({2 * n_frames}) nor 25 Hz "
+            f"({n_frames}) for {n_frames} video frames; compute the features from this video's audio"
+        )
+    return window_features(steps, n_frames, WINDOW, max_gap_s=1.0)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def extract_features(
+    wav_samples: np.ndarray,
+    sr: int,
+    n_frames: int | None = None,
+    kind: Literal["logmel", "hubert", "wav2vec2"] | None = None,
+    model_dir: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    config: AudioFeatureConfig | None = None,
+) -> tuple[np.ndarray, FeatureInfo]:
+    """Windowed audio features (T, window, D) float32 and their FeatureInfo.
+
+    ``n_frames`` defaults to the audio duration at 25 fps (rounded). ``kind`` (default
+    ``config.kind``, i.e. logmel) overrides the config; ``model_dir`` defaults to the
+    registered ``hubert``/``wav2vec2`` asset.
+    """
+    cfg = config or AudioFeatureConfig()
+    if kind is not None and kind != cfg.kind:
+        try:
+            cfg = AudioFeatureConfig.model_validate({**cfg.model_dump(), "kind": kind})
+        except pydantic.ValidationError as exc:
+            raise InputError(f"unknown audio feature kind {kind!r}; use logmel, hubert or wav2vec2") from exc
+    x = to_mono_16k(wav_samples, sr)
+    if x.size == 0:
+        raise InputError("the audio is empty; give at least a fraction of a second of sound")
+    if n_frames is None:
+        n_frames = max(int(round(x.size / SAMPLE_RATE * VIDEO_FPS)), 1)
+    if cfg.kind == "logmel":
+        steps = log_mel(x, cfg.logmel)
+    elif cfg.kind in ("hubert", "wav2vec2"):
+        steps = model_features(x, cfg.kind, model_dir, device, chunk_s=cfg.chunk_s, context_s=cfg.context_s)
+    else:
+        raise InputError(f"unknown audio feature kind {cfg.kind!r}; use logmel, hubert or wav2vec2")
+    feats = window_features(steps, n_frames, cfg.window, max_gap_s=cfg.max_gap_s)
+    return feats, FeatureInfo(kind=cfg.kind, dim=int(feats.shape[-1]), window=cfg.window)
+
+
+def save_features(folder: str | Path, feats: np.ndarray, info: FeatureInfo) -> tuple[Path, Path]:
+    """Write ``aud_feats.npy`` and ``aud_feats.json`` into ``folder``; returns both paths."""
+    f = np.asarray(feats, dtype=np.float32)
+    if f.ndim != 3 or f.shape[1:] != (info.window, info.dim):
+        raise InputError(f"features {f.shape} do not match {info}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / FEATS_FILE, f)
+    (folder / INFO_FILE).write_text(info.model_dump_json(indent=2))
+    return folder / FEATS_FILE, folder / INFO_FILE
+
+
+def load_features(folder: str | Path) -> tuple[np.ndarray, FeatureInfo]:
+    """Read ``aud_feats.npy`` (T,16,D) and its ``aud_feats.json`` from ``folder``."""
+    folder = Path(folder)
+    try:
+        info = FeatureInfo.model_validate_json((folder / INFO_FILE).read_text())
+        feats = np.load(folder / FEATS_FILE, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read audio features in {folder}: {exc}") from exc
+    if feats.ndim != 3 or feats.shape[1:] != (info.window, info.dim):
+        raise InputError(f"{folder / FEATS_FILE} has shape {feats.shape}, {INFO_FILE} says {info}")
+    return feats.astype(np.float32), info
