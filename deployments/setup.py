@@ -1,0 +1,220 @@
+"""Prepare a Prefect server for talkflow: work pools, GPU limits, the result-storage block.
+
+Idempotent; run it once per server (and again after changing the pools):
+
+    PREFECT_API_URL=http://prefect:4200/api TALKFLOW_STORE_URL=s3://bucket/talkflow \\
+        python -m deployments.setup all --gpu-classes a100,l4 --gpus a100=8,l4=2
+
+Sub-commands (docker/entrypoint.sh uses the small ones):
+    all             pools (gpu-<class> per class, cpu, optional process pools), limits, block
+    result-storage  only the RemoteFileSystem block the stages write results to
+    env             print `export` lines: the Prefect result settings a worker and its runs need
+    wait            wait until PREFECT_API_URL answers /health
+
+Independent of the talkflow CLI; imports prefect only where a server is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from deployments.gpu_pool import (
+    DEFAULT_DATA_ROOT_HOST,
+    DEFAULT_IMAGE,
+    DEFAULT_SHM_SIZE,
+    PoolDefinition,
+    gpu_limits,
+    pool_definitions,
+)
+
+
+def run_env(settings=None) -> dict[str, str]:
+    """What Prefect must know BEFORE it is imported to keep stage results in the store.
+
+    Same rule as talkflow.runtime.configure_prefect_env, for processes where prefect is imported
+    first (a worker, and `prefect flow-run execute` in a run's container or subprocess).
+    """
+    from talkflow.runtime import RESULT_BLOCK_SLUG
+    from talkflow.settings import Settings
+
+    s = settings or Settings()
+    env = {"PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true"}
+    if s.store_is_remote:
+        env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] = RESULT_BLOCK_SLUG
+    else:
+        env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = f"{s.store}/cache"
+    return env
+
+
+def api_url() -> str:
+    url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    if not url:
+        raise SystemExit("PREFECT_API_URL is not set: point it at the server, e.g. "
+                         "http://prefect-server:4200/api")
+    return url
+
+
+def wait_for_api(url: str | None = None, timeout_s: float = 120.0) -> float:
+    """Seconds until GET <api>/health answered 200; SystemExit after timeout_s."""
+    url = (url or api_url()).rstrip("/")
+    t0 = time.monotonic()
+    last = ""
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                if r.status == 200:
+                    return time.monotonic() - t0
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(1.0)
+    raise SystemExit(f"Prefect API {url} did not answer /health within {timeout_s:.0f} s ({last})")
+
+
+def process_pool(name: str) -> PoolDefinition:
+    from prefect.workers.process import ProcessWorker
+
+    return PoolDefinition(
+        name=name,
+        type="process",
+        base_job_template=ProcessWorker.get_default_base_job_template(),
+        description="talkflow runs as subprocesses of a worker (no Docker)",
+    )
+
+
+def ensure_pools(client, pools: Iterable[PoolDefinition]) -> list[str]:
+    """Create or update each pool (template, description, concurrency limit)."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    names = []
+    for p in pools:
+        client.create_work_pool(
+            WorkPoolCreate(
+                name=p.name,
+                type=p.type,
+                description=p.description,
+                base_job_template=p.base_job_template,
+                concurrency_limit=p.concurrency_limit,
+            ),
+            overwrite=True,
+        )
+        names.append(p.name)
+    return names
+
+
+def ensure_limits(client, limits: Mapping[str, int]) -> dict[str, int]:
+    for name, slots in limits.items():
+        client.upsert_global_concurrency_limit_by_name(name, slots)
+    return dict(limits)
+
+
+def ensure_result_storage() -> str | None:
+    """Save the result-storage block (S3 store only); returns its slug, or None for local."""
+    from talkflow.runtime import RESULT_BLOCK_SLUG
+    from talkflow.runtime import ensure_result_storage as ensure
+    from talkflow.settings import get_settings
+
+    ensure()
+    return RESULT_BLOCK_SLUG if get_settings().store_is_remote else None
+
+
+def setup_server(
+    *,
+    gpu_classes: Iterable[str] = (),
+    gpus: Mapping[str, int] | None = None,
+    cpu_pool: bool = True,
+    process_pools: Iterable[str] = (),
+    image: str = DEFAULT_IMAGE,
+    data_root_host: str = DEFAULT_DATA_ROOT_HOST,
+    shm_size: str = DEFAULT_SHM_SIZE,
+    networks: list[str] | None = None,
+    result_storage: bool = True,
+) -> dict[str, Any]:
+    """Everything a server needs before `prefect deploy --all`; returns what it made."""
+    from prefect import get_client
+
+    pools = pool_definitions(
+        gpu_classes, gpus=gpus, cpu=cpu_pool, image=image, data_root_host=data_root_host,
+        shm_size=shm_size, networks=networks,
+    ) + [process_pool(name) for name in process_pools]
+    with get_client(sync_client=True) as client:
+        made = {"pools": ensure_pools(client, pools), "limits": ensure_limits(client, gpu_limits(pools))}
+    made["result_storage"] = ensure_result_storage() if result_storage else None
+    return made
+
+
+def parse_counts(text: str) -> dict[str, int]:
+    """'a100=8,l4=2' -> {'a100': 8, 'l4': 2}"""
+    out: dict[str, int] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, n = item.partition("=")
+        if not n.isdigit():
+            raise argparse.ArgumentTypeError(f"write GPU counts as class=N, e.g. a100=8 (got {item!r})")
+        out[name] = int(n)
+    return out
+
+
+def split_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    full = sub.add_parser("all", help="pools, GPU limits and the result-storage block")
+    full.add_argument("--gpu-classes", type=split_list, default=[],
+                      help="comma-separated GPU classes, one Docker pool each (a100,l4)")
+    full.add_argument("--gpus", type=parse_counts, default={},
+                      help="GPUs per class in the fleet: slots of gpu-<class> (a100=8,l4=2)")
+    full.add_argument("--no-cpu-pool", action="store_true", help="skip the Docker pool 'cpu'")
+    full.add_argument("--process-pool", action="append", default=[],
+                      help="also create a process pool of this name (no Docker)")
+    full.add_argument("--image", default=os.environ.get("TALKFLOW_IMAGE", DEFAULT_IMAGE))
+    full.add_argument("--data-root-host", default=os.environ.get("TALKFLOW_DATA_HOST",
+                                                                 DEFAULT_DATA_ROOT_HOST),
+                      help="host folder mounted as each run's data root (/data)")
+    full.add_argument("--shm-size", default=DEFAULT_SHM_SIZE)
+    full.add_argument("--network", action="append", default=[],
+                      help="Docker network the runs join (the compose stack's network)")
+    sub.add_parser("result-storage", help="only the result-storage block")
+    sub.add_parser("env", help="print export lines for the Prefect result settings")
+    wait = sub.add_parser("wait", help="wait for PREFECT_API_URL/health")
+    wait.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+
+    if args.command == "env":
+        for k, v in run_env().items():
+            print(f"export {k}={shlex.quote(v)}")
+        return 0
+    if args.command == "wait":
+        waited = wait_for_api(timeout_s=args.timeout)
+        print(f"Prefect API {api_url()} is up ({waited:.1f} s)", file=sys.stderr)
+        return 0
+    api_url()
+    if args.command == "result-storage":
+        print(json.dumps({"result_storage": ensure_result_storage()}))
+        return 0
+    if args.command in (None, "all"):
+        args = args if args.command else full.parse_args([])
+        made = setup_server(
+            gpu_classes=args.gpu_classes, gpus=args.gpus, cpu_pool=not args.no_cpu_pool,
+            process_pools=args.process_pool, image=args.image, data_root_host=args.data_root_host,
+            shm_size=args.shm_size, networks=args.network or None,
+        )
+        print(json.dumps(made))
+        return 0
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

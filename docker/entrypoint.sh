@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# talkflow container entrypoint.
+#
+#   entrypoint.sh [worker] [extra `prefect worker start` options]
+#       wait for the Prefect API, save the result-storage block, then exec a worker:
+#       prefect worker start --pool $TALKFLOW_WORKER_POOL --type $TALKFLOW_WORKER_TYPE ...
+#   entrypoint.sh setup [deployments.setup options]
+#       wait for the API, create pools/limits/block, then `prefect deploy --all`
+#   entrypoint.sh <command ...>
+#       anything else (a Docker worker starts runs as `prefect flow-run execute`): set up the
+#       environment, then exec the command.
+#
+# Environment: PREFECT_API_URL (required for worker/setup), TALKFLOW_WORKER_POOL,
+# TALKFLOW_WORKER_TYPE (docker|process, default docker), TALKFLOW_WORKER_NAME,
+# TALKFLOW_WORKER_LIMIT (runs at once), TALKFLOW_API_WAIT_S (default 120), TALKFLOW_PYTHON,
+# and the store settings: TALKFLOW_STORE_URL, TALKFLOW_REDIS_URL, AWS_*.
+set -euo pipefail
+
+PYTHON=${TALKFLOW_PYTHON:-python}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+cd "${TALKFLOW_CODE_DIR:-$HERE/..}"
+
+die() { echo "entrypoint: $*" >&2; exit 2; }
+
+# A Docker work pool's template renders a setting the worker lacks as "": treat it as unset
+# (AWS_ENDPOINT_URL="" would break boto, TALKFLOW_STORE_URL="" means the default store).
+for name in $(compgen -e); do
+  case $name in
+    TALKFLOW_*|AWS_*) if [[ -z ${!name-} ]]; then unset "$name"; fi ;;
+  esac
+done
+
+# Prefect reads its settings once, when imported: result storage must be in the environment
+# before any prefect process starts (the worker, and each run it spawns).
+run_env=$("$PYTHON" -m deployments.setup env) || die "cannot read talkflow's settings (see above)"
+eval "$run_env"
+
+need_api() {
+  [[ -n ${PREFECT_API_URL:-} ]] || die "set PREFECT_API_URL to the Prefect server's API (e.g. http://prefect-server:4200/api)"
+  "$PYTHON" -m deployments.setup wait --timeout "${TALKFLOW_API_WAIT_S:-120}"
+}
+
+mode=${1:-worker}
+case $mode in
+  worker)
+    if [[ $# -gt 0 ]]; then shift; fi
+    pool=${TALKFLOW_WORKER_POOL:-}
+    type=${TALKFLOW_WORKER_TYPE:-docker}
+    [[ -n $pool ]] || die "set TALKFLOW_WORKER_POOL to the work pool to serve (e.g. gpu-a100, cpu)"
+    [[ $type == docker || $type == process ]] || die "TALKFLOW_WORKER_TYPE must be docker or process, not '$type'"
+    [[ -z ${TALKFLOW_WORKER_LIMIT:-} || ${TALKFLOW_WORKER_LIMIT} =~ ^[1-9][0-9]*$ ]] \
+      || die "TALKFLOW_WORKER_LIMIT must be a positive integer, not '${TALKFLOW_WORKER_LIMIT}'"
+    need_api
+    "$PYTHON" -m deployments.setup result-storage >/dev/null
+    # pools come from deployments/setup.py (a worker would create a bare, GPU-less one)
+    args=(worker start --pool "$pool" --type "$type" --install-policy never --no-create-pool-if-not-found)
+    if [[ -n ${TALKFLOW_WORKER_NAME:-} ]]; then args+=(--name "$TALKFLOW_WORKER_NAME"); fi
+    if [[ -n ${TALKFLOW_WORKER_LIMIT:-} ]]; then args+=(--limit "$TALKFLOW_WORKER_LIMIT"); fi
+    echo "entrypoint: prefect ${args[*]} $*" >&2
+    exec "$PYTHON" -m prefect "${args[@]}" "$@"
+    ;;
+  setup)
+    shift
+    need_api
+    "$PYTHON" -m deployments.setup all "$@"
+    exec "$PYTHON" -m prefect --no-prompt deploy --all
+    ;;
+  *)
+    exec "$@"
+    ;;
+esac
