@@ -41,7 +41,7 @@ def probe_media(src: Path | Artifact) -> StageResult:
     return StageResult(meta=info.model_dump(exclude={"path"}))
 
 
-@stage("normalize", "1")
+@stage("normalize", "2")
 def normalize_video(
     video: Path | Artifact, config: NormalizeConfig, namespace: str | None = None
 ) -> StageResult:
@@ -62,10 +62,14 @@ def normalize_video(
         artifacts = {"video": store.put_file(out_video)}
         if out_wav.exists():
             artifacts["audio"] = store.put_file(out_wav)
+    warnings = []
+    if info.variable_frame_rate:
+        warnings.append(f"variable frame rate source (average {info.fps:.2f} fps, nominal {info.nominal_fps:.2f}); "
+                        f"resampled to a constant {config.fps} fps")
     return StageResult(
         artifacts=artifacts,
-        meta={"fps": config.fps, "size": config.size, "n_frames": out.n_frames,
-              "duration_s": out.duration_s, "source": info.model_dump(exclude={"path"})},
+        meta={"fps": config.fps, "size": config.size, "n_frames": out.n_frames, "duration_s": out.duration_s,
+              "source": info.model_dump(exclude={"path"}), "warnings": warnings},
     )
 
 

@@ -1,0 +1,77 @@
+"""ER-NeRF preprocessing: a raw talking video -> a training dataset, every step cached.
+
+normalize -> frames -> {landmarks -> parsing -> background -> gt/torso images; blinks;
+3DMM tracking -> transforms} and {audio -> features} -> dataset manifest.
+A config change recomputes its step and what depends on it, nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from models.audio.features import AudioFeatureConfig
+from models.face.background import BackgroundConfig
+from models.face.blink import BlinkConfig
+from models.face.composite import TorsoConfig
+from models.face.parsing import ParsingConfig
+from models.face.video_landmarks import LandmarkConfig
+from talkflow import assets
+from talkflow.cache import validate_name
+from talkflow.store import StageResult
+from tasks.dataset import assemble_dataset
+from tasks.media import FramesConfig, NormalizeConfig, extract_frames, normalize_video
+from tasks.preprocess import (
+    audio_features,
+    composite_images,
+    detect_blinks,
+    detect_landmarks,
+    estimate_plate,
+    parse_faces,
+)
+from tasks.tracking import TrackingConfig, track_faces
+
+
+class PreprocessConfig(BaseModel):
+    """Every step's settings; defaults follow ER-NeRF (25 fps, 512 px, 16 kHz)."""
+
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    frames: FramesConfig = Field(default_factory=FramesConfig)
+    landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig)
+    audio: AudioFeatureConfig = Field(default_factory=AudioFeatureConfig)
+    parsing: ParsingConfig = Field(default_factory=ParsingConfig)
+    background: BackgroundConfig = Field(default_factory=BackgroundConfig)
+    torso: TorsoConfig = Field(default_factory=TorsoConfig)
+    blinks: BlinkConfig = Field(default_factory=BlinkConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    deepspeech_npy: Path | None = Field(None, description="Precomputed DeepSpeech features (T,16,29).")
+
+
+@flow(name="preprocess-video")
+def preprocess_video(video: Path, person: str, config: PreprocessConfig = PreprocessConfig()) -> StageResult:
+    """Turn a talking-head video into an ER-NeRF dataset (a manifest; see docs/dataset.md).
+
+    Args:
+        video: the source video (a path the run can read).
+        person: the avatar's name: letters, digits, '_' or '-'; namespaces its cache entries.
+        config: settings of every step.
+    """
+    ns = validate_name(person, "person")
+    normalized = normalize_video(video, config.normalize, namespace=ns)
+    frames = extract_frames(normalized["video"], config.frames, namespace=ns)
+    landmarks = detect_landmarks(frames, config.landmarks.model_copy(update={"fps": config.normalize.fps}),
+                                 namespace=ns)
+    model_dir = assets.locate(config.audio.kind) if config.audio.kind != "logmel" else None
+    if config.audio.kind != "logmel" and model_dir is None:
+        assets.require(config.audio.kind)  # raises with what to register
+    features = audio_features(normalized["audio"], frames.meta["n_frames"], config.audio,
+                              model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns)
+    parsing = parse_faces(frames, landmarks, config.parsing, weights=assets.locate("bisenet"), namespace=ns)
+    background = estimate_plate(frames, parsing, config.background, namespace=ns)
+    composite = composite_images(frames, parsing, background, config.torso, namespace=ns)
+    blinks = detect_blinks(landmarks, config.blinks, namespace=ns)
+    tracking = track_faces(frames, landmarks, config.tracking, bfm=assets.locate("bfm"), namespace=ns)
+    return assemble_dataset(normalized, frames, landmarks, features, parsing, background, composite,
+                            blinks, tracking, namespace=ns)

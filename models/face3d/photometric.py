@@ -1,0 +1,266 @@
+"""Photometric refinement of a landmark track (ER-NeRF's second tracking stage), CPU-capable.
+
+Rendering (`models.face3d.render`): pytorch3d's rasterizer for visibility, Lambertian shading
+with 9 SH coefficients per colour channel and frame, the model's albedo (mean + texture modes).
+Each frame renders only a square window round its face at `render_size` px; the target frames
+are resampled into the same windows (area-averaged), so the cost does not grow with S.
+
+Two stages, both batched over frames (Adam with a cosine decay to zero):
+1. **shared**: on `tex_frames` evenly spread frames, fit the texture coefficients with those
+   frames' lights, poses and expressions (and the identity when `lr_id > 0`; by default it
+   stays the landmark fit's, estimated on every frame); every frame then starts from the mean
+   of those lights.
+2. **per chunk of frames**: refine euler, trans, exp and light of `chunk` frames at a time
+   (identity, texture and focal now fixed) on
+
+       sum_t w_photo * E_t + w_lmk * mean_l |proj - lms|^2 + w_exp |exp_t|^2 + temporal
+
+   where E_t is the mean robust (Charbonnier, ~L1) RGB error over the face pixels: the rendered
+   coverage eroded by one pixel, and the caller's mask when given. The temporal term
+   (acceleration of euler, trans, exp, as in `fit`) also spans the last two frames of the
+   previous chunk, so chunks join smoothly.
+The visibility is re-rasterized every `raster_every` steps; in between, gradients flow through
+recomputed barycentrics. Silhouettes give no gradient (hard rasterization).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.face3d.camera import head_to_camera, principal_point, project
+from models.face3d.fit import TrackResult, check_landmarks, cpu_threads
+from models.face3d.morphable import MorphableModel
+from models.face3d.render import Window, default_light, face_window, project_vertices, render_window
+from talkflow.errors import InputError
+
+
+@dataclass(frozen=True)
+class PhotoConfig:
+    render_size: int = 96  # rendered window side, px (the face fills most of it)
+    margin: float = 0.04  # window margin round the projected face
+    chunk: int = 16  # frames optimised together
+    iters: int = 30  # Adam steps per chunk
+    raster_every: int = 10  # visibility refresh period, steps
+    tex_frames: int = 8  # frames that estimate the albedo and the light
+    tex_iters: int = 40
+    lr_euler: float = 0.002  # rad
+    lr_trans: float = 0.5  # mm
+    lr_exp: float = 0.02
+    lr_light: float = 0.02
+    lr_tex: float = 0.05
+    lr_id: float = 0.0  # > 0 also refines the identity in stage 1 (on synthetic data it did not help)
+    w_photo: float = 1.0  # per unit of mean absolute RGB error in [0, 1]
+    w_lmk: float = 0.01  # per px^2 (ER-NeRF weighs its colour term ~100x its landmark term)
+    w_exp: float = 0.005
+    w_tex: float = 0.001  # per frame, per unit^2 of texture coefficient
+    w_id: float = 0.00005  # per frame, per unit^2 of identity (the landmark fit's weight x w_lmk)
+    w_smooth_euler: float = 1.0  # per rad^2 of acceleration (the landmark fit's weights x w_lmk)
+    w_smooth_trans: float = 0.0003  # per mm^2
+    w_smooth_exp: float = 0.001
+    cpu_threads: int | None = 1
+
+
+def _as_frames(images, idx: Tensor, size: int) -> Tensor:
+    """Frames `idx` of (T, S, S, 3) uint8 / float images (tensor, array or sequence) -> float [0, 1]."""
+    if isinstance(images, (Tensor, np.ndarray)):
+        batch = torch.as_tensor(images[idx.numpy()] if isinstance(images, np.ndarray) else images[idx])
+    else:
+        batch = torch.stack([torch.as_tensor(np.asarray(images[int(i)])) for i in idx])
+    if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
+        raise InputError(f"frames must be {size}x{size} RGB, got shape {tuple(batch.shape[1:])}")
+    if batch.dtype == torch.uint8:
+        return batch.float() / 255.0
+    return batch.float()
+
+
+def sample_windows(images: Tensor, window: Window) -> Tensor:
+    """(B, S, S, C) images -> (B, R, R, C) window contents, area-averaged (supersampled x k)."""
+    s = images.shape[1]
+    r = window.size
+    k = max(1, math.ceil(float(window.side.max()) / r))  # supersampling factor
+    grid = (torch.arange(r * k, dtype=images.dtype) + 0.5) / (r * k)  # (Rk,) in [0, 1]
+    gx = window.x0[:, None] + grid[None] * window.side[:, None]  # (B, Rk) image px
+    gy = window.y0[:, None] + grid[None] * window.side[:, None]
+    nx, ny = 2 * gx / s - 1, 2 * gy / s - 1  # grid_sample coordinates (align_corners=False)
+    coords = torch.stack(torch.broadcast_tensors(nx[:, None, :], ny[:, :, None]), -1)  # (B, Rk, Rk, 2)
+    out = F.grid_sample(images.permute(0, 3, 1, 2), coords, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    return F.avg_pool2d(out, k).permute(0, 2, 3, 1)
+
+
+_EPS = 0.01  # colour difference below which the photometric error is quadratic
+
+
+def _erode(mask: Tensor) -> Tensor:
+    """(B, R, R) bool -> the mask without its border pixels (3x3 erosion)."""
+    m = (~mask).float()[:, None]
+    return ~(F.max_pool2d(m, 3, stride=1, padding=1)[:, 0] > 0)
+
+
+def _smooth_term(cfg: PhotoConfig, theta: Tensor, before: Tensor | None) -> Tensor:
+    """Acceleration penalty on (T, P) = (euler, trans, exp), continuing from `before` (2, P)."""
+    x = theta if before is None else torch.cat([before, theta])
+    if x.shape[0] < 3:
+        return theta.new_zeros(())
+    e = x.shape[1] - 6
+    w = theta.new_tensor([cfg.w_smooth_euler] * 3 + [cfg.w_smooth_trans] * 3 + [cfg.w_smooth_exp] * e)
+    acc = x[2:] - 2 * x[1:-1] + x[:-2]
+    return (w * acc**2).sum()
+
+
+@dataclass
+class _Chunk:
+    """Data of the frames optimised together."""
+
+    target: Tensor  # (B, R, R, 3)
+    user_mask: Tensor | None  # (B, R, R) bool
+    window: Window
+    lms: Tensor  # (B, 68, 2)
+
+
+def _landmark_sq(model: MorphableModel, id: Tensor, exp: Tensor, euler: Tensor, trans: Tensor,
+                 focal: float, size: int, lms: Tensor) -> Tensor:
+    """-> (B,) mean squared landmark distance, px^2."""
+    cx, cy = principal_point(size)
+    px = project(head_to_camera(model.landmarks(id, exp), euler, trans), focal, cx, cy)
+    return ((px - lms) ** 2).sum(-1).mean(-1)
+
+
+def _photo_l1(render, chunk: _Chunk) -> Tensor:
+    """-> (B,) mean robust RGB error over the face pixels (Charbonnier, ~absolute error)."""
+    mask = _erode(render.mask)
+    if chunk.user_mask is not None:
+        mask = mask & chunk.user_mask
+    m = mask[..., None].to(render.image.dtype)
+    diff = render.image - chunk.target
+    err = (torch.sqrt(diff * diff + _EPS**2) - _EPS) * m  # Charbonnier: L1 with a smooth bottom
+    return err.sum((1, 2, 3)) / (3.0 * m.sum((1, 2, 3)).clamp_min(1.0))
+
+
+def _windows(model: MorphableModel, track: TrackResult, idx: Tensor, cfg: PhotoConfig) -> Window:
+    _, _, px = project_vertices(model, track.id, track.exp[idx], track.euler[idx], track.trans[idx],
+                                track.focal, track.image_size)
+    return face_window(px, cfg.render_size, cfg.margin)
+
+
+def _load_chunk(images, masks, lms: Tensor, idx: Tensor, window: Window, size: int) -> _Chunk:
+    target = sample_windows(_as_frames(images, idx, size), window)
+    user = None
+    if masks is not None:
+        m = torch.as_tensor(masks[idx.numpy()] if isinstance(masks, np.ndarray) else masks[idx])
+        user = sample_windows(m.float()[..., None], window)[..., 0] > 0.5
+    return _Chunk(target, user, window, lms[idx])
+
+
+def _adam_frames(model: MorphableModel, track: TrackResult, chunk: _Chunk, config: PhotoConfig,
+                 params: dict[str, Tensor], iters: int, before: Tensor | None = None) -> Tensor:
+    """Adam on the frames of `chunk`: `params` holds euler, trans, exp, light (B, ...), and
+    optionally id / tex (shared); updated in place. Returns the last per-frame L1 (B,)."""
+    lrs = {"euler": config.lr_euler, "trans": config.lr_trans, "exp": config.lr_exp, "light": config.lr_light,
+           "id": config.lr_id, "tex": config.lr_tex}
+    start = {k: v.detach().clone() for k, v in params.items()}
+    for v in params.values():
+        v.requires_grad_()
+    opt = torch.optim.Adam([{"params": [v], "lr": lrs[k]} for k, v in params.items()])
+    base = [g["lr"] for g in opt.param_groups]
+    pix = None
+    l1 = None
+    for k in range(iters):
+        decay = 0.5 * (1.0 + math.cos(math.pi * k / iters))  # cosine to zero: no jitter at the end
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * decay
+        id = params.get("id", track.id)
+        tex = params.get("tex", track.tex) if model.n_tex else None
+        e, tr, x = params["euler"], params["trans"], params["exp"]
+        opt.zero_grad(set_to_none=True)
+        out = render_window(model, id, x, e, tr, track.focal, track.image_size, chunk.window, tex=tex,
+                            light=params["light"], pix_to_face=None if k % config.raster_every == 0 else pix)
+        pix = out.pix_to_face
+        l1 = _photo_l1(out, chunk)
+        sq = _landmark_sq(model, id, x, e, tr, track.focal, track.image_size, chunk.lms)
+        loss = (config.w_photo * l1 + config.w_lmk * sq).sum() + config.w_exp * (x**2).sum()
+        loss = loss + _smooth_term(config, torch.cat([e, tr, x], -1), before)
+        if "id" in params:
+            loss = loss + config.w_id * e.shape[0] * (id**2).sum()
+        if tex is not None and "tex" in params:
+            loss = loss + config.w_tex * e.shape[0] * (tex**2).sum()
+        if not torch.isfinite(loss):
+            break  # keep the last finite state rather than propagate NaN
+        loss.backward()
+        opt.step()
+    for key, v in params.items():
+        v.requires_grad_(False)
+        bad = ~torch.isfinite(v)
+        if bad.any():  # should not happen; never hand NaN on
+            v[bad] = start[key][bad]
+    return l1.detach()
+
+
+def fit_shared(images, model: MorphableModel, track: TrackResult, lms: Tensor, config: PhotoConfig = PhotoConfig(),
+               masks=None) -> tuple[Tensor, Tensor, Tensor]:
+    """Stage 1: on `tex_frames` evenly spread frames, fit the texture coefficients and lights
+    (with those frames' pose and expression, and the identity when `lr_id > 0`).
+    -> id (K_id,), tex (K_tex,), mean light (9, 3)."""
+    t = track.n_frames
+    idx = torch.linspace(0, t - 1, min(config.tex_frames, t)).round().long().unique()
+    chunk = _load_chunk(images, masks, lms, idx, _windows(model, track, idx, config), track.image_size)
+    params = {
+        "euler": track.euler[idx].clone(), "trans": track.trans[idx].clone(), "exp": track.exp[idx].clone(),
+        "light": default_light(len(idx)), "tex": torch.zeros(model.n_tex),
+    }
+    if config.lr_id > 0:
+        params["id"] = track.id.clone()
+    _adam_frames(model, track, chunk, config, params, config.tex_iters)
+    return params.get("id", track.id), params["tex"], params["light"].mean(0)
+
+
+def refine_photometric(images, lms: Tensor, model: MorphableModel, track: TrackResult,
+                       config: PhotoConfig = PhotoConfig(), masks=None) -> TrackResult:
+    """Refine a landmark track on the frames themselves; returns a new TrackResult.
+
+    images: (T, S, S, 3) uint8 or float in [0, 1] (tensor, array, or a sequence of frames read
+    lazily chunk by chunk); lms: (T, 68, 2) the landmarks the track was fitted to; masks:
+    optional (T, S, S) bool face masks (e.g. the head label of the parsing).
+    """
+    size = track.image_size
+    lms = check_landmarks(lms, size)
+    t = track.n_frames
+    if lms.shape[0] != t or len(images) != t:
+        raise InputError(f"got {len(images)} frames and {lms.shape[0]} landmark sets for a track of {t} frames")
+    if masks is not None and len(masks) != t:
+        raise InputError(f"got {len(masks)} masks for {t} frames")
+    if model.n_id != track.id.shape[0] or model.n_exp != track.exp.shape[1]:
+        raise InputError("the track was fitted with a different model (coefficient counts differ)")
+    with cpu_threads(config.cpu_threads):
+        return _refine(images, lms, model, track, config, masks)
+
+
+def _refine(images, lms: Tensor, model: MorphableModel, track: TrackResult, config: PhotoConfig,
+            masks) -> TrackResult:
+    id, tex, light0 = fit_shared(images, model, track, lms, config, masks)
+    track = replace(track, id=id, tex=tex)
+    t, size = track.n_frames, track.image_size
+    euler, trans, exp = track.euler.clone(), track.trans.clone(), track.exp.clone()
+    light = light0.expand(t, 9, 3).clone()
+    photo = torch.zeros(t)
+    before = None
+    for start in range(0, t, config.chunk):
+        idx = torch.arange(start, min(start + config.chunk, t))
+        win = _windows(model, replace(track, euler=euler, trans=trans, exp=exp), idx, config)
+        chunk = _load_chunk(images, masks, lms, idx, win, size)
+        params = {"euler": euler[idx].clone(), "trans": trans[idx].clone(), "exp": exp[idx].clone(),
+                  "light": light[idx].clone()}
+        photo[idx] = _adam_frames(model, track, chunk, config, params, config.iters, before)
+        euler[idx], trans[idx], exp[idx], light[idx] = (params[k] for k in ("euler", "trans", "exp", "light"))
+        before = torch.cat([euler[idx], trans[idx], exp[idx]], -1)[-2:]
+    cx, cy = principal_point(size)
+    px = project(head_to_camera(model.landmarks(id, exp), euler, trans), track.focal, cx, cy)
+    err = (px - lms).norm(dim=-1).mean(-1)
+    info = dict(track.info, photo_l1=photo)
+    return replace(track, euler=euler, trans=trans, exp=exp, lmk_err=err, light=light, info=info)

@@ -1,0 +1,87 @@
+"""3DMM face tracking as a cached task: landmarks -> focal search -> batched fit -> photometric
+refinement -> track_params.pt and ER-NeRF's transforms_{train,val}.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from models.face3d.camera import to_nerf_transforms
+from models.face3d.fit import FitConfig, fit_landmarks
+from models.face3d.morphable import MorphableModel, convert_bfm, generic_model, load_model
+from models.face3d.photometric import PhotoConfig, refine_photometric
+from talkflow.cache import stage
+from talkflow.hashing import sha256_file
+from talkflow.settings import get_settings
+from talkflow.store import StageResult, get_store
+from tasks.inputs import scratch
+from tasks.preprocess import frame_folder, load_landmarks
+
+
+class TrackingConfig(BaseModel):
+    focal: float | None = Field(None, gt=0, description="Focal length in px; empty: searched (ER-NeRF).")
+    photometric: bool = Field(True, description="Refine on the pixels with pytorch3d after the landmark fit.")
+    photometric_iters: int = Field(30, ge=1, description="Adam steps per chunk of frames.")
+    render_size: int = Field(96, ge=32, description="Rendered face window side for the refinement, px.")
+    fit_iters: int = Field(30, ge=1, description="Levenberg-Marquardt steps of the landmark fit.")
+    val_fraction: float = Field(1 / 11, gt=0, lt=0.5, description="Last share of frames held out (ER-NeRF: 1/11).")
+
+
+def morphable_model(bfm: Path | None) -> MorphableModel:
+    """The user's BFM (converted once, cached by its sha256), else the generic model."""
+    if bfm is None:
+        return generic_model()
+    cache = get_settings().root / "assets-cache" / f"bfm-{sha256_file(bfm)[:16]}.pt"
+    if cache.is_file():
+        return load_model(cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    return convert_bfm(bfm, cache)
+
+
+def transforms_json(c2w: np.ndarray, ids: range, focal: float, size: int) -> dict:
+    return {
+        "focal_len": float(focal),
+        "cx": size / 2,
+        "cy": size / 2,
+        "frames": [{"img_id": i, "aud_id": i, "transform_matrix": c2w[i].tolist()} for i in ids],
+    }
+
+
+@stage("tracking", "1")
+def track_faces(
+    frames: StageResult,
+    landmarks: StageResult,
+    config: TrackingConfig,
+    bfm: Path | None = None,
+    namespace: str | None = None,
+) -> StageResult:
+    """Per-frame head pose, expression, shared identity and focal for every frame."""
+    model = morphable_model(bfm)
+    lms = torch.from_numpy(load_landmarks(landmarks)).float()  # (T,68,2)
+    size = frame_folder(frames)[0].shape[0]
+    track = fit_landmarks(lms, size, model, focal=config.focal,
+                          config=dataclasses.replace(FitConfig(), iters=config.fit_iters))
+    if config.photometric:
+        photo = dataclasses.replace(PhotoConfig(), iters=config.photometric_iters, render_size=config.render_size)
+        track = refine_photometric(frame_folder(frames), lms, model, track, photo)
+    c2w = to_nerf_transforms(track.euler, track.trans).numpy()  # (T,4,4)
+    n = track.n_frames
+    n_val = max(1, round(n * config.val_fraction))
+    with scratch("tracking") as work:
+        track.save(work / "track_params.pt")
+        for split, ids in (("train", range(0, n - n_val)), ("val", range(n - n_val, n))):
+            (work / f"transforms_{split}.json").write_text(json.dumps(transforms_json(c2w, ids, track.focal, size)))
+        store = get_store()
+        artifacts = {"track": store.put_file(work / "track_params.pt"),
+                     "transforms_train": store.put_file(work / "transforms_train.json"),
+                     "transforms_val": store.put_file(work / "transforms_val.json")}
+    err = track.lmk_err.detach()
+    return StageResult(artifacts=artifacts, meta={
+        "model": model.name, "focal": float(track.focal), "n_frames": n, "n_val": n_val,
+        "lmk_err_px_mean": round(float(err.mean()), 3), "lmk_err_px_max": round(float(err.max()), 3),
+    })
