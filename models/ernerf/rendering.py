@@ -1,0 +1,181 @@
+"""Rays, sampling with empty-space skipping, volume rendering and compositing.
+
+Conventions: cameras are camera-to-world 4x4 matrices in OpenGL axes (x right, y up, the camera
+looks down -z); pixels are (column + 0.5, row + 0.5); the head lives in an axis-aligned box
+(``aabb``) inside the occupancy grid's cube. Rays are marched with a fixed step from the box's
+near plane; only samples in occupied cells are kept, the first ``max_samples`` of them per ray
+(the reference's CUDA ray marcher does the same: fixed dt, at most max_steps occupied samples).
+Volume rendering: w_i = T_i (1 - exp(-sigma_i delta_i)), T_i = exp(-sum_{j<i} sigma_j delta_j).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from models.ernerf.fields import HeadField, TorsoField
+
+
+class RenderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # head box in world (OpenGL) axes; the reference's [-b, -b/2, -b, b, b/2, b] in its permuted
+    # axes is the same box: 2 units wide and tall, 1 unit deep
+    aabb: tuple[float, float, float, float, float, float] = (-1.0, -1.0, -0.5, 1.0, 1.0, 0.5)
+    min_near: float = 0.05
+    step_size: float = 2 * math.sqrt(3) / 128  # reference dt: one cascade, 128^3 grid
+    max_samples: int = Field(16, ge=1)  # occupied samples per ray (reference --max_steps)
+    # rays per chunk when rendering whole frames; None: 65536 on CUDA (the reference's CUDA marcher
+    # takes a whole frame at once), 4096 elsewhere (the reference's max_ray_batch; on the CPU bigger
+    # chunks were 2x slower here)
+    chunk_rays: int | None = Field(None, ge=1)
+
+    def chunk_for(self, device: torch.device) -> int:
+        return self.chunk_rays or (65536 if device.type == "cuda" else 4096)
+
+
+# ----------------------------------------------------------------------------------------- rays
+def pixel_centers(height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+    """(H * W, 2) pixel centres (column + 0.5, row + 0.5), row-major."""
+    rows, cols = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
+                                indexing="ij")
+    return torch.stack([cols, rows], dim=-1).view(-1, 2).float() + 0.5
+
+
+def camera_rays(c2w: Tensor, focal: float, cx: float, cy: float, pixels: Tensor) -> tuple[Tensor, Tensor]:
+    """c2w (B, 4, 4) OpenGL, pixels (B, R, 2) -> origins (B, R, 3), unit directions (B, R, 3), fp32."""
+    with torch.autocast(device_type=pixels.device.type, enabled=False):
+        c2w, pixels = c2w.float(), pixels.float()
+        x = (pixels[..., 0] - cx) / focal
+        y = -(pixels[..., 1] - cy) / focal  # image rows go down, camera y goes up
+        d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # (B, R, 3)
+        d_cam = d_cam / d_cam.norm(dim=-1, keepdim=True)
+        dirs = d_cam @ c2w[:, :3, :3].transpose(1, 2)  # rotate into the world
+        origins = c2w[:, None, :3, 3].expand_as(dirs)
+    return origins, dirs
+
+
+def image_plane_coords(pixels: Tensor, height: int, width: int) -> Tensor:
+    """pixels (..., 2) -> (..., 2) in [-1, 1] (x across columns, y down rows); the torso's input."""
+    scale = torch.tensor([width, height], dtype=pixels.dtype, device=pixels.device)
+    return pixels / scale * 2 - 1
+
+
+def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor, min_near: float) -> tuple[Tensor, Tensor]:
+    """Slab test. origins, dirs (R, 3), aabb (6,) -> near (R,), far (R,); rays that miss get
+    far <= near (no samples)."""
+    safe = torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)
+    t0 = (aabb[:3] - origins) / safe
+    t1 = (aabb[3:] - origins) / safe
+    near = torch.minimum(t0, t1).amax(dim=-1).clamp(min=min_near)
+    far = torch.maximum(t0, t1).amin(dim=-1)
+    return near, far
+
+
+def max_candidates(aabb: tuple[float, ...], step: float) -> int:
+    """Candidate samples per ray: enough to cross the box's diagonal."""
+    diag = math.dist(aabb[:3], aabb[3:])
+    return max(1, math.ceil(diag / step) + 1)
+
+
+def sample_occupied(origins: Tensor, dirs: Tensor, near: Tensor, far: Tensor,
+                    occupied: Callable[[Tensor], Tensor], step: float, num_candidates: int,
+                    max_samples: int, jitter: Tensor) -> tuple[Tensor, Tensor]:
+    """Uniform candidates t_k = near + (k + jitter) * step in [near, far), pruned by ``occupied``
+    ((..., 3) -> (...) bool); keeps the first ``max_samples`` occupied ones per ray.
+
+    origins, dirs (R, 3); near, far, jitter (R,) -> t (R, M), mask (R, M) with M = min(max_samples, K)."""
+    k = torch.arange(num_candidates, device=origins.device)
+    t = near[:, None] + (k[None, :] + jitter[:, None]) * step  # (R, K)
+    pts = origins[:, None, :] + t[..., None] * dirs[:, None, :]  # (R, K, 3)
+    occ = occupied(pts) & (t < far[:, None])  # (R, K)
+    keep = occ & (occ.cumsum(dim=1) <= max_samples)
+    m = min(max_samples, num_candidates)
+    key = torch.where(keep, k, k + num_candidates)  # kept candidates first, in ray order
+    order = torch.topk(key, m, dim=1, largest=False, sorted=True).indices  # (R, M)
+    return t.gather(1, order), keep.gather(1, order)
+
+
+# ------------------------------------------------------------------------------ volume rendering
+def volume_weights(sigma: Tensor, delta: Tensor) -> Tensor:
+    """sigma, delta (R, M) -> weights (R, M): T_i (1 - exp(-sigma_i delta_i))."""
+    tau = sigma * delta
+    before = torch.cat([torch.zeros_like(tau[:, :1]), torch.cumsum(tau, dim=1)[:, :-1]], dim=1)  # sum_{j<i}
+    return torch.exp(-before) * (1 - torch.exp(-tau))  # stays finite when a sigma overflows to inf
+
+
+def accumulate(weights: Tensor, values: Tensor) -> Tensor:
+    """weights (R, M), values (R, M, C) or (R, M) -> (R, C) or (R,)."""
+    if values.dim() == 2:
+        return (weights * values).sum(dim=1)
+    return (weights[..., None] * values).sum(dim=1)
+
+
+def composite(rgb: Tensor, opacity: Tensor, background: Tensor) -> Tensor:
+    """Premultiplied rgb (R, 3) over background (R, 3) with opacity (R,)."""
+    return rgb + (1 - opacity[:, None]) * background
+
+
+def _per_sample(value: Tensor, ray_id: Tensor) -> Tensor:
+    """(R, C) per-ray or (1, C) shared conditioning -> (N, C) per sample."""
+    return value if value.shape[0] == 1 else value[ray_id]
+
+
+@dataclass
+class HeadConditioning:
+    """Conditioning of a bundle of rays; each tensor is per ray (R, .) or shared (1, .)."""
+
+    audio: Tensor  # (R|1, C)
+    eye: Tensor  # (R|1, E)
+    appearance: Tensor | None  # (R|1, A)
+
+
+def render_head(field: HeadField, origins: Tensor, dirs: Tensor, cond: HeadConditioning,
+                occupied: Callable[[Tensor], Tensor], cfg: RenderConfig, jitter: Tensor | None = None,
+                with_uncertainty: bool = True) -> dict[str, Tensor]:
+    """origins, dirs (R, 3) -> rgb (R, 3) premultiplied, opacity, depth, ambient_aud, ambient_eye,
+    uncertainty (R,), and the samples (x (N, 3), d (N, 3), ray_id (N,)) for regularisers."""
+    aabb = torch.tensor(cfg.aabb, dtype=origins.dtype, device=origins.device)
+    near, far = ray_aabb(origins, dirs, aabb, cfg.min_near)
+    if jitter is None:
+        jitter = torch.zeros_like(near)
+    t, mask = sample_occupied(origins, dirs, near, far, occupied, cfg.step_size,
+                              max_candidates(cfg.aabb, cfg.step_size), cfg.max_samples, jitter)
+    r, m = t.shape
+    ray_id = torch.arange(r, device=t.device)[:, None].expand(r, m)[mask]  # (N,)
+    x = origins[ray_id] + t[mask][:, None] * dirs[ray_id]  # (N, 3)
+    d = dirs[ray_id]
+    app = None if cond.appearance is None else _per_sample(cond.appearance, ray_id)
+    out = field(x, d, _per_sample(cond.audio, ray_id), _per_sample(cond.eye, ray_id), app, with_uncertainty)
+
+    def padded(v: Tensor) -> Tensor:  # (N, ...) -> (R, M, ...)
+        full = v.new_zeros((r, m) + v.shape[1:])
+        full[mask] = v
+        return full
+
+    weights = volume_weights(padded(out["sigma"]), mask.to(t.dtype) * cfg.step_size)  # (R, M)
+    return {
+        "rgb": accumulate(weights, padded(out["rgb"])),
+        "opacity": weights.sum(dim=1),
+        "depth": accumulate(weights, t),
+        "ambient_aud": accumulate(weights, padded(out["ambient_aud"])),
+        "ambient_eye": accumulate(weights, padded(out["ambient_eye"])),
+        "uncertainty": accumulate(weights, padded(out["uncertainty"])),
+        "num_samples": mask.sum(),
+        "samples": (x, d, ray_id),
+    }
+
+
+def render_torso(field: TorsoField, coords: Tensor, pose_code: Tensor, appearance: Tensor | None,
+                 background: Tensor) -> dict[str, Tensor]:
+    """coords (R, 2) in [-1, 1], pose_code (R|1, 6), background (R, 3) ->
+    alpha (R,), rgb (R, 3), image (R, 3) = torso over background, offset (R, 2)."""
+    out = field(coords, pose_code, appearance)
+    alpha = out["alpha"][:, None]
+    out["image"] = out["rgb"] * alpha + background * (1 - alpha)
+    return out

@@ -1,0 +1,440 @@
+"""Training loop pieces for the three ER-NeRF stages (pure PyTorch, no orchestration).
+
+- head: random rays over the frame, MSE + uncertainty weighting + regularisers, occupancy grid
+  updated every 16 steps; the GT torso over bc.jpg is the background.
+- lips: fine-tunes the head; every other step renders the square around the lips as one patch and
+  adds the patch loss (LPIPS if registered, else the structural substitute); the steps between are
+  ordinary random-ray steps (the reference alternates the same way).
+- torso: trains the torso field only (head frozen) on the GT torso composited over bc.jpg.
+
+``Trainer.state_dict()`` holds everything a resume needs (model with occupancy grid, optimiser,
+grad scaler, step, RNG state): all randomness comes from one CPU ``torch.Generator``.
+Checkpoints are written locally with ``save``; every ``checkpoint_every`` steps the trainer saves
+to ``checkpoint_dir/<stage>.pt`` and calls ``on_checkpoint(step, path)`` (the caller stores it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+from torch.nn import functional as F
+
+from models.ernerf.dataset import ERNeRFDataset
+from models.ernerf.losses import (
+    PatchLoss,
+    ambient_losses,
+    make_patch_loss,
+    mouth_landmark_distance,
+    opacity_entropy,
+    psnr,
+    ssim,
+    uncertainty_weighted_loss,
+)
+from models.ernerf.model import ERNeRF, ModelConfig, autocast_for
+from models.ernerf.rendering import HeadConditioning, camera_rays, composite, image_plane_coords
+from talkflow.errors import InputError
+
+CHECKPOINT_VERSION = 1
+OnCheckpoint = Callable[[int, Path], None]
+Landmarker = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 -> (68, 2) landmarks
+
+
+class TrainConfig(BaseModel):
+    """Shared training settings; defaults follow ER-NeRF's main.py / utils.py (head stage)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stage: Literal["head", "lips", "torso"] = "head"
+    steps: int = Field(100_000, ge=1)
+    rays_per_batch: int = Field(4096 * 16, ge=1)  # reference num_rays
+    lr: float = 1e-2  # hash tables
+    lr_net: float = 1e-3  # MLPs, audio nets, latent codes
+    lr_final_ratio: float = 0.5  # lr(t) = lr * ratio ** (t / steps)
+    betas: tuple[float, float] = (0.0, 0.99)
+    eps: float = 1e-8
+    table_weight_decay: float = 1e-2  # AdamW's default, which the reference leaves on for the tables
+    attention_lr_mult: float = 5.0  # audio attention net: lr_net * 5, weight decay 1e-4
+    attention_weight_decay: float = 1e-4
+    uncertainty_loss: bool = True
+    lambda_entropy: float = 1e-4  # binary entropy of the opacity (head) / torso alpha
+    lambda_ambient: float = 1e-4  # region-attention regularisers, ramped in with the step
+    lambda_smooth: float = 1e-5  # smoothness of attention/uncertainty under 1e-3 jitter
+    smooth_every: int = 16
+    eye_noise: float = 0.1  # training eye closure += U(-0.05, 0.05)
+    patch_weight: float = 0.01  # lips patch loss weight (reference LPIPS weight)
+    min_patch: int = 32  # lips patches are padded to at least this side
+    alternate_lips: bool = True  # lips stage: lips patch on even steps, random rays on odd ones
+    lambda_anchor: float = 1.0  # torso: keeps the anchors' homogeneous w near 1
+    mixed_precision: bool = True  # fp16 autocast + grad scaling on CUDA only
+    checkpoint_every: int = Field(0, ge=0)  # 0: never
+    seed: int = 0
+
+
+class HeadTrainConfig(TrainConfig):
+    stage: Literal["head"] = "head"
+
+
+class LipsTrainConfig(TrainConfig):
+    """The reference continues the head run (100k -> 125k) with decay 0.05 ** (t / 125k): it starts
+    at 0.091x the base rates and ends at 0.05x; we start a fresh optimiser at those rates."""
+
+    stage: Literal["lips"] = "lips"
+    steps: int = 25_000
+    lr: float = 1e-2 * 0.05 ** 0.8
+    lr_net: float = 1e-3 * 0.05 ** 0.8
+    lr_final_ratio: float = 0.05 ** 0.2
+    uncertainty_loss: bool = False  # the reference switches it off while fine-tuning the lips
+
+
+class TorsoTrainConfig(TrainConfig):
+    stage: Literal["torso"] = "torso"
+    steps: int = 200_000
+    uncertainty_loss: bool = False
+
+
+def stage_config(stage: str, **overrides) -> TrainConfig:
+    """The stage's config class with its defaults, overridden by ``overrides``."""
+    classes = {"head": HeadTrainConfig, "lips": LipsTrainConfig, "torso": TorsoTrainConfig}
+    if stage not in classes:
+        raise InputError(f"unknown stage {stage!r}; use one of {sorted(classes)}")
+    return classes[stage](**overrides)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _rect_pixels(rect: Tensor) -> tuple[Tensor, int, int]:
+    """(row0, row1, col0, col1) -> pixel centres (h*w, 2) row-major, h, w."""
+    r0, r1, c0, c1 = (int(v) for v in rect)
+    rows, cols = torch.meshgrid(torch.arange(r0, r1), torch.arange(c0, c1), indexing="ij")
+    return torch.stack([cols, rows], dim=-1).view(-1, 2).float() + 0.5, r1 - r0, c1 - c0
+
+
+def _in_rect(pixels: Tensor, rect: Tensor) -> Tensor:
+    r0, r1, c0, c1 = (int(v) for v in rect)
+    col, row = pixels[:, 0].long(), pixels[:, 1].long()
+    return (row >= r0) & (row < r1) & (col >= c0) & (col < c1)
+
+
+def _pad_patch(x: Tensor, side: int) -> Tensor:
+    """(1, 3, h, w) -> padded with mid-grey to at least side x side (as the reference's zero in [-1, 1])."""
+    ph, pw = max(0, side - x.shape[-2]), max(0, side - x.shape[-1])
+    return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.5) if ph or pw else x
+
+
+class Trainer:
+    def __init__(self, model: ERNeRF, data: ERNeRFDataset, config: TrainConfig, *,
+                 device: torch.device | str | None = None, checkpoint_dir: Path | None = None,
+                 on_checkpoint: OnCheckpoint | None = None, patch_loss: PatchLoss | None = None):
+        if data.audio_dim != model.cfg.audio.in_dim:
+            raise InputError(
+                f"the dataset's audio features have D={data.audio_dim} ({data.audio_kind}) but the model "
+                f"expects D={model.cfg.audio.in_dim}; build the model with AudioConfig(in_dim={data.audio_dim})"
+            )
+        if len(data) > model.cfg.num_appearance_codes:
+            raise InputError(f"{len(data)} training frames exceed num_appearance_codes="
+                             f"{model.cfg.num_appearance_codes}; raise it in the ModelConfig")
+        if config.stage == "torso" and model.torso is None:
+            raise InputError("the torso stage needs a model built with with_torso=True")
+        if config.checkpoint_every and checkpoint_dir is None:
+            raise InputError("checkpoint_every needs a checkpoint_dir")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device)
+        self.data = data
+        self.cfg = config
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.on_checkpoint = on_checkpoint
+        self.step_count = 0
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.mp = config.mixed_precision and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mp)
+        self.optimizer = torch.optim.AdamW(self._param_groups(), betas=config.betas, eps=config.eps)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.patch_loss_kind, self.patch_loss = ("none", None)
+        if config.stage == "lips":
+            if patch_loss is not None:
+                self.patch_loss_kind, self.patch_loss = "custom", patch_loss
+            else:
+                from talkflow.assets import locate
+
+                self.patch_loss_kind, self.patch_loss = make_patch_loss(locate("lpips"), self.device)
+        with torch.no_grad():
+            self.model.eye_default.fill_(float(data.eye.mean()))
+            if config.stage == "head" and int(self.model.grid.updates) == 0:
+                self.model.grid.mark_unseen(self.model.world_pose(data.poses), data.focal, data.cx, data.cy)
+        self._bg_cache: dict[int, Tensor] = {}
+
+    # ------------------------------------------------------------------------------ optimiser
+    def _param_groups(self) -> list[dict]:
+        m, c = self.model, self.cfg
+        for p in m.parameters():
+            p.requires_grad_(False)
+        if c.stage == "torso":
+            groups = [
+                {"params": [m.torso.grid.table], "lr": c.lr, "weight_decay": c.table_weight_decay},
+                {"params": [*m.torso.deform_net.parameters(), *m.torso.color_net.parameters(), m.torso.anchors]
+                 + ([m.torso_codes] if m.torso_codes.shape[1] else []), "lr": c.lr_net, "weight_decay": 0.0},
+            ]
+        else:
+            h = m.head
+            groups = [
+                {"params": list(h.encoding.parameters()), "lr": c.lr, "weight_decay": c.table_weight_decay},
+                {"params": [*m.audio.encoder.parameters(), *m.eye.parameters(), *h.sigma_net.parameters(),
+                            *h.color_net.parameters(), *h.audio_att.parameters(), *h.eye_att.parameters(),
+                            *h.uncertainty_net.parameters()]
+                 + ([m.head_codes] if m.head_codes.shape[1] else []), "lr": c.lr_net, "weight_decay": 0.0},
+            ]
+            if m.audio.attention is not None:
+                groups.append({"params": list(m.audio.attention.parameters()), "lr": c.lr_net * c.attention_lr_mult,
+                               "weight_decay": c.attention_weight_decay})
+        for g in groups:
+            for p in g["params"]:
+                p.requires_grad_(True)
+        return [g for g in groups if g["params"]]
+
+    def _set_lr(self) -> float:
+        factor = self.cfg.lr_final_ratio ** min(self.step_count / self.cfg.steps, 1.0)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * factor
+        return self.base_lrs[0] * factor
+
+    # ------------------------------------------------------------------------------ sampling
+    def _rand(self, *shape: int) -> Tensor:
+        return torch.rand(shape, generator=self.generator)
+
+    def _randint(self, high: int, *shape: int) -> Tensor:
+        return torch.randint(high, shape, generator=self.generator)
+
+    def _background(self, i: int) -> Tensor:
+        """(H*W, 3) GT torso over bc.jpg for frame i (the head stages' background)."""
+        if i not in self._bg_cache:
+            if len(self._bg_cache) > 64:
+                self._bg_cache.clear()
+            self._bg_cache[i] = self.data.torso_over_background(i).view(-1, 3)
+        return self._bg_cache[i]
+
+    def _frame_conditioning(self, i: int, train: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+        """audio (1, C), eye (1, E), head appearance (1, A) of training frame i."""
+        m, d = self.model, self.data
+        audio = m.audio_codes(d.audio, d.aud_ids[i:i + 1])
+        eye = d.eye[i:i + 1]
+        if train and self.cfg.eye_noise:
+            eye = eye + (self._rand(1, 1) - 0.5) * self.cfg.eye_noise
+        index = torch.tensor([i])
+        return audio, m.eye_codes(eye, 1), m.appearance(m.head_codes, index, 1)
+
+    @torch.no_grad()
+    def update_grid(self) -> None:
+        """Re-query the head density (random training frame's audio and eye) into the occupancy grid."""
+        j = int(self._randint(len(self.data), 1))
+        with autocast_for(self.device, self.mp):
+            audio, eye, _ = self._frame_conditioning(j, train=False)
+            self.model.grid.update(lambda x: self.model.head.density(x, audio, eye), self.generator)
+
+    # ----------------------------------------------------------------------------------- step
+    def step(self) -> dict[str, float]:
+        """One optimisation step; returns loss, psnr (of the batch), lr, samples_per_ray."""
+        c, m, d = self.cfg, self.model, self.data
+        m.train()
+        if c.stage != "torso" and self.step_count % m.cfg.occupancy.update_every == 0:
+            self.update_grid()
+        lr = self._set_lr()
+        i = int(self._randint(len(d), 1))
+        lips_step = c.stage == "lips" and (not c.alternate_lips or self.step_count % 2 == 0)
+        if lips_step:
+            pixels, ph, pw = _rect_pixels(d.lips_rects[i])
+        else:
+            pixels = self._randint(d.height * d.width, c.rays_per_batch)
+            pixels = torch.stack([pixels % d.width, pixels // d.width], dim=-1).float() + 0.5
+        flat = (pixels[:, 1].long() * d.width + pixels[:, 0].long())  # (R,)
+        with autocast_for(self.device, self.mp):
+            if c.stage == "torso":
+                loss, pred, target, extra = self._torso_loss(i, pixels, flat)
+            else:
+                loss, pred, target, extra = self._head_loss(i, pixels, flat, (ph, pw) if lips_step else None)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step_count += 1
+        if c.checkpoint_every and self.step_count % c.checkpoint_every == 0:
+            self._checkpoint()
+        return {"loss": float(loss.detach()), "psnr": float(psnr(pred.detach(), target)), "lr": lr, **extra}
+
+    def _head_loss(self, i: int, pixels: Tensor, flat: Tensor, patch: tuple[int, int] | None):
+        c, m, d, dev = self.cfg, self.model, self.data, self.device
+        audio, eye, app = self._frame_conditioning(i)
+        pose = m.world_pose(d.poses[i:i + 1].to(dev))
+        origins, dirs = camera_rays(pose, d.focal, d.cx, d.cy, pixels.to(dev)[None])
+        origins, dirs = origins[0], dirs[0]  # (R, 3)
+        target = (d.images[i].view(-1, 3)[flat].float() / 255).to(dev)  # (R, 3)
+        bg = self._background(i)[flat].to(dev)
+        face = _in_rect(pixels, d.face_rects[i]).to(dev)
+        jitter = self._rand(origins.shape[0]).to(dev)
+        unc = c.uncertainty_loss and patch is None
+        out = m.render_head_rays(origins, dirs, HeadConditioning(audio, eye, app), jitter, with_uncertainty=unc)
+        pred = composite(out["rgb"].float(), out["opacity"].float(), bg)
+        err = (pred - target).pow(2).mean(dim=-1)  # (R,)
+        sf = min(self.step_count / c.steps, 1.0)
+        if unc:
+            err = uncertainty_weighted_loss(err, pred, target, out["uncertainty"], face, sf)
+        loss = err.mean() + c.lambda_entropy * opacity_entropy(out["opacity"])
+        outside, overlap = ambient_losses(out["ambient_aud"], out["ambient_eye"], face, m.cfg.render.max_samples)
+        loss = loss + sf * c.lambda_ambient * (outside + overlap)
+        extra = {"samples_per_ray": float(out["num_samples"]) / max(origins.shape[0], 1)}
+        if patch is not None:
+            h, w = patch
+            to_img = lambda x: _pad_patch(x.view(1, h, w, 3).permute(0, 3, 1, 2), c.min_patch)  # noqa: E731
+            patch_loss = self.patch_loss(to_img(pred), to_img(target))
+            loss = loss + c.patch_weight * patch_loss
+            extra["patch_loss"] = float(patch_loss.detach())
+        if c.stage == "head" and c.lambda_smooth and self.step_count % c.smooth_every == 0:
+            loss = loss + sf * c.lambda_smooth * self._smoothness(out["samples"], audio, eye, app)
+        return loss, pred, target, extra
+
+    def _smoothness(self, samples: tuple[Tensor, Tensor, Tensor], audio: Tensor, eye: Tensor,
+                    app: Tensor | None) -> Tensor:
+        """Attention maps and uncertainty should not change under a 1e-3 jitter of the points."""
+        x, d, _ = samples
+        if x.shape[0] == 0:
+            return x.new_zeros(())
+        head = self.model.head
+        delta = ((self._rand(*x.shape) * 2 - 1) * 1e-3).to(x.device)
+        app = None if app is None else app.detach()
+        with torch.no_grad():
+            ref = head(x, d, audio.detach(), eye.detach(), app)
+        moved = head(x + delta, d, audio.detach(), eye.detach(), app)
+        return sum(F.mse_loss(moved[k], ref[k]) for k in ("uncertainty", "ambient_aud", "ambient_eye"))
+
+    def _torso_loss(self, i: int, pixels: Tensor, flat: Tensor):
+        c, m, d, dev = self.cfg, self.model, self.data, self.device
+        pose = m.world_pose(d.poses[i:i + 1].to(dev))
+        coords = image_plane_coords(pixels, d.height, d.width).to(dev)
+        bg = (d.background.view(-1, 3)[flat].float() / 255).to(dev)
+        target = self._background(i)[flat].to(dev)  # GT torso over bc.jpg
+        app = m.appearance(m.torso_codes, torch.tensor([i]), 1)
+        out = m.render_torso_rays(coords, m.torso.pose_code(pose), app, bg)
+        pred = out["image"].float()
+        loss = (pred - target).pow(2).mean()
+        loss = loss + c.lambda_anchor * (1 - m.torso.anchors[:, 3]).pow(2).mean()
+        loss = loss + c.lambda_entropy * opacity_entropy(out["alpha"].float())
+        return loss, pred, target, {}
+
+    def train(self, steps: int | None = None, progress: Callable[[int, dict], None] | None = None) -> list[dict]:
+        """Run until ``steps`` more steps (default: up to config.steps) are done; returns the step logs."""
+        end = self.cfg.steps if steps is None else self.step_count + steps
+        logs = []
+        while self.step_count < end:
+            logs.append(self.step())
+            if progress is not None:
+                progress(self.step_count, logs[-1])
+        return logs
+
+    # --------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "stage": self.cfg.stage,
+            "train_config": self.cfg.model_dump(mode="json"),
+            "model_config": self.model.cfg.model_dump(mode="json"),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step_count,
+            "rng": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise InputError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
+        if state["stage"] != self.cfg.stage:
+            raise InputError(f"checkpoint is from the {state['stage']} stage, this trainer runs {self.cfg.stage}; "
+                             "load it with load_model() to start the next stage")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step_count = int(state["step"])
+        self.generator.set_state(state["rng"])
+
+    def save(self, path: Path) -> Path:
+        """Write the trainer state to ``path`` atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load(self, path: Path) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+    def _checkpoint(self) -> None:
+        path = self.save(self.checkpoint_dir / f"{self.cfg.stage}.pt")
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.step_count, path)
+
+    # ---------------------------------------------------------------------------- evaluation
+    def render_frames(self, aud_feats: Tensor, poses: Tensor, *, eye: Tensor | None = None,
+                      aud_index: Tensor | None = None, background: Tensor | None = None,
+                      with_torso: bool | None = None, frames_per_batch: int = 4) -> np.ndarray:
+        """Render (F, H, W, 3) uint8 frames with the training camera intrinsics; background defaults
+        to bc.jpg; the torso field is composited when the model has one (unless with_torso=False)."""
+        d = self.data
+        return self.model.render_frames(
+            torch.as_tensor(aud_feats, dtype=torch.float32), torch.as_tensor(poses, dtype=torch.float32),
+            focal=d.focal, cx=d.cx, cy=d.cy, height=d.height, width=d.width,
+            background=d.background if background is None else background, aud_index=aud_index, eye=eye,
+            with_torso=with_torso, frames_per_batch=frames_per_batch, mixed_precision=self.mp,
+        )
+
+    @torch.no_grad()
+    def evaluate(self, val: ERNeRFDataset, *, max_frames: int | None = None,
+                 landmarker: Landmarker | None = None) -> dict[str, float]:
+        """PSNR, SSIM and LMD of rendered validation frames against gt_imgs.
+
+        The head stages are evaluated over the GT torso (as the reference), the torso stage with the
+        torso field. LMD needs ``landmarker`` (e.g. models.face.landmarks.largest_face_landmarks) for
+        the rendered frames (ground truth: the dataset's .lms); it is NaN without one or when no face
+        is found in any frame."""
+        if val.audio_dim != self.model.cfg.audio.in_dim:
+            raise InputError(f"validation audio features have D={val.audio_dim} but the model expects "
+                             f"D={self.model.cfg.audio.in_dim}")
+        n = len(val) if max_frames is None else min(max_frames, len(val))
+        torso = self.cfg.stage == "torso"
+        bgs = None if torso else torch.stack([val.torso_over_background(k) for k in range(n)])
+        frames = self.model.render_frames(
+            val.audio, val.poses[:n], focal=val.focal, cx=val.cx, cy=val.cy, height=val.height, width=val.width,
+            background=val.background if torso else bgs, aud_index=val.aud_ids[:n], eye=val.eye[:n],
+            with_torso=torso, mixed_precision=self.mp,
+        )
+        pred = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+        gt = val.images[:n].permute(0, 3, 1, 2).float() / 255
+        psnrs = [float(psnr(p, g)) for p, g in zip(pred, gt)]
+        ssims = ssim(pred, gt).tolist()
+        lmds = []
+        if landmarker is not None:
+            for k in range(n):
+                try:
+                    lms = torch.as_tensor(landmarker(frames[k]), dtype=torch.float32)
+                except InputError:
+                    continue
+                lmds.append(float(mouth_landmark_distance(lms, val.landmarks[k])))
+        return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)),
+                "lmd": float(np.mean(lmds)) if lmds else math.nan}
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> ERNeRF:
+    """Rebuild the model of a trainer checkpoint (e.g. the head stage's, to start the lips stage)."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    model = ERNeRF(ModelConfig.model_validate(state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device)
