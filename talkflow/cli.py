@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -193,6 +194,39 @@ def demo(
                   f"{result.media.normalized.meta['fps']} fps)")
 
 
+# -- ER-NeRF -------------------------------------------------------------------------------
+@app.command()
+def preprocess(
+    video: Path,
+    person: str = typer.Option(..., help="Avatar name (letters, digits, '_' or '-')."),
+    size: int = typer.Option(512, help="Side of the square training frames, px."),
+    features: str = typer.Option("logmel", help="Audio features: logmel, hubert or wav2vec2."),
+    deepspeech: Path = typer.Option(None, help="Precomputed DeepSpeech features (.npy)."),
+    photometric: bool = typer.Option(True, help="Photometric refinement of the 3DMM tracking."),
+    out: Path = typer.Option(None, help="Also write the dataset folder here (copies)."),
+) -> None:
+    """Turn a talking-head VIDEO into an ER-NeRF training dataset (every step cached)."""
+    from flows.preprocess import PreprocessConfig, preprocess_video
+    from models.audio.features import AudioFeatureConfig
+    from tasks.dataset import materialize_dataset
+    from tasks.media import NormalizeConfig
+    from tasks.tracking import TrackingConfig
+
+    config = PreprocessConfig(
+        normalize=NormalizeConfig(size=size),
+        audio=AudioFeatureConfig(kind=features),
+        tracking=TrackingConfig(photometric=photometric),
+        deepspeech_npy=deepspeech,
+    )
+    dataset = run_flow(preprocess_video, video, person, config, status=f"preprocessing {video.name}")
+    m = dataset.meta
+    console.print(f"dataset for {person}: {m['n_frames']} frames ({m['n_train']} train, {m['n_val']} val) "
+                  f"at {m['size']} px, focal {m['focal']:.1f} px, {m['features']['kind']} features "
+                  f"(D={m['features']['dim']}), parsing: {m['parsing']}, 3DMM: {m['tracking']}")
+    if out is not None:
+        console.print(f"written to {materialize_dataset(dataset, out, copy=True)}")
+
+
 # -- cache ---------------------------------------------------------------------------------
 @cache_app.command("ls")
 def cache_ls(character: str = typer.Option(None, "--character", help="Only this namespace.")):
@@ -297,6 +331,10 @@ def main() -> None:
         code = app(standalone_mode=False)
     except TalkflowError as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except pydantic.ValidationError as exc:  # a bad option value reaching a typed config
+        first = exc.errors()[0]
+        console.print(f"[red]error:[/] {'.'.join(map(str, first['loc']))}: {first['msg']}", highlight=False)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
