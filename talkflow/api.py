@@ -58,10 +58,9 @@ CALLS: dict[str, Call] = {
     "sample_clip": Call("flows.sample_clip:make_sample_clip", "sample-clip/sample-clip",
                         "talkflow.store:StageResult"),
     "demo": Call("flows.demo:demo", "demo/demo", "flows.demo:DemoResult"),
+    "preprocess": Call("flows.preprocess:preprocess_video", "preprocess-video/preprocess",
+                       "talkflow.store:StageResult"),
     # Declared, not yet written: each raises NotImplementedError until its flow lands.
-    "preprocess": Call("flows.preprocess_video:preprocess_video", "preprocess-video/preprocess",
-                       "talkflow.store:StageResult",
-                       planned="ER-NeRF preprocessing: frames, landmarks, parsing, 3DMM tracking"),
     "train": Call("flows.train_avatar:train_avatar", "train-avatar/train",
                   "talkflow.store:StageResult",
                   planned="ER-NeRF training: head, lips fine-tune, torso"),
@@ -71,9 +70,8 @@ CALLS: dict[str, Call] = {
     "infer": Call("flows.render_video:render_video", "render-video/infer",
                   "talkflow.store:StageResult",
                   planned="ER-NeRF rendering of a trained avatar speaking new audio"),
-    "portrait": Call("flows.generate_from_portrait:generate_from_portrait",
-                     "generate-from-portrait/portrait", "talkflow.store:StageResult",
-                     planned="NeRFFaceSpeech: one portrait -> PTI + 3DMM fit -> talking video"),
+    "portrait": Call("flows.portrait:generate_from_portrait", "generate-from-portrait/portrait",
+                     "flows.portrait:PortraitResult"),
 }
 
 
@@ -146,11 +144,12 @@ class Talkflow:
         """Text -> sample clip -> media stage (flows.demo)."""
         return self.run("demo", text=text, config=config)
 
-    # -- declared; their flows are not written yet -------------------------------------------
-    def preprocess(self, video: Path | str, name: str, config: BaseModel | None = None):
-        """ER-NeRF preprocessing of `video` for the person `name`."""
+    def preprocess(self, video: Path | str, name: str, config: BaseModel | None = None) -> StageResult:
+        """ER-NeRF preprocessing of `video` for the person `name` -> the dataset manifest."""
         self._validate_name(name)
-        return self._planned("preprocess")
+        return self.run("preprocess", video=Path(video), person=name, config=config)
+
+    # -- declared; their flows are not written yet -------------------------------------------
 
     def train(self, name: str, stage: TrainStage = "auto", config: BaseModel | None = None):
         """Train `name`'s avatar: stage "auto" runs head -> lips -> torso, resuming where it stopped."""
@@ -172,13 +171,13 @@ class Talkflow:
         return self._planned("infer")
 
     def portrait(self, image: Path | str, audio: Path | str | None = None, *,
-                 text: str | None = None, character: str | None = None):
+                 text: str | None = None, character: str = "default", config: BaseModel | None = None):
         """One-shot NeRFFaceSpeech video of the portrait `image` speaking `audio` or `text`."""
         if (audio is None) == (text is None):
             raise InputError("give exactly one of audio or text")
-        if character is not None:
-            self._validate_name(character)
-        return self._planned("portrait")
+        self._validate_name(character)
+        return self.run("portrait", character=character, image=Path(image),
+                        audio=Path(audio) if audio is not None else None, text=text, config=config)
 
     # -- machinery -----------------------------------------------------------------------------
     def run(self, call: str, **params: Any) -> Any:

@@ -38,6 +38,8 @@ KNOWN: dict[str, AssetSpec] = {
         AssetSpec("generator", "ffhqrebalanced512-128.pkl",
                   "3D-aware generator checkpoint for one-shot portraits",
                   "a small generator that the project initialises or trains itself"),
+        AssetSpec("audio2exp", "audio2exp.pt", "audio -> expression network for one-shot portraits",
+                  "the built-in mouth driven by the speech envelope and log-mel bands"),
     ]
 }
 

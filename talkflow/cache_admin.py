@@ -80,6 +80,27 @@ def remove_entries(store: ArtifactStore, entries: list[CacheEntry]) -> None:
         store.remove(f"{CACHE_DIR}/{e.key}")
 
 
+def free_namespace(store: ArtifactStore, namespace: str) -> tuple[int, int]:
+    """Remove a namespace's entries and, at once, the payloads only they referenced.
+
+    Returns (entries removed, bytes freed). Payloads shared with other entries stay.
+    """
+    entries = list_entries(store)
+    drop = [e for e in entries if e.namespace == namespace]
+    keep = {a.key for e in entries if e.namespace != namespace and e.result for a in e.result.artifacts.values()}
+    remove_entries(store, drop)
+    freed = 0
+    for e in drop:
+        for a in (e.result.artifacts.values() if e.result else ()):
+            if a.key not in keep:
+                keep.add(a.key)  # once
+                freed += a.size
+                if a.kind == "dir":
+                    store.remove(f"{a.key}.json")  # listing first: the tree stops existing at once
+                store.remove(a.key)
+    return len(drop), freed
+
+
 def select_for_prune(
     entries: list[CacheEntry],
     *,

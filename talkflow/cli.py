@@ -227,6 +227,41 @@ def preprocess(
         console.print(f"written to {materialize_dataset(dataset, out, copy=True)}")
 
 
+# -- one-shot portraits (NeRFFaceSpeech) ---------------------------------------------------
+character_app = typer.Typer(no_args_is_help=True, help="One-shot portrait characters.")
+app.add_typer(character_app, name="character")
+
+
+@app.command()
+def portrait(
+    character: str = typer.Option(..., help="Character name (letters, digits, '_' or '-')."),
+    image: Path = typer.Option(..., help="The portrait photo."),
+    audio: Path = typer.Option(None, help="Speech to say (wav, mp3, ...)."),
+    text: str = typer.Option(None, help="Or text to say (offline TTS)."),
+    out: Path = typer.Option(None, help="Where to write the mp4 (default: <data_root>/outputs/portraits/)."),
+) -> None:
+    """A video of the portrait speaking; the fit (3DMM + PTI) is cached per character and image."""
+    from flows.portrait import generate_from_portrait
+
+    result = run_flow(generate_from_portrait, character, image, audio, text,
+                      status=f"portrait of {character} (the first video of an image runs PTI)")
+    dest = out or get_settings().outputs_dir / "portraits" / f"{character}-{result.video['video'].sha256[:8]}.mp4"
+    dest = export(result.video["video"], dest)
+    console.print(f"video: {dest} ({result.video.meta['duration_s']:.2f} s); PTI error "
+                  f"{result.pti.meta['error_initial']:.3f} -> {result.pti.meta['error_final']:.3f}")
+
+
+@character_app.command("rm")
+def character_rm(name: str) -> None:
+    """Free a character's (or person's) cached fits and outputs."""
+    from talkflow.cache import validate_name
+    from talkflow.cache_admin import free_namespace
+    from talkflow.store import get_store
+
+    entries, freed = free_namespace(get_store(), validate_name(name, "character"))
+    console.print(f"{name}: {entries} entries removed, {human(freed)} freed")
+
+
 # -- cache ---------------------------------------------------------------------------------
 @cache_app.command("ls")
 def cache_ls(character: str = typer.Option(None, "--character", help="Only this namespace.")):
@@ -234,10 +269,12 @@ def cache_ls(character: str = typer.Option(None, "--character", help="Only this 
     from talkflow.cache_admin import list_entries
     from talkflow.store import get_store
 
-    t = Table("stage", "namespace", "created", "size", "key")
+    t = Table("stage", "namespace", "created", "size", "versions", "image", "key")
     for e in list_entries(get_store(), character):
         created = e.created.strftime("%Y-%m-%d %H:%M:%S") if e.created else "unreadable"
-        t.add_row(f"{e.stage} v{e.version}", e.namespace, created, human(e.size), e.key)
+        versions = ", ".join(f"{k} {v}" for k, v in (e.result.versions.items() if e.result else ()))
+        image = (e.result.meta.get("image_sha256") or "")[:12] if e.result else ""
+        t.add_row(f"{e.stage} v{e.version}", e.namespace, created, human(e.size), versions, image, e.key)
     console.print(t)
 
 

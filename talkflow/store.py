@@ -130,6 +130,25 @@ class ArtifactStore:
         else:
             self.fs.put_file(str(src), dest)  # one PUT: visible whole or not at all
 
+    def write_text(self, key: str, text: str) -> None:
+        """Write a small document (a pointer, a registry entry) at a fixed key, atomically."""
+        self._write_text(key, text)
+
+    def read_text(self, key: str) -> str | None:
+        """The document at `key`, or None when there is none."""
+        try:
+            with self.fs.open(self.path(key), "rb") as f:
+                return f.read().decode()
+        except FileNotFoundError:
+            return None
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Store-relative keys of the files under the folder `prefix`, sorted."""
+        base = self.path(prefix)
+        if not self.fs.exists(base):
+            return []
+        return sorted(path[len(self.root):].lstrip("/") for path in self.fs.find(base))
+
     def _write_text(self, key: str, text: str) -> None:
         tmp = self._tmp_file()
         tmp.write_text(text)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from talkflow import media
 from talkflow.cache import stage
-from talkflow.errors import EmptyMedia
+from talkflow.errors import EmptyMedia, NoAudioStream
 from talkflow.store import Artifact, StageResult, get_store
 from tasks.inputs import local_file, scratch
 
@@ -71,6 +71,21 @@ def normalize_video(
         meta={"fps": config.fps, "size": config.size, "n_frames": out.n_frames, "duration_s": out.duration_s,
               "source": info.model_dump(exclude={"path"}), "warnings": warnings},
     )
+
+
+@stage("audio", "1")
+def normalize_audio(audio: Path | Artifact, sample_rate: int = 16000, namespace: str | None = None) -> StageResult:
+    """Any audio (or the audio track of a video) -> a mono 16-bit wav at `sample_rate`."""
+    src = local_file(audio)
+    info = media.probe(src)
+    if not info.has_audio:
+        raise NoAudioStream(f"'{src.name}' has no audio track; give a speech recording (wav, mp3, m4a...)")
+    if info.duration_s <= 0:
+        raise EmptyMedia(f"'{src.name}' holds no sound (zero length); give a speech recording")
+    with scratch("audio") as work:
+        media.extract_audio(src, work / "audio.wav", sample_rate=sample_rate)
+        art = get_store().put_file(work / "audio.wav")
+    return StageResult(artifacts={"audio": art}, meta={"sample_rate": sample_rate, "duration_s": info.duration_s})
 
 
 @stage("frames", "1")

@@ -328,7 +328,8 @@ def test_prefect_yaml_deploys_to_the_docker_pools(cluster):
         for d in spec["deployments"]:
             dep = client.read_deployment_by_name(
                 f"{_flow_name(d['entrypoint'])}/{d['name']}")
-            assert dep.work_pool_name == d["work_pool"]["name"] == "cpu"
+            assert dep.work_pool_name == d["work_pool"]["name"]
+            assert d["work_pool"]["name"] in {"cpu", "gpu-a100"}
             assert dep.job_variables == d["work_pool"]["job_variables"]
             assert dep.pull_steps[0]["prefect.deployments.steps.set_working_directory"] == {
                 "directory": "/opt/talkflow"}
@@ -648,9 +649,11 @@ def test_api_local_mode_and_planned_calls(tmp_path):
         tf.train("alice", stage="eyes")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="invalid name"):
         tf.preprocess(clip, name="../alice")
-    for call in ("preprocess", "extract_audio_features", "infer", "portrait"):
+    for call in ("preprocess", "portrait"):
+        assert not CALLS[call].planned
+    for call in ("extract_audio_features", "infer"):
         assert CALLS[call].planned
-    with pytest.raises(NotImplementedError, match="Available now: media, sample_clip, demo"):
+    with pytest.raises(NotImplementedError, match="Available now: media, sample_clip, demo, preprocess"):
         tf.infer("alice", text="hello", with_torso=False)
     with pytest.raises(InputError):
         Talkflow(mode="cloud")  # type: ignore[arg-type]

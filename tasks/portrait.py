@@ -1,0 +1,119 @@
+"""One-shot portraits (NeRFFaceSpeech): the character fit (3DMM + PTI), cached per character and
+image content, then audio -> expressions -> rendered frames.
+
+The fit stages take the image as a Path (its sha256 enters the key), the generator checkpoint
+as a Path (its sha256 too) and the character as the namespace: a new image under an old
+character name is a new key, and one character's entries can be listed and freed alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from models.nerffacespeech.audio2exp import EnvelopeAudioToExpression, load_audio2exp
+from models.nerffacespeech.deform import FaceRig
+from models.nerffacespeech.face_fit import FaceFitConfig, crop_portrait, fit_portrait, load_portrait, portrait_camera
+from models.nerffacespeech.generator import GeneratorConfig, load_generator, small_generator
+from models.nerffacespeech.pti import PTIConfig, load_pti, run_pti
+from models.nerffacespeech.render import RenderConfig, render_frames
+from talkflow import media
+from talkflow.cache import stage
+from talkflow.hashing import sha256_file
+from talkflow.store import StageResult, get_store
+from tasks.inputs import local_file, scratch
+from tasks.tracking import morphable_model
+
+
+class GeneratorChoice(BaseModel):
+    """The fallback generator used while no checkpoint is registered (`talkflow assets add generator`)."""
+
+    seed: int = Field(0, description="Seed of the randomly initialised small generator.")
+    config: GeneratorConfig = Field(default_factory=GeneratorConfig.small)
+
+
+def load_coeffs(fit: StageResult) -> dict[str, torch.Tensor]:
+    return torch.load(local_file(fit["coeffs"]), weights_only=True)
+
+
+def build_generator(checkpoint: Path | None, choice: GeneratorChoice):
+    return load_generator(checkpoint) if checkpoint is not None else small_generator(choice.seed, choice.config)
+
+
+@stage("portrait_fit", "1")
+def fit_character_face(image: Path, config: FaceFitConfig, bfm: Path | None = None,
+                       namespace: str | None = None) -> StageResult:
+    """Square face-centred crop of the portrait and its 3DMM fit (fitted_coeffs)."""
+    img = load_portrait(local_file(image), config.min_size, square=False)
+    if img.shape[0] != img.shape[1]:
+        img = crop_portrait(img)
+    fit = fit_portrait(img, morphable_model(bfm), config)
+    with scratch("portrait") as work:
+        Image.fromarray(img).save(work / "portrait.png")
+        torch.save(fit.coeffs, work / "coeffs.pt")
+        store = get_store()
+        artifacts = {"portrait": store.put_file(work / "portrait.png"), "coeffs": store.put_file(work / "coeffs.pt")}
+    return StageResult(artifacts=artifacts, meta={
+        "image_sha256": sha256_file(local_file(image)), "size": int(img.shape[0]), "reprojection_error_px": round(fit.reprojection_error_px, 3),
+        "model": fit.model_name, "seconds": fit.seconds})
+
+
+@stage("pti", "1")
+def invert_portrait(fit: StageResult, config: PTIConfig, generator: Path | None = None,
+                    fallback: GeneratorChoice = GeneratorChoice(), bfm: Path | None = None,
+                    namespace: str | None = None) -> StageResult:
+    """Pivotal Tuning Inversion of the portrait: G_PTI, w_PTI and bg_PTI in one file."""
+    g = build_generator(generator, fallback)
+    coeffs = load_coeffs(fit)
+    camera = portrait_camera(coeffs, g.cfg.focal, g.cfg.camera_radius, g.cfg.camera_pivot)
+    with Image.open(local_file(fit["portrait"])) as im:
+        target = np.asarray(im.convert("RGB"))
+    face_depth = None
+    if generator is None:  # the fallback has no face prior: pull its geometry onto the fitted face
+        rig = FaceRig.from_fit(coeffs, morphable_model(bfm), camera)
+        face_depth = rig.depth_map(camera, g.cfg.neural_rendering_resolution)
+    result = run_pti(g, target, camera, config, face_depth=face_depth)
+    with scratch("pti") as work:
+        result.save(work / "pti.pt")
+        art = get_store().put_file(work / "pti.pt")
+    return StageResult(artifacts={"pti": art}, meta={
+        "error_initial": result.error_initial, "error_pivot": result.error_pivot,
+        "error_final": result.error_final, "loss": result.loss_kind, "seconds": result.seconds,
+        "generator": "registered" if generator is not None else f"small (seed {fallback.seed})"})
+
+
+@stage("audio2exp", "1")
+def audio_to_expressions(audio: StageResult, fit: StageResult, fps: int = 25, weights: Path | None = None,
+                         bfm: Path | None = None, namespace: str | None = None) -> StageResult:
+    """Per-frame expression coefficients (T, K) from speech, around the portrait's own expression."""
+    samples, rate = media.read_wav(local_file(audio["audio"]))
+    model = morphable_model(bfm)
+    predictor = load_audio2exp(weights) if weights is not None else EnvelopeAudioToExpression(model.exp_names)
+    exp = predictor.predict(samples, rate, fps=fps) + load_coeffs(fit)["exp"].reshape(1, -1).numpy()
+    with scratch("a2e") as work:
+        np.save(work / "exp.npy", exp.astype(np.float32))
+        art = get_store().put_file(work / "exp.npy")
+    return StageResult(artifacts={"exp": art}, meta={"n_frames": int(exp.shape[0]), "fps": fps,
+                                                     "predictor": "network" if weights else "envelope"})
+
+
+@stage("portrait_render", "1")
+def render_portrait(pti: StageResult, fit: StageResult, expressions: StageResult, config: RenderConfig,
+                    bfm: Path | None = None, namespace: str | None = None) -> StageResult:
+    """Frames of the tuned generator, its rays deformed by the expression sequence."""
+    result = load_pti(local_file(pti["pti"]))
+    g = result.generator()
+    coeffs = load_coeffs(fit)
+    camera = portrait_camera(coeffs, g.cfg.focal, g.cfg.camera_radius, g.cfg.camera_pivot)
+    exp = np.load(local_file(expressions["exp"]))
+    frames = render_frames(g, result.w_pivot, coeffs, exp, camera, model=morphable_model(bfm),
+                           background=result.background, config=config)
+    with scratch("portrait-frames") as work:
+        media.write_frames(frames, work / "frames", ext="png")
+        art = get_store().put_dir(work / "frames")
+    return StageResult(artifacts={"frames": art},
+                       meta={"n_frames": len(frames), "ext": "png", "size": int(frames.shape[1])})

@@ -1,0 +1,99 @@
+"""One-shot portraits through the flow: the character fit is cached per character and image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from prefect import flow
+
+from flows.portrait import PortraitConfig, generate_from_portrait
+from models.nerffacespeech.face_fit import FaceFitConfig
+from models.nerffacespeech.generator import GeneratorConfig
+from models.nerffacespeech.pti import PTIConfig
+from models.synth.talking_photo import sample_portrait
+from talkflow import media
+from talkflow.cache_admin import free_namespace, list_entries
+from talkflow.errors import EmptyMedia, FaceNotFound, InputError
+from talkflow.store import get_store
+from tasks.portrait import GeneratorChoice, fit_character_face, invert_portrait
+
+pytestmark = pytest.mark.slow
+TINY_G = GeneratorConfig.small(triplane_resolution=16, neural_rendering_resolution=16, sr_input_resolution=16,
+                               img_resolution=32, depth_resolution=12, depth_resolution_importance=6)
+CONFIG = PortraitConfig(fit=FaceFitConfig(photometric=False), pti=PTIConfig.tiny(w_avg_samples=256),
+                        generator=GeneratorChoice(config=TINY_G))
+
+
+@pytest.fixture
+def portrait(tmp_path):
+    path = tmp_path / "portrait.png"
+    Image.fromarray(sample_portrait(256)).save(path)
+    return path
+
+
+def test_second_video_skips_the_fit_and_a_new_image_recomputes(portrait, tmp_path, journal):
+    first = generate_from_portrait("ada", portrait, text="Hello there.", config=CONFIG)
+    fits, ptis = journal.count("portrait_fit"), journal.count("pti")
+    info = media.probe(get_store().fetch(first.video["video"]))
+    assert info.has_audio and info.has_video and (info.width, info.height) == (32, 32)
+    assert first.pti.meta["error_final"] < first.pti.meta["error_initial"] / 2
+
+    renamed = tmp_path / "same-image-new-name.png"
+    renamed.write_bytes(portrait.read_bytes())
+    renders = journal.count("portrait_render")
+    second = generate_from_portrait("ada", renamed, text="Something else entirely.", config=CONFIG)
+    assert (journal.count("portrait_fit"), journal.count("pti")) == (fits, ptis)  # fit skipped
+    assert journal.count("portrait_render") == renders + 1
+    assert second.pti == first.pti and second.video != first.video
+
+    # a new image under the old character name is a new fit (no stale cache)
+    changed = np.asarray(Image.open(portrait)).copy()
+    changed[:20] = 255 - changed[:20]
+    Image.fromarray(changed).save(portrait)
+    third = generate_from_portrait("ada", portrait, text="Hello there.", config=CONFIG)
+    assert (journal.count("portrait_fit"), journal.count("pti")) == (fits + 1, ptis + 1)
+    assert third.fit.meta["image_sha256"] != first.fit.meta["image_sha256"]
+
+    # the character's entries are listed under its name and freed together
+    assert {e.stage for e in list_entries(get_store(), "ada")} >= {"portrait_fit", "pti", "portrait_render", "mux"}
+    removed, freed = free_namespace(get_store(), "ada")
+    assert removed >= 6 and freed > 0 and list_entries(get_store(), "ada") == []
+    assert not get_store().verify(first.pti["pti"])
+
+
+@flow
+def two_requests_at_once(image, config: PortraitConfig):
+    fit = fit_character_face(image, config.fit, namespace="twin")
+    futures = [invert_portrait.submit(fit, config.pti, fallback=config.generator, namespace="twin")
+               for _ in range(2)]
+    return [f.result() for f in futures]
+
+
+def test_concurrent_first_calls_compute_pti_once(portrait, journal):
+    n = journal.count("pti")
+    a, b = two_requests_at_once(portrait, CONFIG)
+    assert a == b and journal.count("pti") == n + 1
+
+
+def test_bad_input(tmp_path, portrait):
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(grey)
+    with pytest.raises(FaceNotFound):
+        generate_from_portrait("grey", grey, text="Hi.", config=CONFIG)
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(sample_portrait(64)).save(tiny)
+    with pytest.raises(InputError, match="at least"):
+        generate_from_portrait("tiny", tiny, text="Hi.", config=CONFIG)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(portrait.read_bytes()[:200])
+    with pytest.raises(InputError):
+        generate_from_portrait("corrupt", corrupt, text="Hi.", config=CONFIG)
+    with pytest.raises(InputError, match="invalid character"):
+        generate_from_portrait("../../etc", portrait, text="Hi.", config=CONFIG)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(EmptyMedia):
+        generate_from_portrait("quiet", portrait, audio=empty, config=CONFIG)
+    with pytest.raises(InputError, match="exactly one"):
+        generate_from_portrait("both", portrait, config=CONFIG)
