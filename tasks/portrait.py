@@ -58,8 +58,9 @@ def fit_character_face(image: Path, config: FaceFitConfig, bfm: Path | None = No
         store = get_store()
         artifacts = {"portrait": store.put_file(work / "portrait.png"), "coeffs": store.put_file(work / "coeffs.pt")}
     return StageResult(artifacts=artifacts, meta={
-        "image_sha256": sha256_file(local_file(image)), "size": int(img.shape[0]), "reprojection_error_px": round(fit.reprojection_error_px, 3),
-        "model": fit.model_name, "seconds": fit.seconds})
+        "image_sha256": sha256_file(local_file(image)), "size": int(img.shape[0]),
+        "reprojection_error_px": round(fit.reprojection_error_px, 3), "model": fit.model_name,
+        "seconds": fit.seconds})
 
 
 @stage("pti", "1")
