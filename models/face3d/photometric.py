@@ -71,7 +71,7 @@ def _as_frames(images, idx: Tensor, size: int) -> Tensor:
     if isinstance(images, (Tensor, np.ndarray)):
         batch = torch.as_tensor(images[idx.numpy()] if isinstance(images, np.ndarray) else images[idx])
     else:
-        batch = torch.stack([torch.as_tensor(np.asarray(images[int(i)])) for i in idx])
+        batch = torch.stack([torch.from_numpy(np.array(images[int(i)])) for i in idx])
     if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
         raise InputError(f"frames must be {size}x{size} RGB, got shape {tuple(batch.shape[1:])}")
     if batch.dtype == torch.uint8:
