@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from models.face3d.camera import to_nerf_transforms
+from models.face3d.camera import ERNERF_UNITS_PER_MM, to_nerf_transforms
 from models.face3d.fit import FitConfig, fit_landmarks
 from models.face3d.morphable import MorphableModel, convert_bfm, generic_model, load_model
 from models.face3d.photometric import PhotoConfig, refine_photometric
@@ -21,6 +21,11 @@ from talkflow.settings import get_settings
 from talkflow.store import StageResult, get_store
 from tasks.inputs import scratch
 from tasks.preprocess import frame_folder, load_landmarks
+
+# transforms_*.json are in the reference's units: its save_transforms divides the tracker's
+# translations (decimetres) by 10, so a head ~0.7 units from the camera fits the model's box
+# after its pose_scale of 4
+TRANSFORMS_UNITS_PER_MM = ERNERF_UNITS_PER_MM / 10
 
 
 class TrackingConfig(BaseModel):
@@ -52,7 +57,7 @@ def transforms_json(c2w: np.ndarray, ids: range, focal: float, size: int) -> dic
     }
 
 
-@stage("tracking", "1")
+@stage("tracking", "2")
 def track_faces(
     frames: StageResult,
     landmarks: StageResult,
@@ -69,7 +74,7 @@ def track_faces(
     if config.photometric:
         photo = dataclasses.replace(PhotoConfig(), iters=config.photometric_iters, render_size=config.render_size)
         track = refine_photometric(frame_folder(frames), lms, model, track, photo)
-    c2w = to_nerf_transforms(track.euler, track.trans).numpy()  # (T,4,4)
+    c2w = to_nerf_transforms(track.euler, track.trans, TRANSFORMS_UNITS_PER_MM).numpy()  # (T,4,4)
     n = track.n_frames
     n_val = max(1, round(n * config.val_fraction))
     with scratch("tracking") as work:

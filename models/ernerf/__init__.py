@@ -7,7 +7,7 @@ Modules: encodings (hash grids), audio (audio/eye conditioning), fields (head, t
 """
 
 from models.ernerf.audio import AudioConfig
-from models.ernerf.dataset import ERNeRFDataset, check_dataset, load_split
+from models.ernerf.dataset import ERNeRFDataset, check_dataset, downscale_split, load_split
 from models.ernerf.encodings import HashGridConfig
 from models.ernerf.fields import HeadFieldConfig, TorsoFieldConfig
 from models.ernerf.model import ERNeRF, ModelConfig
@@ -26,5 +26,6 @@ from models.ernerf.trainer import (
 __all__ = [
     "AudioConfig", "ERNeRF", "ERNeRFDataset", "HashGridConfig", "HeadFieldConfig", "HeadTrainConfig",
     "LipsTrainConfig", "ModelConfig", "OccupancyConfig", "RenderConfig", "TorsoFieldConfig",
-    "TorsoTrainConfig", "TrainConfig", "Trainer", "check_dataset", "load_model", "load_split", "stage_config",
+    "TorsoTrainConfig", "TrainConfig", "Trainer", "check_dataset", "downscale_split", "load_model", "load_split",
+    "stage_config",
 ]

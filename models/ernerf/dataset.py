@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -232,4 +232,30 @@ def load_split(root: Path, split: str = "train", expected_audio_dim: int | None 
         images=torch.from_numpy(np.stack(imgs)), torso=torch.from_numpy(np.stack(torsos)),
         parsing=torch.from_numpy(np.stack(parsings)), background=torch.from_numpy(background.copy()),
         face_rects=torch.tensor(faces), lips_rects=torch.tensor(lips),
+    )
+
+
+def downscale_split(ds: ERNeRFDataset, factor: int) -> ERNeRFDataset:
+    """The split at 1/factor of its resolution (e.g. for a quick validation on the CPU): images,
+    torso and background area-averaged, parsing by nearest label, intrinsics and landmarks scaled.
+    The cameras and conditioning are unchanged, so a model renders it with the same poses."""
+    if factor == 1:
+        return ds
+    if factor < 1 or ds.height // factor < 8 or ds.width // factor < 8:
+        raise InputError(f"cannot downscale {ds.width}x{ds.height} frames by {factor}; use 1 or a factor that "
+                         "leaves at least 8 pixels")
+    h, w = ds.height // factor, ds.width // factor
+
+    def area(x: Tensor) -> Tensor:  # (N, H, W, C) uint8 -> (N, h, w, C) uint8
+        y = torch.nn.functional.interpolate(x.permute(0, 3, 1, 2).float(), size=(h, w), mode="area")
+        return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    parsing = torch.nn.functional.interpolate(ds.parsing[:, None].float(), size=(h, w), mode="nearest")
+    sx, sy = w / ds.width, h / ds.height
+    lms = ds.landmarks * torch.tensor([sx, sy])
+    rects = [landmark_rects(m.numpy(), h, w) for m in lms]
+    return replace(
+        ds, height=h, width=w, focal=ds.focal * sx, cx=ds.cx * sx, cy=ds.cy * sy, images=area(ds.images),
+        torso=area(ds.torso), parsing=parsing[:, 0].to(torch.uint8), background=area(ds.background[None])[0],
+        landmarks=lms, face_rects=torch.tensor([r[0] for r in rects]), lips_rects=torch.tensor([r[1] for r in rects]),
     )

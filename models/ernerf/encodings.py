@@ -124,7 +124,7 @@ class _HashGridInterp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x01: Tensor, table: Tensor, grid: HashGrid2D) -> Tensor:
         index, weights = grid.corners(x01)  # (N, L, 4) each
-        feats = table.index_select(0, index.view(-1)).view(*index.shape, -1)  # (N, L, 4, F)
+        feats = table.index_select(0, index.view(-1)).view(*index.shape, table.shape[1])  # (N, L, 4, F)
         ctx.save_for_backward(x01)
         ctx.grid, ctx.table_shape = grid, table.shape
         return (weights[..., None] * feats).sum(dim=2)  # (N, L, F)

@@ -1,0 +1,114 @@
+"""ER-NeRF rendering: a trained avatar (found by the person's name) speaking new audio or text.
+
+audio file, or text -> TTS -> 16 kHz mono wav -> features of the kind the avatar learnt ->
+frames (training poses looped) -> mp4 with the audio. Every step is cached: the same audio and
+settings render once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from pydantic import BaseModel, Field
+
+from models.audio.features import AudioFeatureConfig
+from models.ernerf.audio import FEATURE_DIMS
+from talkflow import assets
+from talkflow.cache import validate_name
+from talkflow.errors import InputError, MediaUnreadable
+from talkflow.store import Artifact, StageResult
+from tasks.media import MuxConfig, mux_video
+from tasks.preprocess import audio_features
+from tasks.render import AudioPrepConfig, RenderConfig, prepare_audio, render_frames_stage
+from tasks.speech import SpeechConfig, synthesize_speech
+from tasks.train import AvatarRecord, read_avatar
+
+__all__ = ["RenderConfig", "RenderResult", "RenderVideoConfig", "render_batch", "render_video"]
+
+
+class RenderVideoConfig(BaseModel):
+    render: RenderConfig = Field(default_factory=RenderConfig)
+    audio: AudioFeatureConfig | None = Field(
+        None, description="Feature settings; empty: the kind the avatar was trained on, default settings.")
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
+    crf: int = Field(18, ge=0, le=51, description="x264 quality of the video (lower is better).")
+
+
+class RenderResult(BaseModel):
+    person: str
+    avatar_stage: str
+    audio: StageResult  # the 16 kHz mono wav
+    features: StageResult
+    frames: StageResult
+    video: StageResult  # mp4 (H.264 + AAC)
+
+
+def _feature_config(avatar: AvatarRecord, config: AudioFeatureConfig | None) -> AudioFeatureConfig:
+    """The avatar's feature kind; InputError (naming both kinds and dims) when the config asks for another."""
+    want = avatar.features
+    kind, dim = want.get("kind"), want.get("dim")
+    if kind not in ("logmel", "hubert", "wav2vec2"):
+        raise InputError(f"the avatar {avatar.person!r} was trained on {kind} features (D={dim}), which talkflow "
+                         "cannot compute for new audio; preprocess the video with logmel, hubert or wav2vec2")
+    if config is None:
+        return AudioFeatureConfig(kind=kind)
+    if config.kind != kind:
+        raise InputError(f"{config.kind} features have D={FEATURE_DIMS.get(config.kind)} but the avatar "
+                         f"{avatar.person!r} was trained on {kind} features with D={dim}; use kind={kind!r}")
+    return config
+
+
+def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVideoConfig,
+                feature_cfg: AudioFeatureConfig) -> RenderResult:
+    ns = avatar.person
+    checkpoint = avatar.latest(config.render.with_torso)
+    fps = int(avatar.dataset.meta.get("fps") or 25)
+    prepared = prepare_audio(source, AudioPrepConfig(fps=fps), namespace=ns)
+    model_dir = assets.require(feature_cfg.kind) if feature_cfg.kind != "logmel" else None
+    features = audio_features(prepared["audio"], prepared.meta["n_frames"], feature_cfg, model_dir=model_dir,
+                              namespace=ns)
+    frames = render_frames_stage(checkpoint, avatar.dataset, features, config.render, namespace=ns)
+    video = mux_video(frames, prepared["audio"], MuxConfig(fps=fps, crf=config.crf), namespace=ns)
+    return RenderResult(person=ns, avatar_stage=checkpoint.stage, audio=prepared, features=features,
+                        frames=frames, video=video)
+
+
+@flow(name="render-video")
+def render_video(person: str, audio: Path | None = None, text: str | None = None,
+                 config: RenderVideoConfig = RenderVideoConfig()) -> RenderResult:
+    """An mp4 of the person's trained avatar speaking `audio` (any audio/video file) or `text` (TTS).
+
+    Args:
+        person: the avatar's name (as trained with train_avatar).
+        audio: the speech to render; or
+        text: words to speak with the offline TTS voice.
+        config: rendering, feature and TTS settings.
+    """
+    if (audio is None) == (text is None):
+        raise InputError("give exactly one of audio or text")
+    avatar = read_avatar(validate_name(person, "person"))
+    feature_cfg = _feature_config(avatar, config.audio)
+    avatar.latest(config.render.with_torso)  # no torso stage -> fails before the TTS
+    if text is not None:
+        source = synthesize_speech(text, config.speech)["audio"]  # empty text -> SpeechError
+    else:
+        source = Path(audio)
+        if not source.exists():
+            raise MediaUnreadable(f"'{source}' does not exist. Check the path and try again.")
+    return _render_one(avatar, source, config, feature_cfg)
+
+
+@flow(name="render-batch")
+def render_batch(person: str, audios: list[Path],
+                 config: RenderVideoConfig = RenderVideoConfig()) -> list[RenderResult]:
+    """One video per audio file, same avatar and settings (each step cached per clip)."""
+    if not audios:
+        raise InputError("give at least one audio file")
+    missing = [str(a) for a in audios if not Path(a).exists()]
+    if missing:
+        raise MediaUnreadable(f"these audio files do not exist: {', '.join(missing)}")
+    avatar = read_avatar(validate_name(person, "person"))
+    feature_cfg = _feature_config(avatar, config.audio)
+    avatar.latest(config.render.with_torso)
+    return [_render_one(avatar, Path(a), config, feature_cfg) for a in audios]

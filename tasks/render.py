@@ -1,0 +1,180 @@
+"""ER-NeRF rendering as cached stages: new audio -> 16 kHz mono wav -> (features, by
+tasks.preprocess.audio_features) -> frames of the trained avatar speaking it (then
+tasks.media.mux_video makes the mp4).
+
+The camera follows the training poses, played forwards then backwards ("loop", as the
+reference's mirror index), with the eye closure of the same training frames.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from models.ernerf.audio import eye_feature
+from models.ernerf.dataset import check_dataset
+from models.ernerf.trainer import load_model
+from talkflow import media
+from talkflow.cache import stage
+from talkflow.errors import EmptyMedia, InputError, NoAudioStream
+from talkflow.gpu import gpu_slot
+from talkflow.settings import get_settings
+from talkflow.store import Artifact, StageResult, get_store
+from tasks.dataset import materialize_dataset
+from tasks.inputs import local_file, scratch
+from tasks.train import STAGE_NAMES, ProgressArtifact, run_logger
+
+
+class AudioPrepConfig(BaseModel):
+    sample_rate: int = Field(16000, description="The feature extractors' rate.")
+    fps: int = Field(25, ge=1, le=120, description="Video frames per second (one feature window each).")
+    max_duration_s: float = Field(600.0, gt=0, description="Longer audio is refused (split it).")
+
+
+class RenderConfig(BaseModel):
+    """How the avatar is rendered."""
+
+    with_torso: bool = Field(True, description="Render the torso field (needs the torso stage).")
+    batch: int = Field(4, ge=1, description="Frames rendered together.")
+    pose: Literal["loop", "still"] = Field(
+        "loop", description="loop: the training poses forwards then backwards; still: the first pose.")
+    background: Literal["auto", "plate", "frames"] = Field(
+        "auto", description="plate: bc.jpg; frames: each looped training frame's torso over bc.jpg (the "
+        "original body); auto: plate with the torso field, frames without it.")
+    downscale: int = Field(1, ge=1, le=8, description="Render at 1/N resolution and upscale (faster previews).")
+    jpeg_quality: int = Field(95, ge=1, le=95)
+
+
+@stage("prepare_audio", "1", retries=0)
+def prepare_audio(audio: Path | Artifact, config: AudioPrepConfig = AudioPrepConfig(),
+                  namespace: str | None = None) -> StageResult:
+    """Any audio (or video) file -> 16 kHz mono 16-bit wav, and its length in video frames."""
+    src = local_file(audio)
+    info = media.probe(src)
+    if not info.has_audio:
+        raise NoAudioStream(f"'{src.name}' has no audio track; give a wav/mp3/m4a with speech")
+    if info.duration_s <= 0:
+        raise EmptyMedia(f"'{src.name}' has zero duration; give at least a fraction of a second of speech")
+    if info.duration_s > config.max_duration_s:
+        raise InputError(f"'{src.name}' lasts {info.duration_s:.0f} s, more than max_duration_s="
+                         f"{config.max_duration_s:.0f}; split it and use render_batch")
+    with scratch("audio") as work:
+        wav = work / "audio.wav"
+        media.extract_audio(src, wav, sample_rate=config.sample_rate)
+        samples, rate = media.read_wav(wav)
+        if samples.size == 0:
+            raise EmptyMedia(f"'{src.name}' decoded to no audio samples")
+        art = get_store().put_file(wav)
+    duration = samples.size / rate
+    return StageResult(artifacts={"audio": art}, meta={
+        "duration_s": duration, "sample_rate": rate, "fps": config.fps,
+        "n_frames": max(1, int(round(duration * config.fps))),
+    })
+
+
+def check_features(avatar: StageResult, features: StageResult) -> None:
+    """InputError unless the new audio's features are of the kind and dimension the avatar learnt."""
+    want = avatar.meta.get("features") or {}
+    got = features.meta
+    if want and (got.get("kind") != want.get("kind") or got.get("dim") != want.get("dim")):
+        raise InputError(
+            f"the new audio's features are {got.get('kind')} with D={got.get('dim')} but the avatar "
+            f"({avatar.namespace or 'unnamed'}) was trained on {want.get('kind')} features with D={want.get('dim')}; "
+            f"extract them with the avatar's kind and settings ({want.get('kind')}, D={want.get('dim')})")
+
+
+def loop_index(i: np.ndarray, n: int) -> np.ndarray:
+    """Frame i -> training frame: 0..n-1, then n-1..0, and so on (the reference's mirror index)."""
+    turn, rest = np.divmod(i, n)
+    return np.where(turn % 2 == 0, rest, n - 1 - rest)
+
+
+def _read_au45(path: Path) -> dict[int, float]:
+    with open(path, newline="") as f:
+        return {int(float(r["frame"])): float(r["AU45_r"]) for r in csv.DictReader(f)}
+
+
+def _load_rgb(path: Path, size: tuple[int, int], mode: str = "RGB") -> np.ndarray:
+    with Image.open(path) as img:
+        img = img.convert(mode)
+        return np.asarray(img if img.size == size else img.resize(size, Image.BOX))
+
+
+@stage("render_frames", "1")
+def render_frames_stage(avatar: StageResult, dataset: StageResult, features: StageResult,
+                        config: RenderConfig = RenderConfig(), namespace: str | None = None) -> StageResult:
+    """Frames of the avatar (a lips or torso checkpoint) speaking the features' audio, one per window."""
+    import torch
+
+    check_features(avatar, features)  # before anything is loaded
+    if config.with_torso and avatar.stage != STAGE_NAMES["torso"]:
+        raise InputError(f"with_torso needs a torso-stage checkpoint, got {avatar.stage or 'an unnamed result'}; "
+                         "train the torso stage or render with with_torso=False")
+    if "checkpoint" not in avatar.artifacts:
+        raise InputError("the avatar result has no checkpoint; pass a train_head/lips/torso result")
+    feats = torch.from_numpy(np.load(local_file(features["feats"])).astype(np.float32))  # (T, 16, D)
+    n_out = int(feats.shape[0])
+    background = config.background
+    if background == "auto":
+        background = "plate" if config.with_torso else "frames"
+    log = run_logger()
+    t0 = time.perf_counter()
+    with scratch("render") as work:
+        root = materialize_dataset(dataset, work / "dataset")
+        train = check_dataset(root).splits["train"]
+        ids = [int(f["img_id"]) for f in train["frames"]]
+        c2w = np.array([f["transform_matrix"] for f in train["frames"]], dtype=np.float32)  # (N, 4, 4)
+        au45 = _read_au45(root / "au.csv")
+        eye = eye_feature(torch.tensor([au45.get(i, 0.0) for i in ids], dtype=torch.float32))[:, None]  # (N, 1)
+        with Image.open(root / "bc.jpg") as bc:
+            width, height = bc.size
+        s = config.downscale
+        w, h = width // s, height // s
+        plate = _load_rgb(root / "bc.jpg", (w, h)).astype(np.float32) / 255  # (h, w, 3)
+        order = loop_index(np.arange(n_out), len(ids)) if config.pose == "loop" else np.zeros(n_out, int)
+        device = get_settings().torch_device()
+        model = load_model(local_file(avatar["checkpoint"]), device=device)
+        out_dir = work / "frames"
+        out_dir.mkdir()
+        progress = ProgressArtifact(f"rendering {n_out} frames of {namespace or 'the avatar'}", 0.0)
+        with gpu_slot():
+            t_render = time.perf_counter()
+            for start in range(0, n_out, config.batch):
+                idx = np.arange(start, min(start + config.batch, n_out))
+                src = order[idx]
+                if background == "plate":
+                    bg = torch.from_numpy(plate)
+                else:  # the looped training frames' torso (RGBA) over the plate
+                    rgba = np.stack([_load_rgb(root / "torso_imgs" / f"{ids[k]}.png", (w, h), "RGBA")
+                                     for k in src]).astype(np.float32) / 255
+                    bg = torch.from_numpy(rgba[..., :3] * rgba[..., 3:] + plate * (1 - rgba[..., 3:]))
+                frames = model.render_frames(
+                    feats, torch.from_numpy(c2w[src]), focal=float(train["focal_len"]) / s,
+                    cx=float(train["cx"]) / s, cy=float(train["cy"]) / s, height=h, width=w, background=bg,
+                    aud_index=torch.from_numpy(idx), eye=eye[src], with_torso=config.with_torso,
+                    frames_per_batch=config.batch)
+                for i, frame in zip(idx, frames):
+                    img = Image.fromarray(frame)
+                    if s > 1:
+                        img = img.resize((width, height), Image.BICUBIC)
+                    img.save(out_dir / f"{i}.jpg", quality=config.jpeg_quality)
+                progress.update(100.0 * (idx[-1] + 1) / n_out)
+            render_s = time.perf_counter() - t_render
+        art = get_store().put_dir(out_dir)
+    log.info(f"rendered {n_out} frames in {render_s:.1f} s ({n_out / render_s:.2f} frames/s)")
+    return StageResult(artifacts={"frames": art}, meta={
+        "n_frames": n_out, "ext": "jpg", "size": [width, height], "render_size": [w, h], "pose": config.pose,
+        "background": background, "with_torso": config.with_torso, "checkpoint_stage": avatar.stage,
+        "render_s": round(render_s, 3), "frames_per_s": round(n_out / render_s, 3) if render_s > 0 else None,
+        "seconds": round(time.perf_counter() - t0, 3), "device": device,
+    })
+
+
+__all__ = ["AudioPrepConfig", "RenderConfig", "check_features", "loop_index", "prepare_audio",
+           "render_frames_stage"]
