@@ -21,7 +21,7 @@ from models.face.video_landmarks import LandmarkConfig
 from talkflow import assets
 from talkflow.cache import validate_name
 from talkflow.store import StageResult
-from tasks.dataset import assemble_dataset
+from tasks.dataset import assemble_dataset, register_dataset
 from tasks.media import FramesConfig, NormalizeConfig, extract_frames, normalize_video
 from tasks.preprocess import (
     audio_features,
@@ -73,5 +73,7 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     composite = composite_images(frames, parsing, background, config.torso, namespace=ns)
     blinks = detect_blinks(landmarks, config.blinks, namespace=ns)
     tracking = track_faces(frames, landmarks, config.tracking, bfm=assets.locate("bfm"), namespace=ns)
-    return assemble_dataset(normalized, frames, landmarks, features, parsing, background, composite,
-                            blinks, tracking, namespace=ns)
+    dataset = assemble_dataset(normalized, frames, landmarks, features, parsing, background, composite,
+                               blinks, tracking, namespace=ns)
+    register_dataset(ns, dataset)
+    return dataset

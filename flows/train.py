@@ -14,11 +14,11 @@ from prefect import flow
 from talkflow.cache import validate_name
 from talkflow.errors import InputError
 from talkflow.store import StageResult
+from tasks.dataset import registered_dataset
 from tasks.train import (
     AvatarRecord,
     TrainAvatarConfig,
     TrainStageConfig,
-    read_avatar,
     train_head,
     train_lips,
     train_torso,
@@ -55,7 +55,9 @@ def train_avatar(
         person = dataset.namespace
     ns = validate_name(person, "person")
     if dataset is None:
-        dataset = read_avatar(ns).dataset
+        dataset = registered_dataset(ns)
+        if dataset is None:
+            raise InputError(f"no dataset for {ns!r}: run preprocess_video for this person first")
     if dataset.stage != "dataset":
         raise InputError(f"train_avatar needs the dataset manifest of preprocess_video, got a "
                          f"{dataset.stage or 'plain'} result")

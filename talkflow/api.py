@@ -61,15 +61,11 @@ CALLS: dict[str, Call] = {
     "preprocess": Call("flows.preprocess:preprocess_video", "preprocess-video/preprocess",
                        "talkflow.store:StageResult"),
     # Declared, not yet written: each raises NotImplementedError until its flow lands.
-    "train": Call("flows.train_avatar:train_avatar", "train-avatar/train",
-                  "talkflow.store:StageResult",
-                  planned="ER-NeRF training: head, lips fine-tune, torso"),
+    "train": Call("flows.train:train_avatar", "train-avatar/train", "tasks.train:AvatarRecord"),
     "extract_audio_features": Call(
         "flows.render_video:extract_audio_features", "extract-audio-features/audio-features",
         "talkflow.store:StageResult", planned="audio features (HuBERT/wav2vec2, or log-mel)"),
-    "infer": Call("flows.render_video:render_video", "render-video/infer",
-                  "talkflow.store:StageResult",
-                  planned="ER-NeRF rendering of a trained avatar speaking new audio"),
+    "infer": Call("flows.render:render_video", "render-video/infer", "flows.render:RenderResult"),
     "portrait": Call("flows.portrait:generate_from_portrait", "generate-from-portrait/portrait",
                      "flows.portrait:PortraitResult"),
 }
@@ -156,7 +152,7 @@ class Talkflow:
         if stage not in get_args(TrainStage):
             raise InputError(f"stage must be one of {get_args(TrainStage)}, not {stage!r}")
         self._validate_name(name)
-        return self._planned("train")
+        return self.run("train", person=name, config=config, stage=stage)
 
     def extract_audio_features(self, audio: Path | str, extractor: str = "auto"):
         """Audio features for rendering (HuBERT / wav2vec2 when registered, else log-mel)."""
@@ -165,10 +161,14 @@ class Talkflow:
     def infer(self, name: str, audio: Path | str | None = None, *, text: str | None = None,
               with_torso: bool = True):
         """Render `name`'s avatar speaking `audio` (or `text` through TTS)."""
+        from flows.render import RenderVideoConfig
+        from tasks.render import RenderConfig
+
         if (audio is None) == (text is None):
             raise InputError("give exactly one of audio or text")
         self._validate_name(name)
-        return self._planned("infer")
+        return self.run("infer", person=name, audio=Path(audio) if audio is not None else None, text=text,
+                        config=RenderVideoConfig(render=RenderConfig(with_torso=with_torso)))
 
     def portrait(self, image: Path | str, audio: Path | str | None = None, *,
                  text: str | None = None, character: str = "default", config: BaseModel | None = None):

@@ -177,21 +177,34 @@ def sample_clip(
     console.print(f"sample clip: {dest} ({result.meta['duration_s']:.2f} s)")
 
 
+DEMO_NEW_TEXT = "And this sentence was never in the training video."
+
+
 @app.command()
 def demo(
-    text: str = typer.Option(DEFAULT_TEXT, help="What the sample portrait says."),
+    text: str = typer.Option(DEFAULT_TEXT, help="What the sample portrait says (the training clip)."),
+    new_text: str = typer.Option(DEMO_NEW_TEXT, help="A new sentence for the trained avatar."),
 ) -> None:
-    """Sample clip -> media stage (normalize, frames, mux) -> an mp4 under <data_root>/outputs/demo."""
+    """Sample clip -> media stage -> preprocess -> small ER-NeRF training -> a NEW sentence rendered.
+
+    Outputs go to <data_root>/outputs/demo; a second run is all cache hits.
+    """
     from flows.demo import demo as demo_flow
 
-    result = run_flow(demo_flow, text, status="running the demo flow (the first run starts Prefect)")
+    result = run_flow(demo_flow, text, new_text, status="running the demo (minutes on a CPU the first time)")
     out_dir = get_settings().outputs_dir / "demo"
     sample = export(result.sample["video"], out_dir / "sample_clip.mp4")
     final = export(result.media.video["video"], out_dir / "talking.mp4")
-    console.print(f"sample clip : {sample}")
-    console.print(f"media stage : {final} ({result.media.video.meta['duration_s']:.2f} s, "
-                  f"{result.media.frames.meta['n_frames']} frames at "
-                  f"{result.media.normalized.meta['fps']} fps)")
+    rendered = export(result.rendered.video["video"], out_dir / "avatar_new_sentence.mp4")
+    val = result.avatar.head.meta["val"]
+    console.print(f"sample clip  : {sample}")
+    console.print(f"media stage  : {final} ({result.media.video.meta['duration_s']:.2f} s, "
+                  f"{result.media.frames.meta['n_frames']} frames at {result.media.normalized.meta['fps']} fps)")
+    console.print(f"dataset      : {result.dataset.meta['n_frames']} frames, focal "
+                  f"{result.dataset.meta['focal']:.1f} px")
+    console.print(f"held-out PSNR: {val['psnr']:.2f} dB (SSIM {val['ssim']:.3f}) after "
+                  f"{result.avatar.head.meta['steps']} head steps")
+    console.print(f"new sentence : {rendered} ({result.rendered.video.meta['duration_s']:.2f} s)")
 
 
 # -- ER-NeRF -------------------------------------------------------------------------------
@@ -225,6 +238,43 @@ def preprocess(
                   f"(D={m['features']['dim']}), parsing: {m['parsing']}, 3DMM: {m['tracking']}")
     if out is not None:
         console.print(f"written to {materialize_dataset(dataset, out, copy=True)}")
+
+
+@app.command()
+def train(
+    person: str = typer.Option(..., help="The person preprocessed with `talkflow preprocess`."),
+    stage: str = typer.Option("auto", help="auto (head -> lips -> torso), head, lips or torso."),
+    preset: str = typer.Option("reference", help="reference (the paper's schedule) or cpu-demo (minutes)."),
+) -> None:
+    """Train (or resume, or retrain) a person's ER-NeRF avatar from its registered dataset."""
+    from flows.train import train_avatar
+    from tasks.train import TrainAvatarConfig
+
+    config = TrainAvatarConfig.cpu_demo() if preset == "cpu-demo" else TrainAvatarConfig()
+    record = run_flow(train_avatar, None, person, config, stage, status=f"training {person} ({stage})")
+    for name in ("head", "lips", "torso"):
+        res = getattr(record, name)
+        if res is not None:
+            val = res.meta.get("val", {})
+            console.print(f"{name:<5}: {res.meta['steps']} steps, held-out PSNR {val.get('psnr', float('nan')):.2f} dB")
+
+
+@app.command()
+def render(
+    person: str = typer.Option(..., help="A trained avatar."),
+    audio: Path = typer.Option(None, help="Speech to render (any audio or video file)."),
+    text: str = typer.Option(None, help="Or text to speak (offline TTS)."),
+    torso: bool = typer.Option(True, help="Render the trained torso (else the original torso shows)."),
+    out: Path = typer.Option(None, help="Where to write the mp4 (default: <data_root>/outputs/<person>/)."),
+) -> None:
+    """Render a trained avatar speaking new audio or text."""
+    from flows.render import RenderVideoConfig, render_video
+    from tasks.render import RenderConfig
+
+    result = run_flow(render_video, person, audio, text,
+                      RenderVideoConfig(render=RenderConfig(with_torso=torso)), status=f"rendering {person}")
+    dest = out or get_settings().outputs_dir / person / f"{result.video['video'].sha256[:8]}.mp4"
+    console.print(f"video: {export(result.video['video'], dest)} ({result.video.meta['duration_s']:.2f} s)")
 
 
 # -- one-shot portraits (NeRFFaceSpeech) ---------------------------------------------------

@@ -84,6 +84,19 @@ def assemble_dataset(
     })
 
 
+DATASETS_DIR = "datasets"
+
+
+def register_dataset(person: str, dataset: StageResult) -> None:
+    """`datasets/<person>.json`: the person's latest dataset manifest (train and retrain find it)."""
+    get_store().write_text(f"{DATASETS_DIR}/{person}.json", dataset.model_dump_json())
+
+
+def registered_dataset(person: str) -> StageResult | None:
+    text = get_store().read_text(f"{DATASETS_DIR}/{person}.json")
+    return StageResult.model_validate_json(text) if text is not None else None
+
+
 def materialize_dataset(dataset: StageResult, dest: Path, *, copy: bool = False) -> Path:
     """Write the dataset folder at `dest` (symlinks into the store's local copies, or copies)."""
     dest = Path(dest)

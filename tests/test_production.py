@@ -643,17 +643,18 @@ def test_api_local_mode_and_planned_calls(tmp_path):
     out = tf.media(clip, MediaConfig(normalize=NormalizeConfig(size=32, min_duration_s=0.5)))
     assert isinstance(out, MediaResult) and out.frames.meta["n_frames"] > 0
 
-    with pytest.raises(NotImplementedError, match=r"Talkflow.train\(\).*train-avatar/train"):
+    with pytest.raises(InputError, match="no dataset for 'alice'"):
         tf.train("alice", stage="lips")
     with pytest.raises(InputError, match="stage must be one of"):
         tf.train("alice", stage="eyes")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="invalid name"):
         tf.preprocess(clip, name="../alice")
-    for call in ("preprocess", "portrait"):
+    for call in ("preprocess", "train", "infer", "portrait"):
         assert not CALLS[call].planned
-    for call in ("extract_audio_features", "infer"):
-        assert CALLS[call].planned
+    assert CALLS["extract_audio_features"].planned
     with pytest.raises(NotImplementedError, match="Available now: media, sample_clip, demo, preprocess"):
+        tf.extract_audio_features("speech.wav")
+    with pytest.raises(InputError, match="no avatar named 'alice'"):
         tf.infer("alice", text="hello", with_torso=False)
     with pytest.raises(InputError):
         Talkflow(mode="cloud")  # type: ignore[arg-type]
