@@ -21,7 +21,7 @@ from models.face.video_landmarks import LandmarkConfig
 from talkflow import assets
 from talkflow.cache import validate_name
 from talkflow.store import StageResult
-from tasks.dataset import assemble_dataset, register_dataset
+from tasks.dataset import assemble_dataset, register_dataset, register_source
 from tasks.media import FramesConfig, NormalizeConfig, extract_frames, normalize_video
 from tasks.preprocess import (
     audio_features,
@@ -76,4 +76,5 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     dataset = assemble_dataset(normalized, frames, landmarks, features, parsing, background, composite,
                                blinks, tracking, namespace=ns)
     register_dataset(ns, dataset)
+    register_source(ns, video, config)
     return dataset

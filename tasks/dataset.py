@@ -14,10 +14,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel
 
 from models.face.video_landmarks import write_lms
 from talkflow.cache import stage
 from talkflow.errors import InputError
+from talkflow.hashing import sha256_file
 from talkflow.store import StageResult, get_store
 from tasks.inputs import local_file
 
@@ -95,6 +97,25 @@ def register_dataset(person: str, dataset: StageResult) -> None:
 def registered_dataset(person: str) -> StageResult | None:
     text = get_store().read_text(f"{DATASETS_DIR}/{person}.json")
     return StageResult.model_validate_json(text) if text is not None else None
+
+
+class SourceRecord(BaseModel):
+    """`sources/<person>.json`: the footage a person's latest dataset was made from."""
+
+    video: str
+    sha256: str
+    config: dict  # the PreprocessConfig, as JSON
+
+
+def register_source(person: str, video: Path, config: BaseModel) -> None:
+    record = SourceRecord(video=str(Path(video).resolve()), sha256=sha256_file(video),
+                          config=config.model_dump(mode="json"))
+    get_store().write_text(f"sources/{person}.json", record.model_dump_json())
+
+
+def registered_source(person: str) -> SourceRecord | None:
+    text = get_store().read_text(f"sources/{person}.json")
+    return SourceRecord.model_validate_json(text) if text is not None else None
 
 
 def materialize_dataset(dataset: StageResult, dest: Path, *, copy: bool = False) -> Path:

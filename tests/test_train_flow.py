@@ -14,6 +14,7 @@ import json
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +217,22 @@ def test_render_a_new_sentence(avatar, tmp_path, journal):
     n = journal.count("render_frames")
     [again] = render_batch(PERSON, [wav], RENDER)
     assert journal.count("render_frames") == n and again.frames.artifacts == result.frames.artifacts
+
+
+def test_retrain_touches_only_changed_avatars(avatar, dataset, journal, tmp_path):
+    from flows.retrain import retrain
+    from tasks.dataset import register_source, registered_source
+
+    trained = [journal.count(s) for s in ("train_head", "train_lips", "train_torso")]
+    assert retrain(CONFIG)[PERSON] == "up to date"
+    assert [journal.count(s) for s in ("train_head", "train_lips", "train_torso")] == trained
+
+    # new footage at the recorded path: the next scheduled run would re-preprocess and retrain
+    source = registered_source(PERSON)
+    footage = tmp_path / "footage.mp4"
+    footage.write_bytes(Path(source.video).read_bytes())
+    register_source(PERSON, footage, PreprocessConfig.model_validate(source.config))
+    assert retrain(CONFIG, dry_run=True)[PERSON] == "up to date"
+    footage.write_bytes(footage.read_bytes() + b"\0")  # the footage changes on disk
+    assert retrain(CONFIG, dry_run=True)[PERSON] == "would retrain: source footage changed"
+    register_source(PERSON, Path(source.video), PreprocessConfig.model_validate(source.config))

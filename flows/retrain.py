@@ -1,0 +1,56 @@
+"""Scheduled retraining: avatars whose source footage (or dataset) changed since their last
+training are preprocessed again and retrained; the others are left alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows.preprocess import PreprocessConfig, preprocess_video
+from flows.train import train_avatar
+from talkflow.hashing import sha256_file
+from tasks.dataset import registered_dataset, registered_source
+from tasks.train import TrainAvatarConfig, known_avatars, read_avatar
+
+
+def retrain_reason(person: str) -> str | None:
+    """Why `person` needs retraining, or None when the avatar is up to date."""
+    source = registered_source(person)
+    if source is not None:
+        video = Path(source.video)
+        if not video.exists():
+            return None  # footage gone: keep the avatar as it is (logged by the flow)
+        if sha256_file(video) != source.sha256:
+            return "source footage changed"
+    dataset = registered_dataset(person)
+    if dataset is not None and dataset != read_avatar(person).dataset:
+        return "dataset re-made since the last training"
+    return None
+
+
+@flow(name="retrain")
+def retrain(config: TrainAvatarConfig = TrainAvatarConfig(), dry_run: bool = False) -> dict[str, str]:
+    """Check every trained avatar; re-preprocess and retrain those whose inputs changed.
+
+    Args:
+        config: the training settings for the avatars retrained.
+        dry_run: only report what would be retrained.
+    Returns a {person: what happened} report.
+    """
+    log = get_run_logger()
+    report = {}
+    for person in known_avatars():
+        reason = retrain_reason(person)
+        if reason is None:
+            report[person] = "up to date"
+            continue
+        report[person] = f"{'would retrain' if dry_run else 'retrained'}: {reason}"
+        log.info("%s: %s", person, report[person])
+        if dry_run:
+            continue
+        source = registered_source(person)
+        if reason == "source footage changed":
+            preprocess_video(Path(source.video), person, PreprocessConfig.model_validate(source.config))
+        train_avatar(None, person, config)
+    return report
