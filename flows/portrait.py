@@ -18,7 +18,7 @@ from talkflow import assets
 from talkflow.cache import validate_name
 from talkflow.errors import InputError
 from talkflow.store import StageResult
-from tasks.media import MuxConfig, mux_video, normalize_audio
+from tasks.media import AudioPrepConfig, MuxConfig, mux_video, prepare_audio
 from tasks.portrait import (
     GeneratorChoice,
     audio_to_expressions,
@@ -67,7 +67,10 @@ def generate_from_portrait(
     bfm, checkpoint = assets.locate("bfm"), assets.locate("generator")
     fit = fit_character_face(image, config.fit, bfm=bfm, namespace=ns)
     pti = invert_portrait(fit, config.pti, generator=checkpoint, fallback=config.generator, bfm=bfm, namespace=ns)
-    speech = synthesize_speech(text, config.speech) if text is not None else normalize_audio(audio)
+    if text is not None:
+        speech = synthesize_speech(text, config.speech)
+    else:
+        speech = prepare_audio(audio, AudioPrepConfig(fps=config.fps))
     expressions = audio_to_expressions(speech, fit, fps=config.fps, weights=assets.locate("audio2exp"), bfm=bfm)
     frames = render_portrait(pti, fit, expressions, config.render, bfm=bfm, namespace=ns)
     video = mux_video(frames, speech["audio"], MuxConfig(fps=config.fps), namespace=ns)

@@ -18,9 +18,9 @@ from talkflow import assets
 from talkflow.cache import validate_name
 from talkflow.errors import InputError, MediaUnreadable
 from talkflow.store import Artifact, StageResult
-from tasks.media import MuxConfig, mux_video
+from tasks.media import AudioPrepConfig, MuxConfig, mux_video, prepare_audio
 from tasks.preprocess import audio_features
-from tasks.render import AudioPrepConfig, RenderConfig, prepare_audio, render_frames_stage
+from tasks.render import RenderConfig, render_frames_stage
 from tasks.speech import SpeechConfig, synthesize_speech
 from tasks.train import AvatarRecord, read_avatar
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from talkflow import media
 from talkflow.cache import stage
-from talkflow.errors import EmptyMedia, NoAudioStream
+from talkflow.errors import EmptyMedia, InputError, NoAudioStream
 from talkflow.store import Artifact, StageResult, get_store
 from tasks.inputs import local_file, scratch
 
@@ -27,6 +27,12 @@ class NormalizeConfig(BaseModel):
 class FramesConfig(BaseModel):
     ext: str = Field("jpg", pattern="^(jpg|png)$", description="Frame image format.")
     quality: int = Field(2, ge=1, le=31, description="JPEG qscale (1 best).")
+
+
+class AudioPrepConfig(BaseModel):
+    sample_rate: int = Field(16000, description="The feature extractors' rate.")
+    fps: int = Field(25, ge=1, le=120, description="Video frames per second (one feature window each).")
+    max_duration_s: float = Field(600.0, gt=0, description="Longer audio is refused (split it).")
 
 
 class MuxConfig(BaseModel):
@@ -73,19 +79,31 @@ def normalize_video(
     )
 
 
-@stage("audio", "1")
-def normalize_audio(audio: Path | Artifact, sample_rate: int = 16000, namespace: str | None = None) -> StageResult:
-    """Any audio (or the audio track of a video) -> a mono 16-bit wav at `sample_rate`."""
+@stage("prepare_audio", "1", retries=0)
+def prepare_audio(audio: Path | Artifact, config: AudioPrepConfig = AudioPrepConfig(),
+                  namespace: str | None = None) -> StageResult:
+    """Any audio (or video) file -> 16 kHz mono 16-bit wav, and its length in video frames."""
     src = local_file(audio)
     info = media.probe(src)
     if not info.has_audio:
-        raise NoAudioStream(f"'{src.name}' has no audio track; give a speech recording (wav, mp3, m4a...)")
+        raise NoAudioStream(f"'{src.name}' has no audio track; give a wav/mp3/m4a with speech")
     if info.duration_s <= 0:
-        raise EmptyMedia(f"'{src.name}' holds no sound (zero length); give a speech recording")
+        raise EmptyMedia(f"'{src.name}' has zero duration; give at least a fraction of a second of speech")
+    if info.duration_s > config.max_duration_s:
+        raise InputError(f"'{src.name}' lasts {info.duration_s:.0f} s, more than max_duration_s="
+                         f"{config.max_duration_s:.0f}; split it and use render_batch")
     with scratch("audio") as work:
-        media.extract_audio(src, work / "audio.wav", sample_rate=sample_rate)
-        art = get_store().put_file(work / "audio.wav")
-    return StageResult(artifacts={"audio": art}, meta={"sample_rate": sample_rate, "duration_s": info.duration_s})
+        wav = work / "audio.wav"
+        media.extract_audio(src, wav, sample_rate=config.sample_rate)
+        samples, rate = media.read_wav(wav)
+        if samples.size == 0:
+            raise EmptyMedia(f"'{src.name}' decoded to no audio samples")
+        art = get_store().put_file(wav)
+    duration = samples.size / rate
+    return StageResult(artifacts={"audio": art}, meta={
+        "duration_s": duration, "sample_rate": rate, "fps": config.fps,
+        "n_frames": max(1, int(round(duration * config.fps))),
+    })
 
 
 @stage("frames", "1")

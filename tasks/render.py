@@ -20,21 +20,14 @@ from pydantic import BaseModel, Field
 from models.ernerf.audio import eye_feature
 from models.ernerf.dataset import check_dataset
 from models.ernerf.trainer import load_model
-from talkflow import media
 from talkflow.cache import stage
-from talkflow.errors import EmptyMedia, InputError, NoAudioStream
+from talkflow.errors import InputError
 from talkflow.gpu import gpu_slot
 from talkflow.settings import get_settings
-from talkflow.store import Artifact, StageResult, get_store
+from talkflow.store import StageResult, get_store
 from tasks.dataset import materialize_dataset
 from tasks.inputs import local_file, scratch
 from tasks.train import STAGE_NAMES, ProgressArtifact, run_logger
-
-
-class AudioPrepConfig(BaseModel):
-    sample_rate: int = Field(16000, description="The feature extractors' rate.")
-    fps: int = Field(25, ge=1, le=120, description="Video frames per second (one feature window each).")
-    max_duration_s: float = Field(600.0, gt=0, description="Longer audio is refused (split it).")
 
 
 class RenderConfig(BaseModel):
@@ -49,33 +42,6 @@ class RenderConfig(BaseModel):
         "original body); auto: plate with the torso field, frames without it.")
     downscale: int = Field(1, ge=1, le=8, description="Render at 1/N resolution and upscale (faster previews).")
     jpeg_quality: int = Field(95, ge=1, le=95)
-
-
-@stage("prepare_audio", "1", retries=0)
-def prepare_audio(audio: Path | Artifact, config: AudioPrepConfig = AudioPrepConfig(),
-                  namespace: str | None = None) -> StageResult:
-    """Any audio (or video) file -> 16 kHz mono 16-bit wav, and its length in video frames."""
-    src = local_file(audio)
-    info = media.probe(src)
-    if not info.has_audio:
-        raise NoAudioStream(f"'{src.name}' has no audio track; give a wav/mp3/m4a with speech")
-    if info.duration_s <= 0:
-        raise EmptyMedia(f"'{src.name}' has zero duration; give at least a fraction of a second of speech")
-    if info.duration_s > config.max_duration_s:
-        raise InputError(f"'{src.name}' lasts {info.duration_s:.0f} s, more than max_duration_s="
-                         f"{config.max_duration_s:.0f}; split it and use render_batch")
-    with scratch("audio") as work:
-        wav = work / "audio.wav"
-        media.extract_audio(src, wav, sample_rate=config.sample_rate)
-        samples, rate = media.read_wav(wav)
-        if samples.size == 0:
-            raise EmptyMedia(f"'{src.name}' decoded to no audio samples")
-        art = get_store().put_file(wav)
-    duration = samples.size / rate
-    return StageResult(artifacts={"audio": art}, meta={
-        "duration_s": duration, "sample_rate": rate, "fps": config.fps,
-        "n_frames": max(1, int(round(duration * config.fps))),
-    })
 
 
 def check_features(avatar: StageResult, features: StageResult) -> None:
@@ -176,5 +142,4 @@ def render_frames_stage(avatar: StageResult, dataset: StageResult, features: Sta
     })
 
 
-__all__ = ["AudioPrepConfig", "RenderConfig", "check_features", "loop_index", "prepare_audio",
-           "render_frames_stage"]
+__all__ = ["RenderConfig", "check_features", "loop_index", "render_frames_stage"]
