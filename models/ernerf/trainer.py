@@ -16,7 +16,6 @@ to ``checkpoint_dir/<stage>.pt`` and calls ``on_checkpoint(step, path)`` (the ca
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torch.nn import functional as F
 
+from models.checkpoint_io import save_atomic
 from models.ernerf.dataset import ERNeRFDataset
 from models.ernerf.losses import (
     PatchLoss,
@@ -367,12 +367,7 @@ class Trainer:
 
     def save(self, path: Path) -> Path:
         """Write the trainer state to ``path`` atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        return save_atomic(self.state_dict(), path)
 
     def load(self, path: Path) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))

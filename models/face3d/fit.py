@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from models.checkpoint_io import save_atomic
 from models.face3d.camera import (
     euler_to_matrix,
     euler_to_matrix_grad,
@@ -121,11 +122,7 @@ class TrackResult:
         return out
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.track_params(), tmp)
-        tmp.replace(path)
-        return path
+        return save_atomic(self.track_params(), path)
 
 
 def check_landmarks(lms: Tensor, image_size: int) -> Tensor:

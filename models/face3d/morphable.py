@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models.checkpoint_io import save_atomic
 from talkflow.errors import AssetMissing, InputError
 
 FORMAT_VERSION = 1
@@ -127,12 +128,7 @@ class MorphableModel:
         return out
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(path)
-        return path
+        return save_atomic(self.state_dict(), path)
 
 
 def _linear(mean: Tensor, id_basis: Tensor, exp_basis: Tensor, id: Tensor, exp: Tensor) -> Tensor:

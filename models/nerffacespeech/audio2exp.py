@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.ndimage import gaussian_filter1d
 from torch import Tensor, nn
 
+from models.checkpoint_io import save_atomic
 from talkflow.errors import AssetMissing, InputError
 
 A2E_FORMAT = "talkflow.nerffacespeech.audio2exp"
@@ -212,14 +213,9 @@ class NetworkAudioToExpression(AudioToExpression):
 
 def save_audio2exp(net: MelToExpression, path: str | Path, exp_names: tuple[str, ...] = ()) -> Path:
     """Write weights for `load_audio2exp` (plain tensors and numbers only)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": A2E_FORMAT, "version": A2E_VERSION, "n_exp": net.n_exp, "n_mels": net.n_mels,
-                "window": net.window, "hidden": net.hidden, "exp_names": list(exp_names),
-                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, tmp)
-    tmp.replace(path)
-    return path
+    return save_atomic({"format": A2E_FORMAT, "version": A2E_VERSION, "n_exp": net.n_exp, "n_mels": net.n_mels,
+                        "window": net.window, "hidden": net.hidden, "exp_names": list(exp_names),
+                        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}, path)
 
 
 def load_audio2exp(path: str | Path, device: str | torch.device = "cpu") -> NetworkAudioToExpression:

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from models.checkpoint_io import save_atomic
 from models.nerffacespeech.generator import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -177,10 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         state = torch.load(args.src, map_location="cpu", weights_only=True)
         kwargs, nrr = {}, None
     cfg, ours = convert_state_dict(state, kwargs, nrr)
-    args.dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.dst.with_name(args.dst.name + ".tmp")
-    torch.save(checkpoint_from_state(cfg, ours), tmp)
-    tmp.replace(args.dst)
+    save_atomic(checkpoint_from_state(cfg, ours), args.dst)
     print(f"wrote {args.dst}: {sum(v.numel() for v in ours.values()):,} values, "
           f"{cfg.img_resolution} px, tri-planes {cfg.triplane_resolution} x {cfg.triplane_channels}")
     return 0

@@ -39,6 +39,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
+from models.checkpoint_io import save_atomic
 from models.nerffacespeech.camera import EG3D_FOCAL, EG3D_PIVOT, EG3D_RADIUS, Camera, camera_rays, look_at
 from models.nerffacespeech.stylegan import MappingNetwork, NoiseMode, SynthesisNetwork
 from models.nerffacespeech.superres import SuperResolution
@@ -267,12 +268,7 @@ def checkpoint_dict(generator: TriplaneGenerator) -> dict:
 
 def save_generator(generator: TriplaneGenerator, path: str | Path) -> Path:
     """Write a checkpoint for `load_generator` (atomically: a temporary file, then a rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(checkpoint_dict(generator), tmp)
-    tmp.replace(path)
-    return path
+    return save_atomic(checkpoint_dict(generator), path)
 
 
 def generator_from_checkpoint(data: dict, source: str = "checkpoint") -> TriplaneGenerator:

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torch.nn import functional as F
 
+from models.checkpoint_io import save_atomic
 from models.nerffacespeech.camera import Camera
 from models.nerffacespeech.generator import (
     CHECKPOINT_FORMAT,
@@ -172,12 +173,7 @@ class PTIResult:
 
     def save(self, path: str | Path) -> Path:
         """Atomic write (temporary file, then rename); read back with `load_pti`."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
-        return path
+        return save_atomic(self.state(), path)
 
 
 def load_pti(path: str | Path) -> PTIResult:
