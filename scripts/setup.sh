@@ -39,5 +39,6 @@ pip_install() {
 pip_install --upgrade 'pip>=25' 'setuptools<82' wheel
 pip_install -r requirements.lock
 PYTHONWARNINGS=ignore pip_install --no-deps --no-build-isolation -e .  # quiet the editable-install notice
+bash scripts/install_mediapipe_models.sh "$VENV"
 "$VENV/bin/python" -m pip check
 echo "$want" > "$stamp"
