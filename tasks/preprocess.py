@@ -42,9 +42,14 @@ def load_image(art: Artifact) -> np.ndarray:
 
 
 @stage("landmarks", "1")
-def detect_landmarks(frames: StageResult, config: LandmarkConfig, namespace: str | None = None) -> StageResult:
-    """68 landmarks per frame, smoothed; frames without a face are reported and interpolated."""
-    found = track_video_landmarks(frame_folder(frames), config)
+def detect_landmarks(frames: StageResult, config: LandmarkConfig, mesh: Path | None = None,
+                     namespace: str | None = None) -> StageResult:
+    """68 landmarks per frame, smoothed; frames without a face are reported and interpolated.
+    ``mesh``: MediaPipe's face_landmark.tflite, for the lips when ``config.mouth == "mesh"``."""
+    if config.mouth == "mesh" and mesh is None:
+        raise InputError("landmarks.mouth is 'mesh' but no face mesh network was given; pass "
+                         "assets.shipped('face_mesh')")
+    found = track_video_landmarks(frame_folder(frames), config, mouth_mesh=mesh if config.mouth == "mesh" else None)
     with scratch("landmarks") as work:
         np.save(work / "lms.npy", found.lms.astype(np.float32))
         art = get_store().put_file(work / "lms.npy")
@@ -88,18 +93,27 @@ def parse_faces(
     landmarks: StageResult,
     config: ParsingConfig,
     weights: Path | None = None,
+    segmentation: Path | None = None,
     namespace: str | None = None,
 ) -> StageResult:
-    """Head / neck / torso / background label images (BiSeNet when weights are given)."""
+    """Head / neck / torso / background label images (BiSeNet when weights are given; else the
+    classical parser, its person foreground from ``segmentation``, MediaPipe's
+    selfie_segmentation.tflite, when ``config.person_mask == "segmentation"``)."""
     method = resolve_method(config.method, weights)
+    use_seg = method == "classical" and config.person_mask == "segmentation"
+    if use_seg and segmentation is None:
+        raise InputError("parsing.person_mask is 'segmentation' but no segmentation network was given; "
+                         "pass assets.shipped('selfie_segmentation')")
     labels = parse_frames(frame_folder(frames), load_landmarks(landmarks), config=config,
-                          weights=weights, device=get_settings().torch_device())
+                          weights=weights, device=get_settings().torch_device(),
+                          segmentation=segmentation if use_seg else None)
     with scratch("parsing") as work:
         media.write_frames((labels_to_rgb(lab) for lab in labels), work / "parsing", ext="png")
         art = get_store().put_dir(work / "parsing")
     areas = np.bincount(labels.reshape(-1), minlength=4) / labels.size
     return StageResult(artifacts={"parsing": art},
-                       meta={"method": method, "area_share": [round(float(a), 4) for a in areas]})
+                       meta={"method": method, "person_mask": config.person_mask if method == "classical" else None,
+                             "area_share": [round(float(a), 4) for a in areas]})
 
 
 @stage("background", "1")

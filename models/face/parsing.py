@@ -450,15 +450,21 @@ def _keep_person_components(fg: np.ndarray, seed: np.ndarray, min_area: float) -
 def classical_parsing(
     frame: np.ndarray,
     lms: np.ndarray,
-    background: np.ndarray,
+    background: np.ndarray | None,
     config: ClassicalParsingConfig | None = None,
+    person: np.ndarray | None = None,
 ) -> np.ndarray:
     """Part labels (S,S) uint8 of ``frame`` (S,S,3) uint8 from its landmarks (68,2) and the
-    clip's background plate (S,S,3) uint8; see the module docstring."""
+    clip's background plate (S,S,3) uint8, or a person mask (S,S) bool (e.g. from
+    selfie_segmentation) in place of the background difference; see the module docstring."""
     cfg = config or ClassicalParsingConfig()
-    frame, background = np.asarray(frame), np.asarray(background)
-    if frame.shape != background.shape or frame.ndim != 3 or frame.shape[2] != 3:
-        raise InputError(f"frame {frame.shape} and background {background.shape} must both be (S,S,3)")
+    frame = np.asarray(frame)
+    if person is None:
+        background = np.asarray(background)
+        if frame.shape != background.shape or frame.ndim != 3 or frame.shape[2] != 3:
+            raise InputError(f"frame {frame.shape} and background {background.shape} must both be (S,S,3)")
+    elif np.shape(person) != frame.shape[:2]:
+        raise InputError(f"person mask {np.shape(person)} does not match frame {frame.shape}")
     shape = frame.shape[:2]
     g = _FaceGeometry(lms, shape)
 
@@ -467,7 +473,7 @@ def classical_parsing(
     skull = _ellipse_mask(skull_pts, shape, cfg.hair_scale)
     below_jaw = g.below_jaw()
 
-    fg = foreground_mask(frame, background, cfg)
+    fg = foreground_mask(frame, background, cfg) if person is None else np.asarray(person, bool)
     seed = core | _person_prior(g, cfg)
     fg = _keep_person_components(fg, seed, cfg.min_component_share * fg.size) | core
 
@@ -513,6 +519,9 @@ class ParsingConfig(pydantic.BaseModel):
     batch_size: int = pydantic.Field(8, ge=1)
     refine_background: bool = False  # classical, no plate given: re-estimate it from a first parsing, parse again
     classical: ClassicalParsingConfig = ClassicalParsingConfig()
+    # classical: the person foreground from MediaPipe's selfie segmentation (the pipeline passes its
+    # network; measured closer to the truth, bench/face_networks.py) or from the background difference
+    person_mask: Literal["segmentation", "difference"] = "segmentation"
 
 
 def resolve_method(method: str = "auto", weights: str | Path | None = None) -> str:
@@ -557,12 +566,15 @@ def parse_frames(
     weights: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
+    segmentation: str | Path | None = None,
 ) -> np.ndarray:
     """Part labels (T,S,S) uint8 (0 bg, 1 head, 2 neck, 3 torso) for frames (T,S,S,3) uint8.
 
     BiSeNet when its weights are given or registered (``method="auto"``), else the classical
     method with ``background`` (S,S,3) or, without one, a plate bootstrapped from ``lms`` (T,68,2)
-    (re-estimated from a first parsing when ``refine_background``).
+    (re-estimated from a first parsing when ``refine_background``). With ``segmentation`` (the
+    path of MediaPipe's selfie_segmentation.tflite) the classical method takes the person
+    foreground from that network instead, and needs no plate.
     """
     cfg = config or ParsingConfig()
     t = len(frames)
@@ -581,6 +593,17 @@ def parse_frames(
             out[s : s + len(batch)] = bisenet_parts(model, batch, cfg.bisenet_size)
             if progress is not None:
                 progress(s + len(batch), t)
+        return out
+
+    if segmentation is not None:
+        from models.face.selfie_segmentation import SelfieSegmenter
+
+        segmenter = SelfieSegmenter(segmentation)
+        for i in range(t):
+            frame = np.asarray(frames[i])
+            out[i] = classical_parsing(frame, lms[i], None, cfg.classical, person=segmenter.mask(frame))
+            if progress is not None:
+                progress(i + 1, t)
         return out
 
     passes = 2 if background is None and cfg.refine_background else 1

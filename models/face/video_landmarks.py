@@ -31,7 +31,9 @@ import numpy as np
 import pydantic
 from PIL import Image
 
+from models.face.face_mesh import FaceMesh
 from models.face.landmarks import FaceBox, detect_faces, landmarks68
+from models.face.mesh_mouth import MeshMouth
 from talkflow.errors import FaceNotFound, FaceTooSmall, InputError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
@@ -62,6 +64,9 @@ class LandmarkConfig(pydantic.BaseModel):
     fps: float = pydantic.Field(25.0, gt=0)
     smooth: SmoothConfig | None = SmoothConfig()
     small_face_probes: int = pydantic.Field(3, ge=0)  # faceless frames re-searched at 2x to name tiny faces
+    # lips (48-67): dlib's, or MediaPipe's face mesh (the pipeline then passes its network); dlib's
+    # follow the sample clip's known mouth opening more closely (bench/face_networks.py)
+    mouth: Literal["dlib", "mesh"] = "dlib"
 
 
 @dataclass
@@ -200,11 +205,14 @@ def track_video_landmarks(
     config: LandmarkConfig | None = None,
     *,
     progress: Progress | None = None,
+    mouth_mesh: str | Path | None = None,
     **overrides,
 ) -> VideoLandmarks:
     """Landmarks (T,68,2) of the main face in ``frames`` ((T,H,W,3) uint8 array or an iterable
     of (H,W,3) uint8 frames); ``overrides`` replace fields of ``config``, e.g.
-    ``track_video_landmarks(frames, max_missing_share=0.1, smooth=None)``.
+    ``track_video_landmarks(frames, max_missing_share=0.1, smooth=None)``. With ``mouth_mesh``
+    (the path of MediaPipe's face_landmark.tflite; the pipeline passes it when ``config.mouth ==
+    "mesh"``) the lips come from the face mesh.
 
     Raises FaceNotFound past ``max_missing_share`` faceless frames (as soon as that is certain
     when ``frames`` has a length), FaceTooSmall when the faces are under ``min_face_px``.
@@ -219,6 +227,7 @@ def track_video_landmarks(
     small_sides: list[int] = []
     probes: list[np.ndarray] = []  # a few faceless frames, searched again for tiny faces on failure
     shape = None
+    mouth = MeshMouth(FaceMesh(mouth_mesh)) if mouth_mesh is not None else None
 
     def fail(n_bad: int, seen: int, t_all: int | None) -> Exception:
         side = int(np.median(small_sides)) if small_sides else _probe_small_face(probes, cfg)
@@ -239,9 +248,12 @@ def track_video_landmarks(
         if ok:
             if len(boxes) > 1:
                 multi.append(i)
-            lms.append(landmarks68(img, boxes[0]))
+            pts = landmarks68(img, boxes[0])
+            lms.append(mouth(img, pts) if mouth is not None else pts)
         else:
             lms.append(np.full((68, 2), np.nan, np.float32))
+            if mouth is not None:
+                mouth.reset()
             if len(probes) < cfg.small_face_probes:
                 probes.append(img.copy())
         detected.append(ok)
