@@ -96,11 +96,11 @@ SHIPPED: dict[str, ShippedNetwork] = {
     n.name: n
     for n in [
         ShippedNetwork("face_detection", "face_detection_short_range.tflite",
-                       "MediaPipe BlazeFace, faces within ~2 m (seeds the face mesh's crop)"),
+                       "MediaPipe BlazeFace, faces within ~2 m (finds the faces dlib misses, for the mesh)"),
         ShippedNetwork("face_detection_full_range", "face_detection_full_range_sparse.tflite",
                        "MediaPipe BlazeFace, faces up to ~5 m (small faces)"),
         ShippedNetwork("face_mesh", "face_landmark.tflite",
-                       "MediaPipe 468-point face mesh (lips when landmarks.mouth=mesh)"),
+                       "MediaPipe 468-point face mesh (68 points where dlib finds no face; lips if landmarks.mouth=mesh)"),
         ShippedNetwork("selfie_segmentation", "selfie_segmentation.tflite",
                        "MediaPipe person segmentation (the classical parser's person foreground)"),
     ]

@@ -120,10 +120,10 @@ def doctor() -> None:
         path = assets.locate(spec.name)
         row(f"asset {spec.name}", True if path else None,
             str(path) if path else f"{spec.file} not registered -> {spec.fallback}")
-    for net in assets.SHIPPED.values():
-        path = assets.shipped_dir() / net.file
-        row(f"network {net.name}", path.is_file(),
-            f"{net.what}; " + (str(path) if path.is_file() else "missing: run `bash scripts/setup.sh`"))
+    for net in assets.SHIPPED.values():  # shipped in a package, installed by scripts/setup.sh
+        ok = (assets.shipped_dir() / net.file).is_file()
+        row(f"network {net.name}", ok, f"{net.file}: {net.what}" if ok else
+            f"{net.file} missing from {assets.shipped_dir()}: run `bash scripts/setup.sh` ({net.what})")
     console.print(t)
 
 

@@ -43,13 +43,17 @@ def load_image(art: Artifact) -> np.ndarray:
 
 @stage("landmarks", "1")
 def detect_landmarks(frames: StageResult, config: LandmarkConfig, mesh: Path | None = None,
-                     namespace: str | None = None) -> StageResult:
+                     detector: Path | None = None, namespace: str | None = None) -> StageResult:
     """68 landmarks per frame, smoothed; frames without a face are reported and interpolated.
-    ``mesh``: MediaPipe's face_landmark.tflite, for the lips when ``config.mouth == "mesh"``."""
-    if config.mouth == "mesh" and mesh is None:
-        raise InputError("landmarks.mouth is 'mesh' but no face mesh network was given; pass "
-                         "assets.shipped('face_mesh')")
-    found = track_video_landmarks(frame_folder(frames), config, mouth_mesh=mesh if config.mouth == "mesh" else None)
+    MediaPipe's ``mesh`` (face_landmark.tflite) gives the lips when ``config.mouth == "mesh"``; with
+    its ``detector`` (face_detection_short_range.tflite) the points where dlib finds no face."""
+    if (config.mouth == "mesh" or config.mesh_fallback) and mesh is None:
+        raise InputError("landmarks.mouth='mesh' and landmarks.mesh_fallback need the face mesh network; "
+                         "pass assets.shipped('face_mesh')")
+    if config.mesh_fallback and detector is None:
+        raise InputError("landmarks.mesh_fallback needs the face detection network; pass "
+                         "assets.shipped('face_detection')")
+    found = track_video_landmarks(frame_folder(frames), config, mesh=mesh, detector=detector)
     with scratch("landmarks") as work:
         np.save(work / "lms.npy", found.lms.astype(np.float32))
         art = get_store().put_file(work / "lms.npy")

@@ -53,7 +53,7 @@ def test_doctor_reports_tools_and_assets(tmp_path):
     out = talkflow("doctor", data_root=tmp_path)
     assert out.returncode == 0, out.stderr
     for word in ("ffmpeg", "torch", "pytorch3d", "embedded", "store", "asset bfm",
-                 "01_MorphableModel.mat", "log-mel"):
+                 "01_MorphableModel.mat", "log-mel", "network face_mesh", "selfie_segmentation.tflite"):
         assert word in out.stdout, word
 
 

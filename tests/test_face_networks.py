@@ -104,7 +104,7 @@ def test_mesh_lips_in_video_landmarks(astronaut):
     img = sample_portrait(512)
     frames = np.stack([img, img])
     dl = track_video_landmarks(frames, smooth=None).lms
-    hy = track_video_landmarks(frames, smooth=None, mouth_mesh=assets.shipped("face_mesh")).lms
+    hy = track_video_landmarks(frames, smooth=None, mouth="mesh", mesh=assets.shipped("face_mesh")).lms
     assert np.array_equal(hy[:, :48], dl[:, :48])  # only the lips change
     d = np.linalg.norm(hy[:, 48:] - dl[:, 48:], axis=-1)
     assert 0.1 < d.mean() < 6.0
@@ -149,3 +149,20 @@ def test_missing_network_gives_a_clear_error(monkeypatch, tmp_path):
             assets.shipped(name)
     with pytest.raises(FileNotFoundError, match="nope.tflite"):
         FaceMesh(tmp_path / "nope.tflite")
+
+
+def test_mesh_fallback_finds_a_tilted_head_dlib_misses():
+    from talkflow.errors import FaceNotFound
+
+    img = sample_portrait(256)
+    lm = track_video_landmarks(img[None], smooth=None).lms[0]
+    tilted = np.asarray(Image.fromarray(img).rotate(50, resample=Image.BILINEAR, center=(128, 128)))
+    a = np.deg2rad(50)
+    truth = (lm - 128) @ np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]]).T + 128
+    with pytest.raises(FaceNotFound):
+        track_video_landmarks(tilted[None], smooth=None)
+    got = track_video_landmarks(tilted[None], smooth=None, mesh=assets.shipped("face_mesh"),
+                                detector=assets.shipped("face_detection"))
+    assert got.detected.all() and "face mesh" in got.warnings[0]
+    iod = np.linalg.norm(lm[36:42].mean(0) - lm[42:48].mean(0))
+    assert np.linalg.norm(got.lms[0] - truth, axis=-1)[27:68].mean() < 0.1 * iod

@@ -75,7 +75,7 @@ def test_dataset_complete_and_consistent(clip, tmp_path, journal):
 
     # a parsing config change recomputes parsing and what uses it, not landmarks/features/tracking
     counts = {s: journal.count(s) for s in STAGES}
-    preprocess_video(clip, "astro", small_config(diff_threshold=40.0))
+    preprocess_video(clip, "astro", small_config(neck_band=0.6))
     changed = {s for s in STAGES if journal.count(s) != counts[s]}
     assert changed == {"parsing", "background", "composite", "dataset"}
 

@@ -33,7 +33,7 @@ from PIL import Image
 
 from models.face.face_mesh import FaceMesh
 from models.face.landmarks import FaceBox, detect_faces, landmarks68
-from models.face.mesh_mouth import MeshMouth
+from models.face.mesh_landmarks import MeshMouth, MeshRescue
 from talkflow.errors import FaceNotFound, FaceTooSmall, InputError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
@@ -64,9 +64,12 @@ class LandmarkConfig(pydantic.BaseModel):
     fps: float = pydantic.Field(25.0, gt=0)
     smooth: SmoothConfig | None = SmoothConfig()
     small_face_probes: int = pydantic.Field(3, ge=0)  # faceless frames re-searched at 2x to name tiny faces
-    # lips (48-67): dlib's, or MediaPipe's face mesh (the pipeline then passes its network); dlib's
+    # lips (48-67): dlib's, or MediaPipe's face mesh (used when the mesh network is passed); dlib's
     # follow the sample clip's known mouth opening more closely (bench/face_networks.py)
     mouth: Literal["dlib", "mesh"] = "dlib"
+    # frames where dlib's HOG finds no face: BlazeFace + the face mesh's 68 points (used when both
+    # networks are passed); finds heads tilted 45 degrees or more that HOG misses
+    mesh_fallback: bool = True
 
 
 @dataclass
@@ -205,14 +208,16 @@ def track_video_landmarks(
     config: LandmarkConfig | None = None,
     *,
     progress: Progress | None = None,
-    mouth_mesh: str | Path | None = None,
+    mesh: str | Path | None = None,
+    detector: str | Path | None = None,
     **overrides,
 ) -> VideoLandmarks:
     """Landmarks (T,68,2) of the main face in ``frames`` ((T,H,W,3) uint8 array or an iterable
     of (H,W,3) uint8 frames); ``overrides`` replace fields of ``config``, e.g.
-    ``track_video_landmarks(frames, max_missing_share=0.1, smooth=None)``. With ``mouth_mesh``
-    (the path of MediaPipe's face_landmark.tflite; the pipeline passes it when ``config.mouth ==
-    "mesh"``) the lips come from the face mesh.
+    ``track_video_landmarks(frames, max_missing_share=0.1, smooth=None)``. MediaPipe's networks
+    (paths of face_landmark.tflite, ``mesh``, and face_detection_short_range.tflite, ``detector``)
+    give the lips when ``config.mouth == "mesh"`` (mesh) and the points of frames where dlib finds
+    no face when ``config.mesh_fallback`` (mesh and detector).
 
     Raises FaceNotFound past ``max_missing_share`` faceless frames (as soon as that is certain
     when ``frames`` has a length), FaceTooSmall when the faces are under ``min_face_px``.
@@ -227,7 +232,11 @@ def track_video_landmarks(
     small_sides: list[int] = []
     probes: list[np.ndarray] = []  # a few faceless frames, searched again for tiny faces on failure
     shape = None
-    mouth = MeshMouth(FaceMesh(mouth_mesh)) if mouth_mesh is not None else None
+    face_mesh = FaceMesh(mesh) if mesh is not None else None
+    mouth = MeshMouth(face_mesh) if face_mesh is not None and cfg.mouth == "mesh" else None
+    rescue = (MeshRescue(detector, face_mesh) if face_mesh is not None and detector is not None
+              and cfg.mesh_fallback else None)
+    rescued: list[int] = []
 
     def fail(n_bad: int, seen: int, t_all: int | None) -> Exception:
         side = int(np.median(small_sides)) if small_sides else _probe_small_face(probes, cfg)
@@ -242,14 +251,25 @@ def track_video_landmarks(
         elif img.shape != shape:
             raise InputError(f"frame {i} has shape {img.shape}, frame 0 had {shape}; all frames must match")
         boxes = _detect(img, cfg)
-        ok = bool(boxes) and min(boxes[0].width, boxes[0].height) >= cfg.min_face_px
-        if boxes and not ok:
+        pts = None
+        if boxes and min(boxes[0].width, boxes[0].height) < cfg.min_face_px:
             small_sides.append(min(boxes[0].width, boxes[0].height))
-        if ok:
+        elif boxes:
             if len(boxes) > 1:
                 multi.append(i)
             pts = landmarks68(img, boxes[0])
-            lms.append(mouth(img, pts) if mouth is not None else pts)
+            pts = mouth(img, pts) if mouth is not None else pts
+        elif rescue is not None and (found := rescue(img)) is not None:
+            if found[0] < cfg.min_face_px:
+                small_sides.append(int(found[0]))
+            else:
+                pts = found[1]
+                rescued.append(i)
+                if mouth is not None:
+                    mouth.reset()
+        ok = pts is not None
+        if ok:
+            lms.append(pts)
         else:
             lms.append(np.full((68, 2), np.nan, np.float32))
             if mouth is not None:
@@ -276,6 +296,9 @@ def track_video_landmarks(
         warnings.append(
             f"several faces in {len(multi)} of {t} frames (first at frame {multi[0]}); the largest was used"
         )
+    if rescued:
+        warnings.append(f"dlib found no face in {len(rescued)} of {t} frames (first at frame {rescued[0]}); "
+                        "the face mesh's points were used there")
     if n_bad:
         idx = np.flatnonzero(~det)
         listed = ", ".join(map(str, idx[:20])) + (", ..." if idx.size > 20 else "")
