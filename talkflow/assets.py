@@ -100,7 +100,8 @@ SHIPPED: dict[str, ShippedNetwork] = {
         ShippedNetwork("face_detection_full_range", "face_detection_full_range_sparse.tflite",
                        "MediaPipe BlazeFace, faces up to ~5 m (small faces)"),
         ShippedNetwork("face_mesh", "face_landmark.tflite",
-                       "MediaPipe 468-point face mesh (68 points where dlib finds no face; lips if landmarks.mouth=mesh)"),
+                       "MediaPipe 468-point face mesh (68 points where dlib finds no face; "
+                       "lips if landmarks.mouth=mesh)"),
         ShippedNetwork("selfie_segmentation", "selfie_segmentation.tflite",
                        "MediaPipe person segmentation (the classical parser's person foreground)"),
     ]

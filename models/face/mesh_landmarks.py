@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from models.face.blazeface import BlazeFaceDetector
-from models.face.face_mesh import MESH_TO_68, MOUTH_68, FaceMesh, refine, roi_from_68, roi_from_detection, roi_from_points
+from models.face.face_mesh import (
+    MESH_TO_68,
+    MOUTH_68,
+    FaceMesh,
+    refine,
+    roi_from_68,
+    roi_from_detection,
+    roi_from_points,
+)
 
 
 class MeshMouth:
