@@ -6,12 +6,13 @@ Two methods:
   is registered): a ResNet-18 context path with attention refinement modules, a feature
   fusion module (the ResNet's 1/8 features stand in for the spatial path) and 19
   CelebAMask-HQ classes; the classes are grouped into parts as ER-NeRF does.
-* **classical** (no weights; static camera): foreground = pixels that differ from the
-  background plate, cleaned by morphology; head = the face from the landmarks (convex hull
-  of the jaw and of the brows raised over the forehead) plus the foreground inside an
-  ellipse fitted to the skull outline and above the jaw line; neck = foreground under the
-  jaw inside a band about the jaw's width, down to the shoulders (where the foreground
-  widens); torso = the remaining foreground below the chin. Foreground above the chin that
+* **classical** (no weights): foreground = MediaPipe's selfie segmentation when its network is
+  given, else (static camera) pixels that differ from the background plate, cleaned by
+  morphology; head = the face from the landmarks (convex hull of the jaw and of the brows
+  raised over the forehead) plus the foreground inside an ellipse fitted to the skull outline
+  and above the jaw line; neck = foreground under the jaw inside a band about the jaw's width,
+  down to the shoulders (where the foreground widens); torso = the remaining foreground
+  below the chin. Foreground above the chin that
   is not in the head yet but near it (long hair, a hat) is head too, as BiSeNet labels hair.
   Without a background plate, one is bootstrapped: the temporal median outside a generous
   landmark-based person prior, refined once from the first parsing. Pixels the person never
@@ -519,9 +520,10 @@ class ParsingConfig(pydantic.BaseModel):
     batch_size: int = pydantic.Field(8, ge=1)
     refine_background: bool = False  # classical, no plate given: re-estimate it from a first parsing, parse again
     classical: ClassicalParsingConfig = ClassicalParsingConfig()
-    # classical: the person foreground from MediaPipe's selfie segmentation (the pipeline passes its
-    # network; measured closer to the truth, bench/face_networks.py) or from the background difference
-    person_mask: Literal["segmentation", "difference"] = "segmentation"
+    person_mask: Literal["segmentation", "difference"] = pydantic.Field(
+        "segmentation", description="Classical method: the person foreground from MediaPipe's selfie "
+        "segmentation (used when its network is passed; needs no static camera) or from the difference "
+        "with the background plate.")
 
 
 def resolve_method(method: str = "auto", weights: str | Path | None = None) -> str:

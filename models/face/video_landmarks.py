@@ -64,12 +64,12 @@ class LandmarkConfig(pydantic.BaseModel):
     fps: float = pydantic.Field(25.0, gt=0)
     smooth: SmoothConfig | None = SmoothConfig()
     small_face_probes: int = pydantic.Field(3, ge=0)  # faceless frames re-searched at 2x to name tiny faces
-    # lips (48-67): dlib's, or MediaPipe's face mesh (used when the mesh network is passed); dlib's
-    # follow the sample clip's known mouth opening more closely (bench/face_networks.py)
-    mouth: Literal["dlib", "mesh"] = "dlib"
-    # frames where dlib's HOG finds no face: BlazeFace + the face mesh's 68 points (used when both
-    # networks are passed); finds heads tilted 45 degrees or more that HOG misses
-    mesh_fallback: bool = True
+    mouth: Literal["dlib", "mesh"] = pydantic.Field(
+        "dlib", description="Lip points 48-67 from dlib or from MediaPipe's face mesh (used when the mesh "
+        "network is passed); dlib's follow the sample clip's known mouth opening more closely.")
+    mesh_fallback: bool = pydantic.Field(
+        True, description="On frames where dlib's HOG finds no face, take the 68 points from MediaPipe's "
+        "BlazeFace + face mesh (used when both networks are passed): finds heads tilted 45 degrees or more.")
 
 
 @dataclass
