@@ -15,8 +15,7 @@ from models.nerffacespeech.face_fit import FaceFitConfig
 from models.nerffacespeech.pti import PTIConfig
 from models.nerffacespeech.render import RenderConfig
 from talkflow import assets
-from talkflow.cache import validate_name
-from talkflow.errors import InputError
+from talkflow.checks import audio_or_text, validate_name
 from talkflow.store import StageResult
 from tasks.media import AudioPrepConfig, MuxConfig, mux_video, prepare_audio
 from tasks.portrait import (
@@ -62,8 +61,7 @@ def generate_from_portrait(
         config: fit, PTI, generator fallback, rendering and speech settings.
     """
     ns = validate_name(character, "character")
-    if (audio is None) == (text is None):
-        raise InputError("give exactly one of audio or text")
+    audio_or_text(audio, text)
     bfm, checkpoint = assets.locate("bfm"), assets.locate("generator")
     fit = fit_character_face(image, config.fit, bfm=bfm, namespace=ns)
     pti = invert_portrait(fit, config.pti, generator=checkpoint, fallback=config.generator, bfm=bfm, namespace=ns)

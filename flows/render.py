@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from models.audio.features import AudioFeatureConfig
 from models.ernerf.audio import FEATURE_DIMS
 from talkflow import assets
-from talkflow.cache import validate_name
+from talkflow.checks import audio_or_text, validate_name
 from talkflow.errors import InputError, MediaUnreadable
 from talkflow.store import Artifact, StageResult
 from tasks.media import AudioPrepConfig, MuxConfig, mux_video, prepare_audio
@@ -76,7 +76,7 @@ def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVid
 
 @flow(name="render-video")
 def render_video(person: str, audio: Path | None = None, text: str | None = None,
-                 config: RenderVideoConfig = RenderVideoConfig()) -> RenderResult:
+                 config: RenderVideoConfig = RenderVideoConfig(), avatar: AvatarRecord | None = None) -> RenderResult:
     """An mp4 of the person's trained avatar speaking `audio` (any audio/video file) or `text` (TTS).
 
     Args:
@@ -84,18 +84,17 @@ def render_video(person: str, audio: Path | None = None, text: str | None = None
         audio: the speech to render; or
         text: words to speak with the offline TTS voice.
         config: rendering, feature and TTS settings.
+        avatar: a given training of the person (e.g. a model folder's); empty: the person's latest.
     """
-    if (audio is None) == (text is None):
-        raise InputError("give exactly one of audio or text")
-    avatar = read_avatar(validate_name(person, "person"))
+    validate_name(person, "person")
+    audio_or_text(audio, text)
+    if avatar is None:
+        avatar = read_avatar(person)
+    elif avatar.person != person:
+        raise InputError(f"the avatar given is {avatar.person!r}'s, not {person!r}'s")
     feature_cfg = _feature_config(avatar, config.audio)
     avatar.latest(config.render.with_torso)  # no torso stage -> fails before the TTS
-    if text is not None:
-        source = synthesize_speech(text, config.speech)["audio"]  # empty text -> SpeechError
-    else:
-        source = Path(audio)
-        if not source.exists():
-            raise MediaUnreadable(f"'{source}' does not exist. Check the path and try again.")
+    source = synthesize_speech(text, config.speech)["audio"] if text is not None else Path(audio)
     return _render_one(avatar, source, config, feature_cfg)
 
 
