@@ -219,7 +219,9 @@ class _HeldLog(logging.Filter):
 @contextmanager
 def _hold_console_log() -> Iterator[_HeldLog]:
     held = _HeldLog()
-    held.handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    held.handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
     for h in held.handlers:
         h.addFilter(held)
     try:
