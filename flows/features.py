@@ -10,11 +10,11 @@ from pathlib import Path
 
 from prefect import flow
 
-from models.audio.features import AudioFeatureConfig
+from models.audio.features import SAMPLE_RATE, AudioFeatureConfig
 from talkflow import assets
 from talkflow.checks import FeatureKind, choice, speech_audio
 from talkflow.store import StageResult
-from tasks.media import AudioPrepConfig, prepare_audio
+from tasks.media import prepare_audio
 from tasks.preprocess import audio_features
 
 
@@ -30,6 +30,6 @@ def extract_audio_features(audio: Path, kind: FeatureKind = "logmel", fps: int =
     """
     choice(kind, FeatureKind, "kind")
     model_dir = assets.require(kind) if kind != "logmel" else None  # a missing model fails first
-    prepared = prepare_audio(speech_audio(audio), AudioPrepConfig(fps=fps))
+    prepared = prepare_audio(speech_audio(audio), fps=fps, sample_rate=SAMPLE_RATE)
     return audio_features(prepared["audio"], prepared.meta["n_frames"], AudioFeatureConfig(kind=kind),
                           model_dir=model_dir)

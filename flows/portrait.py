@@ -11,13 +11,14 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from models.audio.features import SAMPLE_RATE
 from models.nerffacespeech.face_fit import FaceFitConfig
 from models.nerffacespeech.pti import PTIConfig
 from models.nerffacespeech.render import RenderConfig
 from talkflow import assets
 from talkflow.checks import audio_or_text, validate_name
 from talkflow.store import StageResult
-from tasks.media import AudioPrepConfig, MuxConfig, mux_video, prepare_audio
+from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.portrait import (
     GeneratorChoice,
     audio_to_expressions,
@@ -68,8 +69,8 @@ def generate_from_portrait(
     if text is not None:
         speech = synthesize_speech(text, config.speech)
     else:
-        speech = prepare_audio(audio, AudioPrepConfig(fps=config.fps))
+        speech = prepare_audio(audio, fps=config.fps, sample_rate=SAMPLE_RATE)
     expressions = audio_to_expressions(speech, fit, fps=config.fps, weights=assets.locate("audio2exp"), bfm=bfm)
     frames = render_portrait(pti, fit, expressions, config.render, bfm=bfm, namespace=ns)
-    video = mux_video(frames, speech["audio"], MuxConfig(fps=config.fps), namespace=ns)
+    video = mux_video(frames, speech["audio"], MuxConfig(), fps=config.fps, namespace=ns)
     return PortraitResult(fit=fit, pti=pti, video=video)

@@ -61,8 +61,7 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     ns = validate_name(person, "person")
     normalized = normalize_video(video, config.normalize, namespace=ns)
     frames = extract_frames(normalized["video"], config.frames, namespace=ns)
-    landmarks = detect_landmarks(frames, config.landmarks.model_copy(update={"fps": config.normalize.fps}),
-                                 namespace=ns)
+    landmarks = detect_landmarks(frames, config.landmarks, normalized.meta["fps"], namespace=ns)
     model_dir = assets.locate(config.audio.kind) if config.audio.kind != "logmel" else None
     if config.audio.kind != "logmel" and model_dir is None:
         assets.require(config.audio.kind)  # raises with what to register

@@ -42,9 +42,11 @@ def load_image(art: Artifact) -> np.ndarray:
 
 
 @stage("landmarks", "1")
-def detect_landmarks(frames: StageResult, config: LandmarkConfig, namespace: str | None = None) -> StageResult:
-    """68 landmarks per frame, smoothed; frames without a face are reported and interpolated."""
-    found = track_video_landmarks(frame_folder(frames), config)
+def detect_landmarks(frames: StageResult, config: LandmarkConfig, fps: float,
+                     namespace: str | None = None) -> StageResult:
+    """68 landmarks per frame of a clip at `fps`, smoothed; frames without a face are reported
+    and interpolated."""
+    found = track_video_landmarks(frame_folder(frames), config, fps=fps)
     with scratch("landmarks") as work:
         np.save(work / "lms.npy", found.lms.astype(np.float32))
         art = get_store().put_file(work / "lms.npy")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -104,9 +105,18 @@ def test_extract_audio_features_is_what_the_avatar_reads(tf, speech, tmp_path):
     assert default == speech.with_name("hello_logmel.npy") and np.array_equal(np.load(default), feats)
 
 
-def test_infer_with_and_without_torso(tf, model, speech, tmp_path):
+def test_infer_with_and_without_torso(tf, model, speech, tmp_path, monkeypatch):
+    from talkflow.store import ArtifactStore
+
+    fetched = []
+    fetch = ArtifactStore.fetch
+    monkeypatch.setattr(ArtifactStore, "fetch", lambda self, art: fetched.append(art.key) or fetch(self, art))
     torso = tf.infer(model.model_path, speech, output_path=tmp_path / "torso.mp4", with_torso=True)
     plain = tf.infer(model.model_path, speech, output_path=tmp_path / "plain.mp4", with_torso=False)
+    # rendering fetched the poses, blinks, plate and (without the torso) the torso images, nothing else
+    parts = model.avatar.dataset.artifacts
+    assert {parts[p].key for p in ("transforms_train", "au", "bc", "torso_imgs")} <= set(fetched)
+    assert not {parts[p].key for p in ("frames", "gt_imgs", "parsing", "lms", "transforms_val")} & set(fetched)
     assert torso.result.avatar_stage == "train_torso" and plain.result.avatar_stage == "train_lips"
     for video in (torso, plain):
         info = media.probe(video.video_path)
@@ -126,3 +136,27 @@ def test_portrait(tf, tmp_path, speech):
     video = tf.portrait(image, speech, character="ada", output_path=tmp_path / "ada.mp4", config=config)
     info = media.probe(video.video_path)
     assert info.has_video and info.has_audio and video.duration_s > 0
+
+
+def test_retrain_after_new_footage_recomputes_only_what_changed(dataset, model, journal, tmp_path):
+    """New footage at the recorded path (the same picture, a new voice): the scheduled retrain
+    preprocesses it again and retrains; the stages that see only the picture are cache hits."""
+    from flows.retrain import retrain
+    from tasks.train import read_avatar
+
+    assert retrain(TRAIN)["bob"] == "up to date"
+    video = next(dataset.data_path.parents[1].glob("in*/bob.mp4"))  # where the dataset fixture put it
+    quieter = tmp_path / "bob.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(video), "-c:v", "copy",
+                    "-af", "volume=0.5", "-c:a", "aac", str(quieter)], check=True)
+    shutil.copyfile(quieter, video)  # the footage changes on disk
+
+    picture = ("frames", "landmarks", "parsing", "background", "composite", "blinks", "tracking")
+    sound = ("normalize", "audio_features", "dataset", "train_head", "train_lips", "train_torso")
+    before = {s: journal.count(s) for s in picture + sound}
+    assert retrain(TRAIN)["bob"] == "retrained: source footage changed"
+    delta = {s: journal.count(s) - before[s] for s in before}
+    assert delta == {**dict.fromkeys(picture, 0), **dict.fromkeys(sound, 1)}, delta
+    avatar = read_avatar("bob")
+    assert avatar.dataset != model.avatar.dataset and avatar.torso != model.avatar.torso
+    assert retrain(TRAIN)["bob"] == "up to date"
