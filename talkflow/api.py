@@ -194,41 +194,38 @@ def pinned_gpu(gpu_id: int | str | None) -> Iterator[None]:
 
 
 class _HeldLog(logging.Filter):
-    """Holds what Prefect would print on the console while a call runs (see Talkflow.run)."""
+    """Holds what Prefect would print on the console while a call runs (see local_run)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.records: list[logging.LogRecord] = []
-
+        self.records: dict[int, logging.LogRecord] = {}  # one record reaches every console handler
         self.handlers: list[logging.Handler] = []
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record not in self.records:  # one record reaches every console handler
-            self.records.append(record)
+        self.records.setdefault(id(record), record)
         return False
 
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        self.handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+        for h in self.handlers:
+            h.addFilter(self)
+        try:
+            yield
+        finally:
+            for h in self.handlers:
+                h.removeFilter(self)
+
     def replay(self, skip: set[str]) -> None:
-        for record in self.records:
+        for record in self.records.values():
             if record.getMessage() in skip:
                 continue
             for handler in self.handlers:
                 if record.levelno >= handler.level:
                     handler.handle(record)
-
-
-@contextmanager
-def _hold_console_log() -> Iterator[_HeldLog]:
-    held = _HeldLog()
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    held.handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
-    for h in held.handlers:
-        h.addFilter(held)
-    try:
-        yield held
-    finally:
-        for h in held.handlers:
-            h.removeFilter(held)
+        self.records.clear()
 
 
 @contextmanager
@@ -241,13 +238,16 @@ def local_run(gpu_id: int | str | None = None) -> Iterator[list[str]]:
     from talkflow.runtime import ensure_result_storage
 
     ensure_result_storage()
-    with pinned_gpu(gpu_id), collect_warnings() as warnings, _hold_console_log() as held:
+    held = _HeldLog()
+    with pinned_gpu(gpu_id), collect_warnings() as warnings:
         try:
-            yield warnings
+            with held.holding():
+                yield warnings
         except TalkflowError:
             held.records.clear()
             raise
-    held.replay(skip=set(warnings))
+        finally:
+            held.replay(skip=set(warnings))
 
 
 class Talkflow:

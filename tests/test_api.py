@@ -40,9 +40,16 @@ def refuse(seed: str) -> StageResult:
     raise InputError(f"'{seed}.mp4' has no audio track")
 
 
+@task
+def crash(seed: str) -> StageResult:
+    raise RuntimeError(f"disk full while writing {seed}")
+
+
 @flow
-def warn_flow(seed: str, fail: bool = False) -> StageResult:
+def warn_flow(seed: str, fail: bool = False, bug: bool = False) -> StageResult:
     out = warn_twice(seed)
+    if bug:
+        return crash(seed)
     return refuse(seed) if fail else out
 
 
@@ -167,3 +174,21 @@ def test_stage_warnings_are_collected_and_logged_user_errors_hold_the_log(calls,
     assert "Failed to write result" not in caplog.text  # the failed stage persisted nothing
     assert stored() == before  # (Prefect keeps the failed flow run's exception, outside the cache)
     assert console.getvalue() == ""  # nor did Prefect print the failed runs' errors and tracebacks
+
+    with pytest.raises(RuntimeError, match="disk full"):  # not a user error: Prefect's log is shown
+        tf.run("warn", seed=seed, bug=True)
+    assert f"disk full while writing {seed}" in console.getvalue() and "Traceback" in console.getvalue()
+
+
+def test_every_call_has_its_flow_and_deployment():
+    import importlib
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployments = set()
+    for d in spec["deployments"]:
+        module, _, fn = d["entrypoint"].partition(":")
+        deployments.add(f"{getattr(importlib.import_module(module), fn).name}/{d['name']}")
+    for name, call in CALLS.items():
+        module, _, fn = call.flow.partition(":")
+        assert hasattr(importlib.import_module(module), fn), name
+        assert call.deployment in deployments, name
