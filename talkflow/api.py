@@ -287,12 +287,17 @@ class Talkflow:
         copies with copy=True) with its manifest, which train() reads."""
         checks.validate_name(task_id, "task_id")
         video = checks.talking_video(video_path)
-        manifest = self.run("preprocess", video=video.resolve(), person=task_id, config=config)
         from talkflow.settings import get_settings
-        from tasks.dataset import materialize_dataset
 
         dest = Path(data_path) if data_path is not None else get_settings().root / "datasets" / task_id
-        dest = materialize_dataset(manifest, dest.expanduser().resolve(), copy=copy)
+        dest = dest.expanduser().resolve()
+        if dest.exists() and any(dest.iterdir()) and not (dest / DATASET_MANIFEST).is_file():
+            raise InputError(f"'{dest}' is a folder that preprocess() did not write; it is replaced by the "
+                             "dataset, so give a new or empty folder as data_path")
+        manifest = self.run("preprocess", video=video.resolve(), person=task_id, config=config)
+        from tasks.dataset import materialize_dataset
+
+        dest = materialize_dataset(manifest, dest, copy=copy)
         (dest / DATASET_MANIFEST).write_text(manifest.model_dump_json(indent=1))
         return Dataset(task_id=task_id, data_path=dest, manifest=manifest)
 

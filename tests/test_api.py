@@ -16,6 +16,7 @@ from talkflow.api import CALLS, Call, Talkflow, gpu_job_variables, pinned_gpu
 from talkflow.cache import stage
 from talkflow.errors import InputError, MediaUnreadable
 from talkflow.store import StageResult
+from tests.mediafiles import make_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,6 +112,12 @@ def test_bad_inputs_fail_before_any_flow(tmp_path, monkeypatch):
         tf.preprocess(clip, "../alice")
     with pytest.raises(MediaUnreadable, match="does not exist"):
         tf.preprocess(clip, "alice")
+    video = make_clip(tmp_path / "v.mp4", duration=1.0, fps=25, size="64x48")
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    with pytest.raises(InputError, match="did not write; it is replaced"):
+        tf.preprocess(video, "alice", data_path=tmp_path / "precious")
+    assert (tmp_path / "precious" / "thesis.tex").exists()
     with pytest.raises(InputError, match="stage must be one of auto, head, lips, torso, not 'eyes'"):
         tf.train(tmp_path, tmp_path / "m", stage="eyes")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="not a talkflow dataset folder"):
