@@ -14,6 +14,7 @@ from PIL import Image
 
 from flows.portrait import PortraitConfig
 from flows.preprocess import PreprocessConfig
+from flows.render import RenderConfig, RenderVideoConfig
 from flows.sample_clip import SampleClipConfig, make_sample_clip
 from models.nerffacespeech.face_fit import FaceFitConfig
 from models.nerffacespeech.generator import GeneratorConfig
@@ -31,6 +32,7 @@ from tasks.train import TrainAvatarConfig, TrainStageConfig
 pytestmark = pytest.mark.slow
 
 TINY = dict(rays_per_batch=512, lr_net=5e-3, checkpoint_every=100, val_frames=1, val_downscale=4)
+QUICK = RenderVideoConfig(render=RenderConfig(downscale=4))  # 64x64 rays, upscaled to 256
 TRAIN = TrainAvatarConfig(model="small", head=TrainStageConfig(steps=20, **TINY),
                           lips=TrainStageConfig(steps=4, **TINY), torso=TrainStageConfig(steps=8, **TINY))
 
@@ -111,8 +113,8 @@ def test_infer_with_and_without_torso(tf, model, speech, tmp_path, monkeypatch):
     fetched = []
     fetch = ArtifactStore.fetch
     monkeypatch.setattr(ArtifactStore, "fetch", lambda self, art: fetched.append(art.key) or fetch(self, art))
-    torso = tf.infer(model.model_path, speech, output_path=tmp_path / "torso.mp4", with_torso=True)
-    plain = tf.infer(model.model_path, speech, output_path=tmp_path / "plain.mp4", with_torso=False)
+    torso = tf.infer(model.model_path, speech, output_path=tmp_path / "torso.mp4", with_torso=True, config=QUICK)
+    plain = tf.infer(model.model_path, speech, output_path=tmp_path / "plain.mp4", with_torso=False, config=QUICK)
     # rendering fetched the poses, blinks, plate and (without the torso) the torso images, nothing else
     parts = model.avatar.dataset.artifacts
     assert {parts[p].key for p in ("transforms_train", "au", "bc", "torso_imgs")} <= set(fetched)
@@ -122,7 +124,8 @@ def test_infer_with_and_without_torso(tf, model, speech, tmp_path, monkeypatch):
         info = media.probe(video.video_path)
         assert info.has_video and info.has_audio and (info.width, info.height) == (256, 256)
         assert abs(info.duration_s - media.probe(speech).duration_s) <= 0.1
-    by_name = tf.infer("bob", text="Nice to meet you.", output_path=tmp_path / "text.mp4", with_torso=False)
+    by_name = tf.infer("bob", text="Nice to meet you.", output_path=tmp_path / "text.mp4", with_torso=False,
+                       config=QUICK)
     assert media.probe(by_name.video_path).has_audio
 
 
