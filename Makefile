@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench ci clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,9 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+ci:
+	@bash .ci/run
 
 bench: setup
 	$(PY) bench/cache_overhead.py

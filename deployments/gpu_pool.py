@@ -93,7 +93,10 @@ def docker_job_template(
     create_kwargs: dict[str, Any] = {"shm_size": "{{ shm_size }}"}
     if gpu:
         create_kwargs["device_requests"] = [
-            {"driver": "nvidia", "count": "{{ gpu_count }}", "capabilities": [["gpu"]]}
+            # gpu_ids (unset by default, so the key is dropped) pins a run to given GPUs; the
+            # API sends gpu_count=0 with it (Docker refuses a count together with device ids)
+            {"driver": "nvidia", "count": "{{ gpu_count }}", "device_ids": "{{ gpu_ids }}",
+             "capabilities": [["gpu"]]}
         ]
     job["container_create_kwargs"] = create_kwargs
     # Replaced by the two variables below: a deployment that set the raw dict would silently
@@ -113,6 +116,13 @@ def docker_job_template(
             "default": gpu_count,
             "minimum": -1,
             "description": "NVIDIA GPUs given to each run's container; -1 = all GPUs of the host.",
+        }
+        props["gpu_ids"] = {
+            "title": "GPU indices",
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Pin each run to these GPUs of the host (e.g. [\"1\"]), with GPUs set to 0; "
+            "empty: as many as GPUs says.",
         }
 
     env = {

@@ -30,9 +30,19 @@ class DemoResult(BaseModel):
     rendered: RenderResult
 
 
+DEMO_TEXT = "Hello! This short clip was made from one photo and a synthetic voice."
+DEMO_NEW_TEXT = "And this sentence was never in the training video."
+
+
 @flow(name="demo")
-def demo(text: str, new_text: str, config: MediaConfig = MediaConfig()) -> DemoResult:
-    """Every step cached: a rerun with the same texts is all cache hits."""
+def demo(text: str = DEMO_TEXT, new_text: str = DEMO_NEW_TEXT, config: MediaConfig = MediaConfig()) -> DemoResult:
+    """Every step cached: a rerun with the same texts is all cache hits.
+
+    Args:
+        text: what the sample portrait says in the training clip.
+        new_text: a sentence the trained avatar says, never heard in training.
+        config: the media stage's settings.
+    """
     sample = make_sample_clip(text, SampleClipConfig(size=DEMO_SIZE))
     clip = get_store().fetch(sample["video"])
     media = media_stage(clip, config, namespace=PERSON)

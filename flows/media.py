@@ -40,6 +40,6 @@ def media_stage(
     probed = probe_media(video)
     normalized = normalize_video(video, config.normalize, namespace=namespace)
     frames = extract_frames(normalized["video"], config.frames, namespace=namespace)
-    mux_cfg = config.mux.model_copy(update={"fps": config.normalize.fps})
-    muxed = mux_video(frames, normalized.artifacts.get("audio"), mux_cfg, namespace=namespace)
+    muxed = mux_video(frames, normalized.artifacts.get("audio"), config.mux, fps=normalized.meta["fps"],
+                      namespace=namespace)
     return MediaResult(probe=probed, normalized=normalized, frames=frames, video=muxed)

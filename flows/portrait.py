@@ -11,14 +11,14 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from models.audio.features import SAMPLE_RATE
 from models.nerffacespeech.face_fit import FaceFitConfig
 from models.nerffacespeech.pti import PTIConfig
 from models.nerffacespeech.render import RenderConfig
 from talkflow import assets
-from talkflow.cache import validate_name
-from talkflow.errors import InputError
+from talkflow.checks import audio_or_text, validate_name
 from talkflow.store import StageResult
-from tasks.media import AudioPrepConfig, MuxConfig, mux_video, prepare_audio
+from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.portrait import (
     GeneratorChoice,
     audio_to_expressions,
@@ -62,16 +62,15 @@ def generate_from_portrait(
         config: fit, PTI, generator fallback, rendering and speech settings.
     """
     ns = validate_name(character, "character")
-    if (audio is None) == (text is None):
-        raise InputError("give exactly one of audio or text")
+    audio_or_text(audio, text)
     bfm, checkpoint = assets.locate("bfm"), assets.locate("generator")
     fit = fit_character_face(image, config.fit, bfm=bfm, namespace=ns)
     pti = invert_portrait(fit, config.pti, generator=checkpoint, fallback=config.generator, bfm=bfm, namespace=ns)
     if text is not None:
         speech = synthesize_speech(text, config.speech)
     else:
-        speech = prepare_audio(audio, AudioPrepConfig(fps=config.fps))
+        speech = prepare_audio(audio, fps=config.fps, sample_rate=SAMPLE_RATE)
     expressions = audio_to_expressions(speech, fit, fps=config.fps, weights=assets.locate("audio2exp"), bfm=bfm)
     frames = render_portrait(pti, fit, expressions, config.render, bfm=bfm, namespace=ns)
-    video = mux_video(frames, speech["audio"], MuxConfig(fps=config.fps), namespace=ns)
+    video = mux_video(frames, speech["audio"], MuxConfig(), fps=config.fps, namespace=ns)
     return PortraitResult(fit=fit, pti=pti, video=video)

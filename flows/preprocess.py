@@ -61,9 +61,10 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     ns = validate_name(person, "person")
     normalized = normalize_video(video, config.normalize, namespace=ns)
     frames = extract_frames(normalized["video"], config.frames, namespace=ns)
-    lm_cfg = config.landmarks.model_copy(update={"fps": config.normalize.fps})
+    lm_cfg = config.landmarks
     use_mesh = lm_cfg.mouth == "mesh" or lm_cfg.mesh_fallback
-    landmarks = detect_landmarks(frames, lm_cfg, mesh=assets.shipped("face_mesh") if use_mesh else None,
+    landmarks = detect_landmarks(frames, lm_cfg, normalized.meta["fps"],
+                                 mesh=assets.shipped("face_mesh") if use_mesh else None,
                                  detector=assets.shipped("face_detection") if lm_cfg.mesh_fallback else None,
                                  namespace=ns)
     model_dir = assets.locate(config.audio.kind) if config.audio.kind != "logmel" else None

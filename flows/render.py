@@ -12,13 +12,13 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from models.audio.features import AudioFeatureConfig
+from models.audio.features import SAMPLE_RATE, AudioFeatureConfig
 from models.ernerf.audio import FEATURE_DIMS
 from talkflow import assets
-from talkflow.cache import validate_name
+from talkflow.checks import audio_or_text, validate_name
 from talkflow.errors import InputError, MediaUnreadable
 from talkflow.store import Artifact, StageResult
-from tasks.media import AudioPrepConfig, MuxConfig, mux_video, prepare_audio
+from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.preprocess import audio_features
 from tasks.render import RenderConfig, render_frames_stage
 from tasks.speech import SpeechConfig, synthesize_speech
@@ -63,20 +63,21 @@ def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVid
                 feature_cfg: AudioFeatureConfig) -> RenderResult:
     ns = avatar.person
     checkpoint = avatar.latest(config.render.with_torso)
-    fps = int(avatar.dataset.meta.get("fps") or 25)
-    prepared = prepare_audio(source, AudioPrepConfig(fps=fps), namespace=ns)
+    fps = avatar.dataset.meta["fps"]  # the normalize stage's, as every dataset records it
+    sample_rate = avatar.dataset.meta.get("sample_rate") or SAMPLE_RATE  # older datasets: the models' rate
+    prepared = prepare_audio(source, fps=fps, sample_rate=sample_rate, namespace=ns)
     model_dir = assets.require(feature_cfg.kind) if feature_cfg.kind != "logmel" else None
     features = audio_features(prepared["audio"], prepared.meta["n_frames"], feature_cfg, model_dir=model_dir,
                               namespace=ns)
     frames = render_frames_stage(checkpoint, avatar.dataset, features, config.render, namespace=ns)
-    video = mux_video(frames, prepared["audio"], MuxConfig(fps=fps, crf=config.crf), namespace=ns)
+    video = mux_video(frames, prepared["audio"], MuxConfig(crf=config.crf), fps=fps, namespace=ns)
     return RenderResult(person=ns, avatar_stage=checkpoint.stage, audio=prepared, features=features,
                         frames=frames, video=video)
 
 
 @flow(name="render-video")
 def render_video(person: str, audio: Path | None = None, text: str | None = None,
-                 config: RenderVideoConfig = RenderVideoConfig()) -> RenderResult:
+                 config: RenderVideoConfig = RenderVideoConfig(), avatar: AvatarRecord | None = None) -> RenderResult:
     """An mp4 of the person's trained avatar speaking `audio` (any audio/video file) or `text` (TTS).
 
     Args:
@@ -84,18 +85,17 @@ def render_video(person: str, audio: Path | None = None, text: str | None = None
         audio: the speech to render; or
         text: words to speak with the offline TTS voice.
         config: rendering, feature and TTS settings.
+        avatar: a given training of the person (e.g. a model folder's); empty: the person's latest.
     """
-    if (audio is None) == (text is None):
-        raise InputError("give exactly one of audio or text")
-    avatar = read_avatar(validate_name(person, "person"))
+    validate_name(person, "person")
+    audio_or_text(audio, text)
+    if avatar is None:
+        avatar = read_avatar(person)
+    elif avatar.person != person:
+        raise InputError(f"the avatar given is {avatar.person!r}'s, not {person!r}'s")
     feature_cfg = _feature_config(avatar, config.audio)
     avatar.latest(config.render.with_torso)  # no torso stage -> fails before the TTS
-    if text is not None:
-        source = synthesize_speech(text, config.speech)["audio"]  # empty text -> SpeechError
-    else:
-        source = Path(audio)
-        if not source.exists():
-            raise MediaUnreadable(f"'{source}' does not exist. Check the path and try again.")
+    source = synthesize_speech(text, config.speech)["audio"] if text is not None else Path(audio)
     return _render_one(avatar, source, config, feature_cfg)
 
 

@@ -7,11 +7,9 @@ and torso and keeps the head; an unchanged run is all cache hits.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import flow
 
-from talkflow.cache import validate_name
+from talkflow.checks import TrainStage, choice, validate_name
 from talkflow.errors import InputError
 from talkflow.store import StageResult
 from tasks.dataset import registered_dataset
@@ -26,9 +24,6 @@ from tasks.train import (
 )
 
 __all__ = ["AvatarRecord", "TrainAvatarConfig", "TrainStage", "TrainStageConfig", "train_avatar"]
-
-TrainStage = Literal["auto", "head", "lips", "torso"]
-
 
 @flow(name="train-avatar")
 def train_avatar(
@@ -47,8 +42,7 @@ def train_avatar(
         stage: "auto" trains head, lips and torso; "head" or "lips" stop after that stage
             ("torso" is the same as "auto"). Stages already trained with the same inputs are cache hits.
     """
-    if stage not in ("auto", "head", "lips", "torso"):
-        raise InputError(f"stage must be auto, head, lips or torso, not {stage!r}")
+    choice(stage, TrainStage, "stage")
     if person is None:
         if dataset is None or not dataset.namespace:
             raise InputError("give the person's name, or a dataset made by preprocess_video for a person")

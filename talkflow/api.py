@@ -2,14 +2,23 @@
 
     from talkflow.api import Talkflow
 
-    tf = Talkflow()                      # runs the flow in this process (embedded Prefect,
+    tf = Talkflow()                      # runs each flow in this process (embedded Prefect,
                                          # or reporting to PREFECT_API_URL when it is set)
     tf = Talkflow(mode="deployment")     # runs it on a worker through its deployment
-    result = tf.media("talk.mp4")        # -> flows.media.MediaResult (typed, cached)
 
-Each call is one flow and one deployment (the names in prefect.yaml), listed in CALLS. The calls
-of the ER-NeRF / NeRFFaceSpeech tools (preprocess, train, extract_audio_features, infer, portrait)
-are declared here already and raise NotImplementedError until their flows land.
+    data = tf.preprocess("alice.mp4", "alice")                  # -> data.data_path (ER-NeRF folder)
+    model = tf.train(data.data_path, "models/alice", gpu_id=0)   # head -> lips -> torso
+    feats = tf.extract_audio_features("speech.wav", "logmel")   # (T, 16, D) .npy
+    video = tf.infer("models/alice", "speech.wav", with_torso=True)
+    clip = tf.portrait("face.jpg", text="Hello there.", character="ada")
+    demo = tf.demo()
+
+Each call is one flow and one deployment (the names in prefect.yaml), listed in CALLS. Every call
+checks its names, paths and kinds first, before any Prefect server starts, and raises a
+talkflow.errors.InputError (one line: what was wrong, what to do) on bad input.
+
+gpu_id pins the call to one GPU: CUDA_VISIBLE_DEVICES while a local call runs, the Docker
+container's device_ids on a GPU pool (job variables gpu_count=0, gpu_ids=[id]).
 
 In deployment mode, paths are sent as absolute paths: they must be readable by the workers
 (a shared mount such as the data root). Results come back from the result store (S3 in
@@ -21,24 +30,35 @@ Like the CLI, this module is a face of the core: it imports flows, and only when
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+from talkflow import checks
+from talkflow.checks import FeatureKind, TrainStage
 from talkflow.errors import InputError, TalkflowError
 
 if TYPE_CHECKING:
     from flows.demo import DemoResult
     from flows.media import MediaConfig, MediaResult
+    from flows.portrait import PortraitConfig, PortraitResult
+    from flows.preprocess import PreprocessConfig
+    from flows.render import RenderResult, RenderVideoConfig
     from talkflow.store import StageResult
     from tasks.sample_clip import SampleClipConfig
     from tasks.speech import SpeechConfig
+    from tasks.train import AvatarRecord, TrainAvatarConfig
 
 Mode = Literal["local", "deployment"]
-TrainStage = Literal["auto", "head", "lips", "torso"]
+DATASET_MANIFEST = "talkflow_dataset.json"  # in a dataset folder: the manifest train() reads
+AVATAR_MANIFEST = "avatar.json"  # in a model folder: the trained avatar infer() renders
 
 
 class RunFailed(TalkflowError):
@@ -50,7 +70,6 @@ class Call:
     flow: str  # "package.module:function"
     deployment: str  # "<flow name>/<deployment name>", as `prefect deploy` registers it
     result: str  # "package.module:Model" the flow returns
-    planned: str = ""  # while the flow does not exist: what it will do
 
 
 CALLS: dict[str, Call] = {
@@ -60,17 +79,54 @@ CALLS: dict[str, Call] = {
     "demo": Call("flows.demo:demo", "demo/demo", "flows.demo:DemoResult"),
     "preprocess": Call("flows.preprocess:preprocess_video", "preprocess-video/preprocess",
                        "talkflow.store:StageResult"),
-    # Declared, not yet written: each raises NotImplementedError until its flow lands.
     "train": Call("flows.train:train_avatar", "train-avatar/train", "tasks.train:AvatarRecord"),
-    "extract_audio_features": Call(
-        "flows.render_video:extract_audio_features", "extract-audio-features/audio-features",
-        "talkflow.store:StageResult", planned="audio features (HuBERT/wav2vec2, or log-mel)"),
+    "extract_audio_features": Call("flows.features:extract_audio_features",
+                                   "extract-audio-features/audio-features", "talkflow.store:StageResult"),
     "infer": Call("flows.render:render_video", "render-video/infer", "flows.render:RenderResult"),
     "portrait": Call("flows.portrait:generate_from_portrait", "generate-from-portrait/portrait",
                      "flows.portrait:PortraitResult"),
 }
 
 
+# -- what the calls return --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dataset:
+    """preprocess(): the ER-NeRF dataset folder (docs/dataset.md) and its manifest."""
+
+    task_id: str
+    data_path: Path
+    manifest: StageResult
+
+
+@dataclass(frozen=True)
+class Model:
+    """train(): the model folder (avatar.json + one .pth per trained stage) and the avatar record."""
+
+    person: str
+    model_path: Path
+    avatar: AvatarRecord
+
+
+@dataclass(frozen=True)
+class Video:
+    """infer() / portrait(): the mp4 written, and the flow's result (every stage's manifest)."""
+
+    video_path: Path
+    duration_s: float
+    result: RenderResult | PortraitResult
+
+
+@dataclass(frozen=True)
+class Demo:
+    """demo(): the three mp4s it writes, and the flow's result."""
+
+    sample_clip: Path
+    talking: Path
+    avatar_new_sentence: Path
+    result: DemoResult
+
+
+# -- helpers ----------------------------------------------------------------------------------
 def _load(ref: str) -> Any:
     module, _, name = ref.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -97,12 +153,112 @@ def _typed(model: type[BaseModel], out: Any) -> Any:
     return model.model_validate(out)
 
 
+def _export(artifact, dest: Path) -> Path:
+    """Copy a stored artifact to a user-visible path."""
+    from talkflow.store import get_store
+
+    dest = Path(dest).expanduser().resolve()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(get_store().fetch(artifact), dest)
+    return dest
+
+
+def gpu_job_variables(gpu_id: int | str | None) -> dict[str, Any]:
+    """Job variables that pin a Docker GPU pool's run to one GPU (deployments/gpu_pool.py)."""
+    index = checks.gpu_index(gpu_id)
+    return {} if index is None else {"gpu_count": 0, "gpu_ids": [index]}
+
+
+@contextmanager
+def pinned_gpu(gpu_id: int | str | None) -> Iterator[None]:
+    """CUDA_VISIBLE_DEVICES=<gpu_id> while the block runs in this process."""
+    index = checks.gpu_index(gpu_id)
+    if index is None:
+        yield
+        return
+    import sys
+
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    torch = sys.modules.get("torch")
+    if old != index and torch is not None and torch.cuda.is_initialized():
+        raise InputError(f"CUDA is already in use in this process (CUDA_VISIBLE_DEVICES={old!r}); pin GPU "
+                         f"{index} in a new process, or set CUDA_VISIBLE_DEVICES={index} before the first call")
+    os.environ["CUDA_VISIBLE_DEVICES"] = index
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+
+class _HeldLog(logging.Filter):
+    """Holds what Prefect would print on the console while a call runs (see local_run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[int, logging.LogRecord] = {}  # one record reaches every console handler
+        self.handlers: list[logging.Handler] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.setdefault(id(record), record)
+        return False
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        self.handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+        for h in self.handlers:
+            h.addFilter(self)
+        try:
+            yield
+        finally:
+            for h in self.handlers:
+                h.removeFilter(self)
+
+    def replay(self, skip: set[str]) -> None:
+        for record in self.records.values():
+            if record.getMessage() in skip:
+                continue
+            for handler in self.handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+        self.records.clear()
+
+
+@contextmanager
+def local_run(gpu_id: int | str | None = None) -> Iterator[list[str]]:
+    """Run flows in this process: result storage ready, GPU pinned, stage warnings collected
+    (the list yielded), and Prefect's console output held while the block runs: after a user
+    error (a TalkflowError) it is dropped, so the error alone says what was wrong; otherwise it
+    is printed afterwards, less the stage warnings, which the caller reports."""
+    from talkflow.cache import collect_warnings
+    from talkflow.runtime import ensure_result_storage
+
+    ensure_result_storage()
+    held = _HeldLog()
+    with pinned_gpu(gpu_id), collect_warnings() as warnings:
+        try:
+            with held.holding():
+                yield warnings
+        except TalkflowError:
+            held.records.clear()
+            raise
+        finally:
+            held.replay(skip=set(warnings))
+
+
 class Talkflow:
     """Runs talkflow's flows and returns their typed results.
 
     mode: "local" runs the flow in this process; "deployment" creates a run of its deployment
     and waits for a worker to finish it (timeout_s: None waits as long as it takes).
     deployments: override deployment names, e.g. {"media": "media-stage/staging"}.
+
+    After a local call, `warnings` lists what its stages recorded (several faces, frames without
+    a face, a variable frame rate resampled, ...); each is also a Prefect warning of its task run.
     """
 
     def __init__(
@@ -113,8 +269,7 @@ class Talkflow:
         poll_s: float = 2.0,
         deployments: Mapping[str, str] | None = None,
     ):
-        if mode not in get_args(Mode):
-            raise InputError(f"mode must be one of {get_args(Mode)}, not {mode!r}")
+        checks.choice(mode, Mode, "mode")
         unknown = set(deployments or {}) - set(CALLS)
         if unknown:
             raise InputError(f"no such calls: {sorted(unknown)}; calls are {sorted(CALLS)}")
@@ -122,85 +277,164 @@ class Talkflow:
         self.timeout_s = timeout_s
         self.poll_s = poll_s
         self.deployments = {name: c.deployment for name, c in CALLS.items()} | dict(deployments or {})
+        self.warnings: list[str] = []
 
-    # -- the calls whose flows exist -----------------------------------------------------------
-    def media(
-        self, video: Path | str, config: MediaConfig | None = None, namespace: str | None = None
-    ) -> MediaResult:
+    # -- the backend's calls -------------------------------------------------------------------
+    def preprocess(self, video_path: Path | str, task_id: str, *, data_path: Path | str | None = None,
+                   config: PreprocessConfig | None = None, copy: bool = False) -> Dataset:
+        """ER-NeRF preprocessing of `video_path` for the person `task_id`; the dataset folder is
+        written at `data_path` (default <data_root>/datasets/<task_id>; links into the store, or
+        copies with copy=True) with its manifest, which train() reads."""
+        checks.validate_name(task_id, "task_id")
+        video = checks.talking_video(video_path)
+        from talkflow.settings import get_settings
+
+        dest = Path(data_path) if data_path is not None else get_settings().root / "datasets" / task_id
+        dest = dest.expanduser().resolve()
+        if dest.exists() and any(dest.iterdir()) and not (dest / DATASET_MANIFEST).is_file():
+            raise InputError(f"'{dest}' is a folder that preprocess() did not write; it is replaced by the "
+                             "dataset, so give a new or empty folder as data_path")
+        manifest = self.run("preprocess", video=video.resolve(), person=task_id, config=config)
+        from tasks.dataset import materialize_dataset
+
+        dest = materialize_dataset(manifest, dest, copy=copy)
+        (dest / DATASET_MANIFEST).write_text(manifest.model_dump_json(indent=1))
+        return Dataset(task_id=task_id, data_path=dest, manifest=manifest)
+
+    def train(self, data_path: Path | str, model_path: Path | str | None = None, gpu_id: int | None = None,
+              stage: TrainStage = "auto", *, config: TrainAvatarConfig | None = None) -> Model:
+        """Train the avatar of the dataset at `data_path` (a folder preprocess() wrote, or the name
+        of a preprocessed person) and write it to `model_path` (default <data_root>/models/<person>).
+        stage "auto" runs head -> lips -> torso; "head"/"lips" stop after that stage.
+        Stages already trained on the same data and settings are cache hits; a killed run resumes."""
+        checks.choice(stage, TrainStage, "stage")
+        checks.gpu_index(gpu_id)
+        manifest = _dataset_manifest(data_path)
+        avatar = self.run("train", dataset=manifest, person=manifest.namespace, config=config, stage=stage,
+                          gpu_id=gpu_id)
+        from talkflow.settings import get_settings
+        from talkflow.store import get_store
+
+        dest = Path(model_path) if model_path is not None else get_settings().root / "models" / avatar.person
+        dest = dest.expanduser().resolve()
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("head", "lips", "torso"):
+            result = getattr(avatar, name)
+            target = dest / f"{name}.pth"
+            if result is None:
+                target.unlink(missing_ok=True)
+            else:
+                shutil.copyfile(get_store().fetch(result["checkpoint"]), target)
+        (dest / AVATAR_MANIFEST).write_text(avatar.model_dump_json(indent=1))
+        return Model(person=avatar.person, model_path=dest, avatar=avatar)
+
+    def extract_audio_features(self, wav_path: Path | str, kind: FeatureKind = "logmel", *,
+                               out_path: Path | str | None = None, gpu_id: int | None = None) -> Path:
+        """The (T, 16, D) float32 .npy of `wav_path` that an avatar trained on `kind` features reads
+        (T: frames at 25 fps; D: 80 logmel, 1024 hubert, 1024 wav2vec2). Default out_path:
+        <wav_path without suffix>_<kind>.npy."""
+        checks.choice(kind, FeatureKind, "kind")
+        wav = checks.speech_audio(wav_path)
+        result = self.run("extract_audio_features", audio=wav.resolve(), kind=kind, gpu_id=gpu_id)
+        dest = Path(out_path) if out_path is not None else wav.with_name(f"{wav.stem}_{kind}.npy")
+        return _export(result["feats"], dest)
+
+    def infer(self, model_path: Path | str, audio_path: Path | str | None = None, *, text: str | None = None,
+              output_path: Path | str | None = None, with_torso: bool = True,
+              config: RenderVideoConfig | None = None, gpu_id: int | None = None) -> Video:
+        """Render the avatar at `model_path` (a folder train() wrote, or the name of a trained
+        person: their latest training) speaking `audio_path` (any audio or
+        video file) or `text` (offline TTS). with_torso=False keeps the dataset's own torso."""
+        source = checks.audio_or_text(audio_path, text)
+        audio = source.resolve() if isinstance(source, Path) else None
+        avatar = _avatar_at(model_path)
+        from flows.render import RenderVideoConfig
+
+        config = config or RenderVideoConfig()
+        config = config.model_copy(update={"render": config.render.model_copy(update={"with_torso": with_torso})})
+        result = self.run("infer", person=avatar.person, audio=audio, text=text, config=config, avatar=avatar,
+                          gpu_id=gpu_id)
+        from talkflow.settings import get_settings
+
+        dest = Path(output_path) if output_path is not None else (
+            get_settings().outputs_dir / avatar.person / f"{result.video['video'].sha256[:8]}.mp4")
+        return Video(_export(result.video["video"], dest), result.video.meta["duration_s"], result)
+
+    def portrait(self, image_path: Path | str, audio_path: Path | str | None = None, *, text: str | None = None,
+                 character: str = "default", output_path: Path | str | None = None,
+                 config: PortraitConfig | None = None, gpu_id: int | None = None) -> Video:
+        """One-shot NeRFFaceSpeech video of the portrait `image_path` speaking `audio_path` or `text`;
+        the character's fit (3DMM + PTI) is cached per character and image content."""
+        checks.validate_name(character, "character")
+        image = checks.existing_file(image_path, "image")
+        source = checks.audio_or_text(audio_path, text)
+        audio = source.resolve() if isinstance(source, Path) else None
+        result = self.run("portrait", character=character, image=image.resolve(), audio=audio, text=text,
+                          config=config, gpu_id=gpu_id)
+        from talkflow.settings import get_settings
+
+        dest = Path(output_path) if output_path is not None else (
+            get_settings().outputs_dir / "portraits" / f"{character}-{result.video['video'].sha256[:8]}.mp4")
+        return Video(_export(result.video["video"], dest), result.video.meta["duration_s"], result)
+
+    def demo(self, text: str | None = None, new_text: str | None = None, *,
+             output_dir: Path | str | None = None) -> Demo:
+        """The whole ER-NeRF path on a sample clip made from `text`, then the avatar saying
+        `new_text` (empty: flows.demo's sentences); three mp4s in `output_dir` (default
+        <data_root>/outputs/demo). A second run is all cache hits."""
+        for what, value in (("text", text), ("new_text", new_text)):
+            if value is not None and not value.strip():
+                raise InputError(f"{what} is empty; give at least one word")
+        result = self.run("demo", text=text, new_text=new_text)
+        from talkflow.settings import get_settings
+
+        out = Path(output_dir) if output_dir is not None else get_settings().outputs_dir / "demo"
+        return Demo(sample_clip=_export(result.sample["video"], out / "sample_clip.mp4"),
+                    talking=_export(result.media.video["video"], out / "talking.mp4"),
+                    avatar_new_sentence=_export(result.rendered.video["video"], out / "avatar_new_sentence.mp4"),
+                    result=result)
+
+    # -- the pipeline's other flows ------------------------------------------------------------
+    def media(self, video: Path | str, config: MediaConfig | None = None,
+              namespace: str | None = None) -> MediaResult:
         """Normalize a talking video, extract its frames, mux them back (flows.media)."""
-        return self.run("media", video=Path(video), config=config, namespace=namespace)
+        if namespace is not None:
+            checks.validate_name(namespace, "namespace")
+        return self.run("media", video=checks.existing_file(video, "video").resolve(), config=config,
+                        namespace=namespace)
 
-    def sample_clip(
-        self, text: str, config: SampleClipConfig | None = None, speech: SpeechConfig | None = None
-    ) -> StageResult:
+    def sample_clip(self, text: str, config: SampleClipConfig | None = None,
+                    speech: SpeechConfig | None = None) -> StageResult:
         """A short clip of a real face photo saying `text` (flows.sample_clip)."""
         return self.run("sample_clip", text=text, config=config, speech=speech)
 
-    def demo(self, text: str, config: MediaConfig | None = None) -> DemoResult:
-        """Text -> sample clip -> media stage (flows.demo)."""
-        return self.run("demo", text=text, config=config)
-
-    def preprocess(self, video: Path | str, name: str, config: BaseModel | None = None) -> StageResult:
-        """ER-NeRF preprocessing of `video` for the person `name` -> the dataset manifest."""
-        self._validate_name(name)
-        return self.run("preprocess", video=Path(video), person=name, config=config)
-
-    # -- declared; their flows are not written yet -------------------------------------------
-
-    def train(self, name: str, stage: TrainStage = "auto", config: BaseModel | None = None):
-        """Train `name`'s avatar: stage "auto" runs head -> lips -> torso, resuming where it stopped."""
-        if stage not in get_args(TrainStage):
-            raise InputError(f"stage must be one of {get_args(TrainStage)}, not {stage!r}")
-        self._validate_name(name)
-        return self.run("train", person=name, config=config, stage=stage)
-
-    def extract_audio_features(self, audio: Path | str, extractor: str = "auto"):
-        """Audio features for rendering (HuBERT / wav2vec2 when registered, else log-mel)."""
-        return self._planned("extract_audio_features")
-
-    def infer(self, name: str, audio: Path | str | None = None, *, text: str | None = None,
-              with_torso: bool = True):
-        """Render `name`'s avatar speaking `audio` (or `text` through TTS)."""
-        from flows.render import RenderVideoConfig
-        from tasks.render import RenderConfig
-
-        if (audio is None) == (text is None):
-            raise InputError("give exactly one of audio or text")
-        self._validate_name(name)
-        return self.run("infer", person=name, audio=Path(audio) if audio is not None else None, text=text,
-                        config=RenderVideoConfig(render=RenderConfig(with_torso=with_torso)))
-
-    def portrait(self, image: Path | str, audio: Path | str | None = None, *,
-                 text: str | None = None, character: str = "default", config: BaseModel | None = None):
-        """One-shot NeRFFaceSpeech video of the portrait `image` speaking `audio` or `text`."""
-        if (audio is None) == (text is None):
-            raise InputError("give exactly one of audio or text")
-        self._validate_name(character)
-        return self.run("portrait", character=character, image=Path(image),
-                        audio=Path(audio) if audio is not None else None, text=text, config=config)
-
     # -- machinery -----------------------------------------------------------------------------
-    def run(self, call: str, **params: Any) -> Any:
-        """Run CALLS[call] with keyword parameters (None means the flow's default)."""
-        spec = CALLS[call]
-        if spec.planned:
-            return self._planned(call)
-        params = {k: v for k, v in params.items() if v is not None}
-        if self.mode == "local":
-            from talkflow.runtime import ensure_result_storage
+    def run(self, call: str, *, gpu_id: int | str | None = None, **params: Any) -> Any:
+        """Run CALLS[call] with keyword parameters (None means the flow's default).
 
-            ensure_result_storage()
-            out = _load(spec.flow)(**params)
-        else:
-            out = self._run_deployment(self.deployments[call], params)
+        Locally, the flow runs inside `local_run` (see there); `self.warnings` lists the
+        warnings its stages recorded.
+        """
+        spec = CALLS[call]
+        params = {k: v for k, v in params.items() if v is not None}
+        self.warnings = []
+        if self.mode == "deployment":
+            out = self._run_deployment(self.deployments[call], params, gpu_job_variables(gpu_id))
+            return _typed(_load(spec.result), out)
+
+        flow = _load(spec.flow)
+        with local_run(gpu_id) as warnings:
+            try:
+                out = flow(**params)
+            finally:
+                self.warnings = warnings
         return _typed(_load(spec.result), out)
 
-    def _run_deployment(self, name: str, params: dict[str, Any]) -> Any:
+    def _run_deployment(self, name: str, params: dict[str, Any], job_variables: dict[str, Any]) -> Any:
         from prefect.deployments import run_deployment
 
-        flow_run = run_deployment(
-            name, parameters=_jsonable(params), timeout=self.timeout_s, poll_interval=self.poll_s
-        )
+        flow_run = run_deployment(name, parameters=_jsonable(params), job_variables=job_variables or None,
+                                  timeout=self.timeout_s, poll_interval=self.poll_s)
         state = flow_run.state
         if state is None or not state.is_completed():
             what = state.name if state is not None else "unknown"
@@ -209,19 +443,54 @@ class Talkflow:
                             f"complete; its state is {what}{detail}")
         return state.result()
 
-    @staticmethod
-    def _validate_name(name: str) -> None:
-        from talkflow.cache import validate_name
 
-        validate_name(name, "name")
+def _dataset_manifest(data_path: Path | str) -> StageResult:
+    """The dataset of a folder preprocess() wrote (its manifest), or a person's latest dataset."""
+    from talkflow.store import StageResult
 
-    def _planned(self, call: str):
-        spec = CALLS[call]
-        raise NotImplementedError(
-            f"Talkflow.{call}(): {spec.planned} is not available yet; its flow "
-            f"({spec.flow}, deployment {self.deployments[call]}) has not landed. "
-            f"Available now: {', '.join(n for n, c in CALLS.items() if not c.planned)}."
-        )
+    folder = Path(data_path).expanduser()
+    if folder.is_dir():
+        path = folder / DATASET_MANIFEST
+        if not path.is_file():
+            raise InputError(f"'{folder}' is not a talkflow dataset folder (no {DATASET_MANIFEST}); make one "
+                             "with preprocess(), or register an ER-NeRF folder with `talkflow import-dataset`")
+        manifest = StageResult.model_validate_json(path.read_text())
+        if manifest.stage != "dataset" or not manifest.namespace:
+            raise InputError(f"'{path}' is not a dataset manifest of preprocess()")
+        return manifest
+    if isinstance(data_path, str) and checks.NAME_RE.match(data_path):
+        from tasks.dataset import registered_dataset
+
+        manifest = registered_dataset(data_path)
+        if manifest is not None:
+            return manifest
+        raise InputError(f"no dataset folder '{data_path}' and no person {data_path!r} preprocessed; "
+                         "run preprocess() first")
+    raise InputError(f"the dataset folder '{data_path}' does not exist; make one with preprocess()")
 
 
-__all__ = ["CALLS", "Call", "Mode", "RunFailed", "Talkflow", "TrainStage"]
+def _avatar_at(model: Path | str) -> AvatarRecord:
+    """The avatar of a folder train() wrote, its checkpoints still in the store; or a person's latest."""
+    from talkflow.store import get_store
+    from tasks.train import AvatarRecord, read_avatar
+
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        path = folder / AVATAR_MANIFEST
+        if not path.is_file():
+            raise InputError(f"'{folder}' is not a talkflow model folder (no {AVATAR_MANIFEST}); make one with train()")
+        avatar = AvatarRecord.model_validate_json(path.read_text())
+        store = get_store()
+        for name in ("head", "lips", "torso"):
+            result = getattr(avatar, name)
+            if result is not None and not store.verify(result["checkpoint"]):
+                raise InputError(f"the {name} checkpoint of '{folder}' is no longer in the store (pruned?); "
+                                 "train again")
+        return avatar
+    if isinstance(model, str) and checks.NAME_RE.match(model):
+        return read_avatar(model)  # InputError naming the known avatars when there is none
+    raise InputError(f"the model folder '{model}' does not exist; make one with train()")
+
+
+__all__ = ["CALLS", "Call", "Dataset", "Demo", "FeatureKind", "Mode", "Model", "RunFailed", "Talkflow",
+           "TrainStage", "Video", "gpu_job_variables", "local_run", "pinned_gpu"]

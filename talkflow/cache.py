@@ -19,9 +19,9 @@ import functools
 import inspect
 import json
 import os
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -33,26 +33,16 @@ from prefect.serializers import Serializer
 from pydantic import BaseModel
 
 import talkflow
+from talkflow.checks import NAME_RE, validate_name  # noqa: F401  (re-exported)
 from talkflow.errors import CorruptArtifact, InputError
 from talkflow.hashing import canonical_json, sha256_bytes, sha256_path
 from talkflow.locks import SettingsLockManager
 from talkflow.settings import get_settings
 from talkflow.store import Artifact, StageResult, get_store
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 NO_NAMESPACE = "_"
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def validate_name(name: str, what: str = "name") -> str:
-    """A person/character name used as a cache namespace and a folder name: no path tricks."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise InputError(
-            f"invalid {what} {name!r}: use 1-64 letters, digits, '_' or '-', starting with a "
-            "letter or digit (no '/', '..' or spaces)"
-        )
-    return name
 
 
 def fingerprint(value: Any) -> Any:
@@ -146,7 +136,11 @@ def _computed(stage: str, version: str, fn: F) -> F:
     @functools.wraps(fn)
     def run(*args, **kwargs):
         t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
+        try:
+            out = fn(*args, **kwargs)
+        except Exception:
+            _keep_failure_unpersisted()
+            raise
         if not isinstance(out, StageResult):
             raise TypeError(f"stage {stage} must return a StageResult, not {type(out).__name__}")
         bound = signature.bind(*args, **kwargs).arguments
@@ -165,6 +159,50 @@ def _computed(stage: str, version: str, fn: F) -> F:
     return run  # type: ignore[return-value]
 
 
+def _keep_failure_unpersisted() -> None:
+    """A failed stage writes nothing: Prefect would persist the exception as the run's result,
+    through the manifest serializer, which stores manifests only (and warns that it cannot)."""
+    ctx = TaskRunContext.get()
+    if ctx is not None:
+        ctx.persist_result = False  # read once, when Prefect records the Failed state just after
+
+
+# -- the warnings stages record (meta["warnings"]) --------------------------------------------------
+_collectors: list[list[str]] = []
+
+
+@contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """The warnings of every stage that completes (computed or cached) in this process meanwhile."""
+    seen: list[str] = []
+    _collectors.append(seen)
+    try:
+        yield seen
+    finally:
+        _collectors.remove(seen)
+
+
+def _report_warnings(task, task_run, state) -> None:
+    """Completion hook: a stage's recorded warnings become Prefect warnings of its run (in the UI),
+    and reach whoever collects them (the CLI prints them after the run). Cache hits report too."""
+    try:
+        result = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - an unreadable result is the cache's concern, not this hook's
+        return
+    warnings = result.meta.get("warnings") if isinstance(result, StageResult) else None
+    if not warnings:
+        return
+    from prefect.logging.loggers import task_run_logger
+
+    log = task_run_logger(task_run, task)
+    for text in warnings:
+        message = f"{task.name}: {text}"
+        log.warning(message)
+        for seen in _collectors:
+            if message not in seen:
+                seen.append(message)
+
+
 def stage(name: str, version: str, *, timeout_s: float = 3600, retries: int = 2) -> Callable[[F], F]:
     """Make `fn` a cached Prefect task whose result (a StageResult) is cached by content."""
 
@@ -180,6 +218,7 @@ def stage(name: str, version: str, *, timeout_s: float = 3600, retries: int = 2)
             retries=retries,
             retry_delay_seconds=[2, 10, 30][:retries] or 0,
             retry_condition_fn=_not_user_error,
+            on_completion=[_report_warnings],
         )(_computed(name, version, fn))
 
     return deco
@@ -198,6 +237,7 @@ __all__ = [
     "ContentCachePolicy",
     "ManifestSerializer",
     "cache_key",
+    "collect_warnings",
     "computed_stages",
     "fingerprint",
     "parse_key",

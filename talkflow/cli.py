@@ -1,4 +1,8 @@
-"""The `talkflow` command line. The only module of the core that may import flows."""
+"""talkflow: talking-head videos from a video of a person (ER-NeRF) or one portrait
+(NeRFFaceSpeech) and any audio or text; every stage is cached."""
+
+# With talkflow/api.py, the only modules of the core that import flows (inside commands only:
+# names, paths and kinds are checked before Prefect is imported).
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(media_app, name="media")
 app.add_typer(assets_app, name="assets")
 console = Console()
+errors = Console(stderr=True, soft_wrap=True, highlight=False)  # one message, one line
 
 SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -52,22 +57,35 @@ def human(n: int) -> str:
 
 
 def run_flow(flow, *args, status: str):
-    """Run a flow in this process (embedded, or reporting to PREFECT_API_URL) with a spinner."""
-    from talkflow.runtime import ensure_result_storage
+    """Run a flow in this process (embedded, or reporting to PREFECT_API_URL) with a spinner,
+    then print the warnings its stages recorded."""
+    from talkflow.api import local_run
 
-    with console.status(status):
-        ensure_result_storage()
-        return flow(*args)
+    with console.status(status), local_run() as warnings:
+        out = flow(*args)
+    report_warnings(warnings)
+    return out
+
+
+def run_call(tf, method: str, *args, status: str, **kwargs):
+    """Call talkflow.api.Talkflow().<method> with a spinner, then print its stages' warnings."""
+    try:
+        with console.status(status):
+            return getattr(tf, method)(*args, **kwargs)
+    finally:
+        report_warnings(tf.warnings)
+
+
+def report_warnings(warnings: list[str]) -> None:
+    for text in warnings:
+        errors.print(f"[yellow]warning:[/] {text}")
 
 
 def export(artifact, dest: Path) -> Path:
     """Copy a stored artifact to a user-visible path."""
-    from talkflow.store import get_store
+    from talkflow.api import _export
 
-    dest = Path(dest).expanduser().resolve()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(get_store().fetch(artifact), dest)
-    return dest
+    return _export(artifact, dest)
 
 
 # -- doctor --------------------------------------------------------------------------------
@@ -162,13 +180,13 @@ def media_probe(file: Path) -> None:
 
 
 # -- sample clip and demo ------------------------------------------------------------------
-DEFAULT_TEXT = "Hello! This short clip was made from one photo and a synthetic voice."
+SAMPLE_TEXT = "Hello! This short clip was made from one photo and a synthetic voice."
 
 
 @app.command("sample-clip")
 def sample_clip(
     out: Path,
-    text: str = typer.Option(DEFAULT_TEXT, help="What the portrait says."),
+    text: str = typer.Option(SAMPLE_TEXT, help="What the portrait says."),
     seed: int = typer.Option(0, help="Head-motion seed; the same seed gives the same clip."),
     size: int = typer.Option(512, help="Frame side in pixels."),
 ) -> None:
@@ -181,51 +199,58 @@ def sample_clip(
     console.print(f"sample clip: {dest} ({result.meta['duration_s']:.2f} s)")
 
 
-DEMO_NEW_TEXT = "And this sentence was never in the training video."
-
-
 @app.command()
 def demo(
-    text: str = typer.Option(DEFAULT_TEXT, help="What the sample portrait says (the training clip)."),
-    new_text: str = typer.Option(DEMO_NEW_TEXT, help="A new sentence for the trained avatar."),
+    text: str = typer.Option(None, help="What the sample portrait says (the training clip)."),
+    new_text: str = typer.Option(None, help="A new sentence for the trained avatar."),
+    out: Path = typer.Option(None, help="Folder of the three mp4s (default: <data_root>/outputs/demo)."),
 ) -> None:
     """Sample clip -> media stage -> preprocess -> small ER-NeRF training -> a NEW sentence rendered.
 
-    Outputs go to <data_root>/outputs/demo; a second run is all cache hits.
+    A second run is all cache hits.
     """
-    from flows.demo import demo as demo_flow
+    from talkflow.api import Talkflow
 
-    result = run_flow(demo_flow, text, new_text, status="running the demo (minutes on a CPU the first time)")
-    out_dir = get_settings().outputs_dir / "demo"
-    sample = export(result.sample["video"], out_dir / "sample_clip.mp4")
-    final = export(result.media.video["video"], out_dir / "talking.mp4")
-    rendered = export(result.rendered.video["video"], out_dir / "avatar_new_sentence.mp4")
-    val = result.avatar.head.meta["val"]
-    console.print(f"sample clip  : {sample}")
-    console.print(f"media stage  : {final} ({result.media.video.meta['duration_s']:.2f} s, "
-                  f"{result.media.frames.meta['n_frames']} frames at {result.media.normalized.meta['fps']} fps)")
-    console.print(f"dataset      : {result.dataset.meta['n_frames']} frames, focal "
-                  f"{result.dataset.meta['focal']:.1f} px")
+    tf = Talkflow()
+    d = run_call(tf, "demo", text, new_text, output_dir=out,
+                 status="running the demo (minutes on a CPU the first time)")
+    r = d.result
+    val = r.avatar.head.meta["val"]
+    console.print(f"sample clip  : {d.sample_clip}")
+    console.print(f"media stage  : {d.talking} ({r.media.video.meta['duration_s']:.2f} s, "
+                  f"{r.media.frames.meta['n_frames']} frames at {r.media.normalized.meta['fps']} fps)")
+    console.print(f"dataset      : {r.dataset.meta['n_frames']} frames, focal {r.dataset.meta['focal']:.1f} px")
     console.print(f"held-out PSNR: {val['psnr']:.2f} dB (SSIM {val['ssim']:.3f}) after "
-                  f"{result.avatar.head.meta['steps']} head steps")
-    console.print(f"new sentence : {rendered} ({result.rendered.video.meta['duration_s']:.2f} s)")
+                  f"{r.avatar.head.meta['steps']} head steps")
+    console.print(f"new sentence : {d.avatar_new_sentence} ({r.rendered.video.meta['duration_s']:.2f} s)")
 
 
 # -- ER-NeRF -------------------------------------------------------------------------------
+FEATURE_KINDS = "logmel, hubert or wav2vec2"
+
+
 @app.command()
 def preprocess(
     video: Path,
     person: str = typer.Option(..., help="Avatar name (letters, digits, '_' or '-')."),
     size: int = typer.Option(512, help="Side of the square training frames, px."),
-    features: str = typer.Option("logmel", help="Audio features: logmel, hubert or wav2vec2."),
+    features: str = typer.Option("logmel", help=f"Audio features: {FEATURE_KINDS}."),
     deepspeech: Path = typer.Option(None, help="Precomputed DeepSpeech features (.npy)."),
     photometric: bool = typer.Option(True, help="Photometric refinement of the 3DMM tracking."),
-    out: Path = typer.Option(None, help="Also write the dataset folder here (copies)."),
+    out: Path = typer.Option(None, help="The dataset folder (copies; default: links under <data_root>/datasets/)."),
 ) -> None:
     """Turn a talking-head VIDEO into an ER-NeRF training dataset (every step cached)."""
-    from flows.preprocess import PreprocessConfig, preprocess_video
+    from talkflow import checks
+
+    checks.validate_name(person, "person")
+    checks.choice(features, checks.FeatureKind, "--features")
+    checks.talking_video(video)
+    if deepspeech is not None:
+        checks.existing_file(deepspeech, "DeepSpeech features file")
+
+    from flows.preprocess import PreprocessConfig
     from models.audio.features import AudioFeatureConfig
-    from tasks.dataset import materialize_dataset
+    from talkflow.api import Talkflow
     from tasks.media import NormalizeConfig
     from tasks.tracking import TrackingConfig
 
@@ -235,50 +260,99 @@ def preprocess(
         tracking=TrackingConfig(photometric=photometric),
         deepspeech_npy=deepspeech,
     )
-    dataset = run_flow(preprocess_video, video, person, config, status=f"preprocessing {video.name}")
-    m = dataset.meta
+    tf = Talkflow()
+    d = run_call(tf, "preprocess", video, person, data_path=out, config=config, copy=out is not None,
+                 status=f"preprocessing {video.name}")
+    m = d.manifest.meta
     console.print(f"dataset for {person}: {m['n_frames']} frames ({m['n_train']} train, {m['n_val']} val) "
                   f"at {m['size']} px, focal {m['focal']:.1f} px, {m['features']['kind']} features "
                   f"(D={m['features']['dim']}), parsing: {m['parsing']}, 3DMM: {m['tracking']}")
-    if out is not None:
-        console.print(f"written to {materialize_dataset(dataset, out, copy=True)}")
+    console.print(f"folder: {d.data_path}")
 
 
 @app.command()
 def train(
-    person: str = typer.Option(..., help="The person preprocessed with `talkflow preprocess`."),
+    person: str = typer.Option(None, help="A person preprocessed with `talkflow preprocess` (their latest dataset)."),
+    data: Path = typer.Option(None, help="Or a dataset folder written by `talkflow preprocess --out`."),
+    out: Path = typer.Option(None, help="The model folder (default: <data_root>/models/<person>)."),
     stage: str = typer.Option("auto", help="auto (head -> lips -> torso), head, lips or torso."),
     preset: str = typer.Option("reference", help="reference (the paper's schedule) or cpu-demo (minutes)."),
+    gpu: int = typer.Option(None, help="Pin the run to this GPU index (CUDA_VISIBLE_DEVICES)."),
 ) -> None:
-    """Train (or resume, or retrain) a person's ER-NeRF avatar from its registered dataset."""
-    from flows.train import train_avatar
+    """Train (or resume, or retrain) a person's ER-NeRF avatar (head -> lips -> torso)."""
+    from talkflow import checks
+
+    if (person is None) == (data is None):
+        raise InputError("give --person NAME or --data DIR")
+    if person is not None:
+        checks.validate_name(person, "person")
+    elif not data.is_dir():
+        raise InputError(f"the dataset folder '{data}' does not exist")
+    checks.choice(stage, checks.TrainStage, "--stage")
+    checks.choice(preset, ("reference", "cpu-demo"), "--preset")
+    checks.gpu_index(gpu)
+
+    from talkflow.api import Talkflow
     from tasks.train import TrainAvatarConfig
 
     config = TrainAvatarConfig.cpu_demo() if preset == "cpu-demo" else TrainAvatarConfig()
-    record = run_flow(train_avatar, None, person, config, stage, status=f"training {person} ({stage})")
+    source = person if person is not None else data
+    tf = Talkflow()
+    m = run_call(tf, "train", source, out, gpu, stage, config=config, status=f"training ({stage})")
     for name in ("head", "lips", "torso"):
-        res = getattr(record, name)
+        res = getattr(m.avatar, name)
         if res is not None:
             val = res.meta.get("val", {})
             console.print(f"{name:<5}: {res.meta['steps']} steps, held-out PSNR {val.get('psnr', float('nan')):.2f} dB")
+    console.print(f"model: {m.model_path}")
 
 
 @app.command()
 def render(
-    person: str = typer.Option(..., help="A trained avatar."),
+    person: str = typer.Option(None, help="A trained avatar (its latest training)."),
+    model: Path = typer.Option(None, help="Or a model folder written by `talkflow train`."),
     audio: Path = typer.Option(None, help="Speech to render (any audio or video file)."),
     text: str = typer.Option(None, help="Or text to speak (offline TTS)."),
     torso: bool = typer.Option(True, help="Render the trained torso (else the original torso shows)."),
     out: Path = typer.Option(None, help="Where to write the mp4 (default: <data_root>/outputs/<person>/)."),
+    gpu: int = typer.Option(None, help="Pin the run to this GPU index (CUDA_VISIBLE_DEVICES)."),
 ) -> None:
     """Render a trained avatar speaking new audio or text."""
-    from flows.render import RenderVideoConfig, render_video
-    from tasks.render import RenderConfig
+    from talkflow import checks
 
-    result = run_flow(render_video, person, audio, text,
-                      RenderVideoConfig(render=RenderConfig(with_torso=torso)), status=f"rendering {person}")
-    dest = out or get_settings().outputs_dir / person / f"{result.video['video'].sha256[:8]}.mp4"
-    console.print(f"video: {export(result.video['video'], dest)} ({result.video.meta['duration_s']:.2f} s)")
+    if (person is None) == (model is None):
+        raise InputError("give --person NAME or --model DIR")
+    if person is not None:
+        checks.validate_name(person, "person")
+    checks.audio_or_text(audio, text)
+    checks.gpu_index(gpu)
+
+    from talkflow.api import Talkflow
+
+    tf = Talkflow()
+    v = run_call(tf, "infer", person if person is not None else model, audio, text=text, output_path=out,
+                 with_torso=torso, gpu_id=gpu, status="rendering")
+    console.print(f"video: {v.video_path} ({v.duration_s:.2f} s)")
+
+
+@app.command("features")
+def features_cmd(
+    audio: Path,
+    kind: str = typer.Option("logmel", help=f"The avatar's feature kind: {FEATURE_KINDS}."),
+    out: Path = typer.Option(None, help="The .npy to write (default: AUDIO without suffix + _<kind>.npy)."),
+) -> None:
+    """The (T, 16, D) audio features of AUDIO that an avatar trained on KIND reads (.npy)."""
+    from talkflow import checks
+
+    checks.choice(kind, checks.FeatureKind, "--kind")
+    checks.speech_audio(audio)
+
+    import numpy as np
+
+    from talkflow.api import Talkflow
+
+    npy = run_call(Talkflow(), "extract_audio_features", audio, kind, out_path=out, status=f"{kind} features")
+    console.print(f"features: {npy} {tuple(np.load(npy, mmap_mode='r').shape)}")
 
 
 # -- one-shot portraits (NeRFFaceSpeech) ---------------------------------------------------
@@ -421,12 +495,10 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except TalkflowError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+        fail(str(exc))
     except pydantic.ValidationError as exc:  # a bad option value reaching a typed config
         first = exc.errors()[0]
-        console.print(f"[red]error:[/] {'.'.join(map(str, first['loc']))}: {first['msg']}", highlight=False)
-        sys.exit(2)
+        fail(f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
@@ -439,6 +511,12 @@ def main() -> None:
             sys.exit(exc.exit_code)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def fail(message: str) -> None:
+    """A user error: one line on stderr, exit code 2."""
+    errors.print(f"[red]error:[/] {' '.join(message.split())}")
+    sys.exit(2)
 
 
 if __name__ == "__main__":

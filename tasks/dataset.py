@@ -80,6 +80,7 @@ def assemble_dataset(
     }
     return StageResult(artifacts=parts, meta={
         "n_frames": n, "size": normalized.meta["size"], "fps": normalized.meta["fps"],
+        "sample_rate": normalized.meta.get("sample_rate"),
         "focal": tracking.meta.get("focal"), "features": features.meta,
         "n_train": len(transforms[0]["frames"]), "n_val": len(transforms[1]["frames"]),
         "parsing": parsing.meta.get("method"), "tracking": tracking.meta.get("model"),

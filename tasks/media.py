@@ -30,13 +30,10 @@ class FramesConfig(BaseModel):
 
 
 class AudioPrepConfig(BaseModel):
-    sample_rate: int = Field(16000, description="The feature extractors' rate.")
-    fps: int = Field(25, ge=1, le=120, description="Video frames per second (one feature window each).")
     max_duration_s: float = Field(600.0, gt=0, description="Longer audio is refused (split it).")
 
 
 class MuxConfig(BaseModel):
-    fps: int = Field(25, ge=1, le=120)
     crf: int = Field(18, ge=0, le=51, description="x264 quality (lower is better).")
 
 
@@ -74,15 +71,17 @@ def normalize_video(
                         f"resampled to a constant {config.fps} fps")
     return StageResult(
         artifacts=artifacts,
-        meta={"fps": config.fps, "size": config.size, "n_frames": out.n_frames, "duration_s": out.duration_s,
+        meta={"fps": config.fps, "sample_rate": config.sample_rate, "size": config.size,
+              "n_frames": out.n_frames, "duration_s": out.duration_s,
               "source": info.model_dump(exclude={"path"}), "warnings": warnings},
     )
 
 
 @stage("prepare_audio", "1", retries=0)
-def prepare_audio(audio: Path | Artifact, config: AudioPrepConfig = AudioPrepConfig(),
-                  namespace: str | None = None) -> StageResult:
-    """Any audio (or video) file -> 16 kHz mono 16-bit wav, and its length in video frames."""
+def prepare_audio(audio: Path | Artifact, config: AudioPrepConfig = AudioPrepConfig(), *, fps: int,
+                  sample_rate: int, namespace: str | None = None) -> StageResult:
+    """Any audio (or video) file -> mono 16-bit wav at `sample_rate`, and its length in frames
+    of a video at `fps`. Both come from the video it goes with (its normalize stage's metadata)."""
     src = local_file(audio)
     info = media.probe(src)
     if not info.has_audio:
@@ -94,15 +93,15 @@ def prepare_audio(audio: Path | Artifact, config: AudioPrepConfig = AudioPrepCon
                          f"{config.max_duration_s:.0f}; split it and use render_batch")
     with scratch("audio") as work:
         wav = work / "audio.wav"
-        media.extract_audio(src, wav, sample_rate=config.sample_rate)
+        media.extract_audio(src, wav, sample_rate=sample_rate)
         samples, rate = media.read_wav(wav)
         if samples.size == 0:
             raise EmptyMedia(f"'{src.name}' decoded to no audio samples")
         art = get_store().put_file(wav)
     duration = samples.size / rate
     return StageResult(artifacts={"audio": art}, meta={
-        "duration_s": duration, "sample_rate": rate, "fps": config.fps,
-        "n_frames": max(1, int(round(duration * config.fps))),
+        "duration_s": duration, "sample_rate": rate, "fps": fps,
+        "n_frames": max(1, int(round(duration * fps))),
     })
 
 
@@ -122,16 +121,16 @@ def extract_frames(
 
 @stage("mux", "1")
 def mux_video(
-    frames: StageResult, audio: Artifact | None, config: MuxConfig, namespace: str | None = None
+    frames: StageResult, audio: Artifact | None, config: MuxConfig, *, fps: int, namespace: str | None = None
 ) -> StageResult:
-    """Frames + audio -> an H.264/AAC mp4 (+faststart) whose length follows the frames."""
+    """Frames + audio -> an H.264/AAC mp4 (+faststart) at `fps` whose length follows the frames."""
     with scratch("mux") as work:
         out = work / "video.mp4"
         media.mux(
             local_file(frames["frames"]),
             local_file(audio) if audio is not None else None,
             out,
-            fps=config.fps,
+            fps=fps,
             ext=frames.meta.get("ext", "jpg"),
             crf=config.crf,
         )
@@ -139,5 +138,5 @@ def mux_video(
         art = get_store().put_file(out)
     return StageResult(
         artifacts={"video": art},
-        meta={"duration_s": info.duration_s, "n_frames": info.n_frames, "fps": config.fps},
+        meta={"duration_s": info.duration_s, "n_frames": info.n_frames, "fps": fps},
     )

@@ -42,18 +42,19 @@ def load_image(art: Artifact) -> np.ndarray:
 
 
 @stage("landmarks", "1")
-def detect_landmarks(frames: StageResult, config: LandmarkConfig, mesh: Path | None = None,
+def detect_landmarks(frames: StageResult, config: LandmarkConfig, fps: float, mesh: Path | None = None,
                      detector: Path | None = None, namespace: str | None = None) -> StageResult:
-    """68 landmarks per frame, smoothed; frames without a face are reported and interpolated.
-    MediaPipe's ``mesh`` (face_landmark.tflite) gives the lips when ``config.mouth == "mesh"``; with
-    its ``detector`` (face_detection_short_range.tflite) the points where dlib finds no face."""
+    """68 landmarks per frame of a clip at `fps`, smoothed; frames without a face are reported and
+    interpolated. MediaPipe's ``mesh`` (face_landmark.tflite) gives the lips when
+    ``config.mouth == "mesh"``; with its ``detector`` (face_detection_short_range.tflite) the points
+    where dlib finds no face."""
     if (config.mouth == "mesh" or config.mesh_fallback) and mesh is None:
         raise InputError("landmarks.mouth='mesh' and landmarks.mesh_fallback need the face mesh network; "
                          "pass assets.shipped('face_mesh')")
     if config.mesh_fallback and detector is None:
         raise InputError("landmarks.mesh_fallback needs the face detection network; pass "
                          "assets.shipped('face_detection')")
-    found = track_video_landmarks(frame_folder(frames), config, mesh=mesh, detector=detector)
+    found = track_video_landmarks(frame_folder(frames), config, fps=fps, mesh=mesh, detector=detector)
     with scratch("landmarks") as work:
         np.save(work / "lms.npy", found.lms.astype(np.float32))
         art = get_store().put_file(work / "lms.npy")

@@ -9,6 +9,7 @@ reference's mirror index), with the eye closure of the same training frames.
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -18,14 +19,12 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from models.ernerf.audio import eye_feature
-from models.ernerf.dataset import check_dataset
 from models.ernerf.trainer import load_model
 from talkflow.cache import stage
 from talkflow.errors import InputError
 from talkflow.gpu import gpu_slot
 from talkflow.settings import get_settings
 from talkflow.store import StageResult, get_store
-from tasks.dataset import materialize_dataset
 from tasks.inputs import local_file, scratch
 from tasks.train import STAGE_NAMES, ProgressArtifact, run_logger
 
@@ -92,17 +91,19 @@ def render_frames_stage(avatar: StageResult, dataset: StageResult, features: Sta
     log = run_logger()
     t0 = time.perf_counter()
     with scratch("render") as work:
-        root = materialize_dataset(dataset, work / "dataset")
-        train = check_dataset(root).splits["train"]
+        # only the parts rendering reads are fetched (on S3, the training images stay there)
+        train = json.loads(local_file(dataset["transforms_train"]).read_text())
         ids = [int(f["img_id"]) for f in train["frames"]]
         c2w = np.array([f["transform_matrix"] for f in train["frames"]], dtype=np.float32)  # (N, 4, 4)
-        au45 = _read_au45(root / "au.csv")
+        au45 = _read_au45(local_file(dataset["au"]))
         eye = eye_feature(torch.tensor([au45.get(i, 0.0) for i in ids], dtype=torch.float32))[:, None]  # (N, 1)
-        with Image.open(root / "bc.jpg") as bc:
+        bc_path = local_file(dataset["bc"])
+        with Image.open(bc_path) as bc:
             width, height = bc.size
         s = config.downscale
         w, h = width // s, height // s
-        plate = _load_rgb(root / "bc.jpg", (w, h)).astype(np.float32) / 255  # (h, w, 3)
+        plate = _load_rgb(bc_path, (w, h)).astype(np.float32) / 255  # (h, w, 3)
+        torso_dir = local_file(dataset["torso_imgs"]) if background == "frames" else None
         order = loop_index(np.arange(n_out), len(ids)) if config.pose == "loop" else np.zeros(n_out, int)
         device = get_settings().torch_device()
         model = load_model(local_file(avatar["checkpoint"]), device=device)
@@ -117,7 +118,7 @@ def render_frames_stage(avatar: StageResult, dataset: StageResult, features: Sta
                 if background == "plate":
                     bg = torch.from_numpy(plate)
                 else:  # the looped training frames' torso (RGBA) over the plate
-                    rgba = np.stack([_load_rgb(root / "torso_imgs" / f"{ids[k]}.png", (w, h), "RGBA")
+                    rgba = np.stack([_load_rgb(torso_dir / f"{ids[k]}.png", (w, h), "RGBA")
                                      for k in src]).astype(np.float32) / 255
                     bg = torch.from_numpy(rgba[..., :3] * rgba[..., 3:] + plate * (1 - rgba[..., 3:]))
                 frames = model.render_frames(

@@ -32,21 +32,74 @@ def test_media_probe(tmp_path):
     assert "has_audio" in out.stdout and "True" in out.stdout and "64" in out.stdout
 
 
+def one_line_error(out: subprocess.CompletedProcess) -> str:
+    """A user error: exit code 2, nothing on stdout, exactly one line on stderr."""
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stdout == "" and out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
+    return out.stderr
+
+
 def test_user_error_is_one_line_and_nonzero(tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("hello\n" * 100)
-    out = talkflow("media", "probe", str(bad), data_root=tmp_path)
-    assert out.returncode == 2
-    lines = [line for line in out.stdout.splitlines() if line.strip()]
-    assert lines[0].startswith("error:") and "notes.txt" in out.stdout
-    assert "Traceback" not in out.stdout + out.stderr
+    assert "notes.txt" in one_line_error(talkflow("media", "probe", str(bad), data_root=tmp_path))
 
 
 def test_usage_error_exit_code(tmp_path):
-    out = talkflow("cache", "prune", data_root=tmp_path)
-    assert out.returncode == 2 and "--older-than" in out.stdout
+    assert "--older-than" in one_line_error(talkflow("cache", "prune", data_root=tmp_path))
     out = talkflow("cache", "prune", "--character", "../x", data_root=tmp_path)
-    assert out.returncode == 2 and "invalid character" in out.stdout
+    assert "invalid character" in one_line_error(out)
+
+
+def test_help_says_what_talkflow_is(tmp_path):
+    out = talkflow("--help", data_root=tmp_path)
+    assert out.returncode == 0
+    assert "talking-head videos" in out.stdout and "only module" not in out.stdout
+    for command in ("preprocess", "train", "render", "features", "portrait", "demo"):
+        assert command in out.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["preprocess", "{noaudio}", "--person", "../x"], "invalid person '../x'"),
+    (["preprocess", "{noaudio}", "--person", "bob"], "'noaudio.mp4' has no audio track"),
+    (["preprocess", "{missing}", "--person", "bob"], "does not exist"),
+    (["preprocess", "{noaudio}", "--person", "bob", "--features", "mfcc"], "--features must be one of"),
+    (["train", "--person", "bob", "--stage", "eyes"], "--stage must be one of auto, head, lips, torso"),
+    (["train", "--person", "bob", "--gpu", "-1"], "gpu_id must be a GPU index"),
+    (["render", "--person", "bob"], "give exactly one of audio or text"),
+    (["render", "--person", "bob", "--audio", "{missing}"], "does not exist"),
+    (["features", "{noaudio}"], "has no audio track"),
+    (["features", "{noaudio}", "--kind", "deepspeech"], "--kind must be one of logmel, hubert, wav2vec2"),
+])
+def test_bad_input_is_refused_before_prefect_starts(tmp_path, args, message):
+    """One line on stderr within the CPU time of Python's start and the checks: no Prefect server
+    starts (it takes 8-20 s), no flow runs, nothing is written to the data root."""
+    import resource
+    import time
+
+    paths = {"noaudio": str(make_clip(tmp_path / "noaudio.mp4", duration=1.0, fps=25, size="64x48", audio=False)),
+             "missing": str(tmp_path / "missing.mp4")}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    out = talkflow(*[a.format(**paths) for a in args], data_root=tmp_path / "root")
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert message in one_line_error(out)
+    assert cpu < 2.0, cpu  # the check's own cost (wall time also counts the other processes on the machine)
+    assert wall < 10.0, wall
+    assert not (tmp_path / "root" / "store").exists() and not (tmp_path / "root" / "journal.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_error_inside_a_flow_is_one_line_and_caches_nothing(tmp_path):
+    """No face in the video: found by the landmarks stage, inside the flow."""
+    clip = make_clip(tmp_path / "noface.mp4", duration=1.2, fps=25, size="96x96")
+    out = talkflow("preprocess", str(clip), "--person", "bob", "--size", "96", data_root=tmp_path / "root")
+    assert "no usable face" in one_line_error(out)
+    assert "Failed to write result" not in out.stderr
+    ls = talkflow("cache", "ls", data_root=tmp_path / "root")
+    assert "landmarks" not in ls.stdout and "normalize" in ls.stdout  # the stages before it are kept
 
 
 def test_doctor_reports_tools_and_assets(tmp_path):
@@ -64,7 +117,7 @@ def test_assets_add_and_ls(tmp_path):
     out = talkflow("assets", "ls", data_root=tmp_path)
     assert str(bfm) in out.stdout
     bad = talkflow("assets", "add", "bfm", str(tmp_path / "missing.mat"), data_root=tmp_path)
-    assert bad.returncode == 2 and "does not exist" in bad.stdout
+    assert "does not exist" in one_line_error(bad)
 
 
 @pytest.mark.slow

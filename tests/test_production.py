@@ -634,31 +634,19 @@ def test_gpu_slot_runs_one_training_per_gpu(monkeypatch):
 
 
 # -- the API without a server ------------------------------------------------------------------
-def test_api_local_mode_and_planned_calls(tmp_path):
+def test_api_local_mode(tmp_path):
     from flows.media import MediaConfig, MediaResult
-    from talkflow.api import CALLS, Talkflow
+    from talkflow.api import Talkflow
     from tasks.media import NormalizeConfig
 
     tf = Talkflow()
     clip = make_clip(tmp_path / "c.mp4", duration=1.2, fps=25, size="64x48")
     out = tf.media(clip, MediaConfig(normalize=NormalizeConfig(size=32, min_duration_s=0.5)))
     assert isinstance(out, MediaResult) and out.frames.meta["n_frames"] > 0
-
-    with pytest.raises(InputError, match="no dataset for 'alice'"):
+    with pytest.raises(InputError, match="no person 'alice' preprocessed"):
         tf.train("alice", stage="lips")
-    with pytest.raises(InputError, match="stage must be one of"):
-        tf.train("alice", stage="eyes")  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="invalid name"):
-        tf.preprocess(clip, name="../alice")
-    for call in ("preprocess", "train", "infer", "portrait"):
-        assert not CALLS[call].planned
-    assert CALLS["extract_audio_features"].planned
-    with pytest.raises(NotImplementedError, match="Available now: media, sample_clip, demo, preprocess"):
-        tf.extract_audio_features("speech.wav")
     with pytest.raises(InputError, match="no avatar named 'alice'"):
         tf.infer("alice", text="hello", with_torso=False)
-    with pytest.raises(InputError):
-        Talkflow(mode="cloud")  # type: ignore[arg-type]
 
 
 # -- the container entrypoint ------------------------------------------------------------------

@@ -61,7 +61,6 @@ class LandmarkConfig(pydantic.BaseModel):
     min_face_px: int = pydantic.Field(64, ge=1)  # face box side, frame pixels
     min_score: float = 0.3  # dlib HOG detection score
     detect_max_side: int = pydantic.Field(512, ge=64)  # frames are downscaled to this for detection
-    fps: float = pydantic.Field(25.0, gt=0)
     smooth: SmoothConfig | None = SmoothConfig()
     small_face_probes: int = pydantic.Field(3, ge=0)  # faceless frames re-searched at 2x to name tiny faces
     mouth: Literal["dlib", "mesh"] = pydantic.Field(
@@ -207,13 +206,15 @@ def track_video_landmarks(
     frames: Iterable[np.ndarray],
     config: LandmarkConfig | None = None,
     *,
+    fps: float = 25.0,
     progress: Progress | None = None,
     mesh: str | Path | None = None,
     detector: str | Path | None = None,
     **overrides,
 ) -> VideoLandmarks:
     """Landmarks (T,68,2) of the main face in ``frames`` ((T,H,W,3) uint8 array or an iterable
-    of (H,W,3) uint8 frames); ``overrides`` replace fields of ``config``, e.g.
+    of (H,W,3) uint8 frames) of a clip at ``fps`` (the smoothing's time base); ``overrides``
+    replace fields of ``config``, e.g.
     ``track_video_landmarks(frames, max_missing_share=0.1, smooth=None)``. MediaPipe's networks
     (paths of face_landmark.tflite, ``mesh``, and face_detection_short_range.tflite, ``detector``)
     give the lips when ``config.mouth == "mesh"`` (mesh) and the points of frames where dlib finds
@@ -305,7 +306,7 @@ def track_video_landmarks(
         warnings.append(f"no usable face in {n_bad} of {t} frames ({listed}); landmarks interpolated there")
 
     raw = interpolate_missing(np.stack(lms), det)  # (T,68,2)
-    out = smooth_landmarks(raw, cfg.smooth, cfg.fps) if cfg.smooth is not None else raw.copy()
+    out = smooth_landmarks(raw, cfg.smooth, fps) if cfg.smooth is not None else raw.copy()
     return VideoLandmarks(lms=out, detected=det, warnings=warnings, raw=raw)
 
 
