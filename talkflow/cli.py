@@ -251,7 +251,7 @@ def train(
     from tasks.train import TrainAvatarConfig
 
     config = TrainAvatarConfig.cpu_demo() if preset == "cpu-demo" else TrainAvatarConfig()
-    record = run_flow(train_avatar, None, person, config, stage, status=f"training {person} ({stage})")
+    record = run_flow(train_avatar, person, config, stage, status=f"training {person} ({stage})")
     for name in ("head", "lips", "torso"):
         res = getattr(record, name)
         if res is not None:

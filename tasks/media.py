@@ -36,7 +36,7 @@ class AudioPrepConfig(BaseModel):
 
 
 class MuxConfig(BaseModel):
-    fps: int = Field(25, ge=1, le=120)
+    fps: int = Field(25, ge=1, le=120, description="Frame rate of the video, frames per second.")
     crf: int = Field(18, ge=0, le=51, description="x264 quality (lower is better).")
 
 
