@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -336,6 +337,45 @@ def test_api_runs_a_flow_through_its_deployment(cluster, tmp_path):
     assert store.verify(result.video["video"]) and store.verify(result.frames["frames"])
     computed = sum(journal_count(w.root, "normalize") for w in cluster.workers.values())
     assert computed == 1
+
+
+def test_sample_clip_from_its_form_through_a_worker_shows_its_outputs(cluster):
+    """The deployment run as the UI form runs it (defaults + the required text): the run shows
+    the video's S3 path and a presigned link, a first-frame preview, the stage table, a log line."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    with api(cluster.url), get_client(sync_client=True) as client:
+        form = client.read_deployment_by_name("sample-clip/sample-clip").parameter_openapi_schema
+    assert form["required"] == ["text"]
+    t0 = time.perf_counter()
+    with api(cluster.url):
+        run = run_deployment("sample-clip/sample-clip", parameters={"text": "Hello from the form."},
+                             timeout=RUN_TIMEOUT_S, poll_interval=1)
+    assert run.state.is_completed(), (run.state, cluster.logs())
+    cluster.timings["sample_clip_run_s"] = round(time.perf_counter() - t0, 1)
+    with api(cluster.url), get_client(sync_client=True) as client:
+        arts = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))}
+        deadline = time.monotonic() + 30
+        while True:  # a worker's run sends its logs in batches
+            logs = [e.message for e in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+            if any("video written to" in m for m in logs) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    link = re.fullmatch(r"\[(s3://[^\]]+)\]\((http[^)]+)\)", arts["sample-clip-output"].data)
+    assert link and link.group(1).startswith(f"{cluster.store_url}/objects/"), arts["sample-clip-output"].data
+    with urllib.request.urlopen(link.group(2), timeout=10) as r:  # the presigned URL opens the mp4
+        assert r.read(12)[4:8] == b"ftyp"
+    preview = arts["sample-clip-preview"]
+    assert preview.type == "image"
+    with urllib.request.urlopen(preview.data, timeout=10) as r:
+        assert r.read(3) == b"\xff\xd8\xff"  # the first frame, a JPEG in the store
+    rows = arts["sample-clip-stages"].data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert {row["stage"]: row["status"] for row in rows} == {"speech": "computed", "animate": "computed"}
+    assert any(f"video written to {link.group(1)}" in m for m in logs), logs
 
 
 # -- (d) no secrets ----------------------------------------------------------------------------
