@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -95,8 +95,8 @@ def test_interval_schedule_fires_and_a_process_worker_runs_it(database, tmp_path
         assert "Can't evaluate bulk DML" not in server.log.read_text(errors="replace")
     # the weekly retrain: upcoming runs, each on a Sunday at 03:00 UTC, none run yet
     assert len(upcoming) >= 2, "the retrain cron has no upcoming run"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for run in upcoming:
-        start_at = run.expected_start_time.astimezone(timezone.utc)
+        start_at = run.expected_start_time.astimezone(UTC)
         assert start_at > now and start_at.weekday() == 6 and (start_at.hour, start_at.minute) == (3, 0)
     assert Path(tmp_path / "data").exists()  # the worker's runs wrote to its data root
