@@ -101,6 +101,7 @@ def deploy_targets(
     gpu_classes: Iterable[str] = (),
     process_pools: Iterable[str] = (),
     code_dir: str | None = None,
+    cpu_pool: bool = True,
 ) -> dict[str, str]:
     """The Prefect variables prefect.yaml reads: which pools its deployments go to, and where
     a run finds the code. Raises ValueError when the chosen infrastructure has no pool."""
@@ -116,7 +117,8 @@ def deploy_targets(
             raise ValueError("--deploy-to docker needs a GPU pool: add --gpu-classes, e.g. a100,l4")
         from deployments.gpu_pool import CPU_POOL, gpu_pool_name
 
-        return {"talkflow_cpu_pool": CPU_POOL, "talkflow_gpu_pool": gpu_pool_name(classes[0]),
+        gpu = gpu_pool_name(classes[0])  # without the Docker `cpu` pool, CPU flows run there too
+        return {"talkflow_cpu_pool": CPU_POOL if cpu_pool else gpu, "talkflow_gpu_pool": gpu,
                 "talkflow_code_dir": code_dir or CODE_DIR_IN_IMAGE}
     raise ValueError(f"deploy_to must be docker or process, not {deploy_to!r}")
 
@@ -200,7 +202,7 @@ def setup_server(
     gpu_classes, process_pools = list(gpu_classes), list(process_pools)
     deploy_to = deploy_to or ("process" if process_pools else "docker")
     targets = deploy_targets(deploy_to, gpu_classes=gpu_classes, process_pools=process_pools,
-                             code_dir=code_dir)
+                             code_dir=code_dir, cpu_pool=cpu_pool)
     docker = bool(gpu_classes) or deploy_to == "docker"
     pools = (pool_definitions(
         gpu_classes, gpus=gpus, cpu=cpu_pool, image=image, data_root_host=data_root_host,

@@ -256,6 +256,9 @@ def test_deploy_to_a_setup_without_its_pools_fails_before_deploying(tmp_path):
         deploy_targets("process", gpu_classes=["a100"])
     with pytest.raises(ValueError, match="--gpu-classes"):
         deploy_targets("docker", process_pools=["local"])
+    assert deploy_targets("docker", gpu_classes=["l4"], cpu_pool=False) == {
+        "talkflow_cpu_pool": "gpu-l4", "talkflow_gpu_pool": "gpu-l4", "talkflow_code_dir": "/opt/talkflow"}
+    assert deploy_targets("process", process_pools=["local"])["talkflow_code_dir"] == str(ROOT)
     out = subprocess.run([sys.executable, "-m", "deployments.setup", "all", "--deploy-to", "process"],
                          cwd=ROOT, env=clean_env(PREFECT_API_URL="http://127.0.0.1:9/api"),
                          capture_output=True, text=True, timeout=60)
