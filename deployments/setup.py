@@ -5,8 +5,18 @@ Idempotent; run it once per server (and again after changing the pools):
     PREFECT_API_URL=http://prefect:4200/api TALKFLOW_STORE_URL=s3://bucket/talkflow \\
         python -m deployments.setup all --gpu-classes a100,l4 --gpus a100=8,l4=2
 
+Without Docker (one machine, a process worker runs every deployment from this checkout):
+
+    python -m deployments.setup all --process-pool local
+
+prefect.yaml sends each deployment to the pools named by three Prefect variables that `all` sets
+for the chosen infrastructure (--deploy-to), so `prefect deploy --all` only references pools
+that exist: talkflow_cpu_pool, talkflow_gpu_pool (work pool names) and talkflow_code_dir (the
+folder a run starts in: /opt/talkflow in the image, this checkout for process pools).
+
 Sub-commands (docker/entrypoint.sh uses the small ones):
-    all             pools (gpu-<class> per class, cpu, optional process pools), limits, block
+    all             pools (gpu-<class> per class, cpu, optional process pools), limits, block,
+                    the deployment-target variables
     result-storage  only the RemoteFileSystem block the stages write results to
     env             print `export` lines: the Prefect result settings a worker and its runs need
     wait            wait until PREFECT_API_URL answers /health
@@ -25,7 +35,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from deployments.gpu_pool import (
     DEFAULT_DATA_ROOT_HOST,
@@ -77,6 +88,47 @@ def wait_for_api(url: str | None = None, timeout_s: float = 120.0) -> float:
             last = str(exc)
         time.sleep(1.0)
     raise SystemExit(f"Prefect API {url} did not answer /health within {timeout_s:.0f} s ({last})")
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CODE_DIR_IN_IMAGE = "/opt/talkflow"  # docker/Dockerfile.worker copies the code there
+DeployTo = Literal["docker", "process"]
+
+
+def deploy_targets(
+    deploy_to: DeployTo,
+    *,
+    gpu_classes: Iterable[str] = (),
+    process_pools: Iterable[str] = (),
+    code_dir: str | None = None,
+    cpu_pool: bool = True,
+) -> dict[str, str]:
+    """The Prefect variables prefect.yaml reads: which pools its deployments go to, and where
+    a run finds the code. Raises ValueError when the chosen infrastructure has no pool."""
+    if deploy_to == "process":
+        pools = list(process_pools)
+        if not pools:
+            raise ValueError("--deploy-to process needs a process pool: add --process-pool NAME")
+        return {"talkflow_cpu_pool": pools[0], "talkflow_gpu_pool": pools[0],
+                "talkflow_code_dir": code_dir or str(REPO_ROOT)}
+    if deploy_to == "docker":
+        classes = list(dict.fromkeys(gpu_classes))
+        if not classes:
+            raise ValueError("--deploy-to docker needs a GPU pool: add --gpu-classes, e.g. a100,l4")
+        from deployments.gpu_pool import CPU_POOL, gpu_pool_name
+
+        gpu = gpu_pool_name(classes[0])  # without the Docker `cpu` pool, CPU flows run there too
+        return {"talkflow_cpu_pool": CPU_POOL if cpu_pool else gpu, "talkflow_gpu_pool": gpu,
+                "talkflow_code_dir": code_dir or CODE_DIR_IN_IMAGE}
+    raise ValueError(f"deploy_to must be docker or process, not {deploy_to!r}")
+
+
+def ensure_variables(values: Mapping[str, str]) -> dict[str, str]:
+    from prefect.variables import Variable
+
+    for name, value in values.items():
+        Variable.set(name, value, overwrite=True)
+    return dict(values)
 
 
 def process_pool(name: str) -> PoolDefinition:
@@ -137,16 +189,28 @@ def setup_server(
     shm_size: str = DEFAULT_SHM_SIZE,
     networks: list[str] | None = None,
     result_storage: bool = True,
+    deploy_to: DeployTo | None = None,
+    code_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Everything a server needs before `prefect deploy --all`; returns what it made."""
+    """Everything a server needs before `prefect deploy --all`; returns what it made.
+
+    deploy_to: where prefect.yaml's deployments go; default "process" when a process pool is
+    given, else "docker". The Docker `cpu` pool is made for Docker setups only.
+    """
     from prefect import get_client
 
-    pools = pool_definitions(
+    gpu_classes, process_pools = list(gpu_classes), list(process_pools)
+    deploy_to = deploy_to or ("process" if process_pools else "docker")
+    targets = deploy_targets(deploy_to, gpu_classes=gpu_classes, process_pools=process_pools,
+                             code_dir=code_dir, cpu_pool=cpu_pool)
+    docker = bool(gpu_classes) or deploy_to == "docker"
+    pools = (pool_definitions(
         gpu_classes, gpus=gpus, cpu=cpu_pool, image=image, data_root_host=data_root_host,
         shm_size=shm_size, networks=networks,
-    ) + [process_pool(name) for name in process_pools]
+    ) if docker else []) + [process_pool(name) for name in process_pools]
     with get_client(sync_client=True) as client:
         made = {"pools": ensure_pools(client, pools), "limits": ensure_limits(client, gpu_limits(pools))}
+    made["variables"] = ensure_variables(targets)
     made["result_storage"] = ensure_result_storage() if result_storage else None
     return made
 
@@ -177,7 +241,14 @@ def main(argv: list[str] | None = None) -> int:
                       help="GPUs per class in the fleet: slots of gpu-<class> (a100=8,l4=2)")
     full.add_argument("--no-cpu-pool", action="store_true", help="skip the Docker pool 'cpu'")
     full.add_argument("--process-pool", action="append", default=[],
-                      help="also create a process pool of this name (no Docker)")
+                      help="create a process pool of this name (no Docker); by default "
+                           "every deployment goes to it")
+    full.add_argument("--deploy-to", choices=["docker", "process"], default=None,
+                      help="where prefect.yaml's deployments go (default: process when "
+                           "--process-pool is given, else docker)")
+    full.add_argument("--code-dir", default=None,
+                      help="folder a run starts in (default: /opt/talkflow for docker, "
+                           "this checkout for process)")
     full.add_argument("--image", default=os.environ.get("TALKFLOW_IMAGE", DEFAULT_IMAGE))
     full.add_argument("--data-root-host", default=os.environ.get("TALKFLOW_DATA_HOST",
                                                                  DEFAULT_DATA_ROOT_HOST),
@@ -205,10 +276,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command in (None, "all"):
         args = args if args.command else full.parse_args([])
+        try:
+            deploy_targets(args.deploy_to or ("process" if args.process_pool else "docker"),
+                           gpu_classes=args.gpu_classes, process_pools=args.process_pool)
+        except ValueError as exc:
+            parser.error(str(exc))
         made = setup_server(
             gpu_classes=args.gpu_classes, gpus=args.gpus, cpu_pool=not args.no_cpu_pool,
             process_pools=args.process_pool, image=args.image, data_root_host=args.data_root_host,
-            shm_size=args.shm_size, networks=args.network or None,
+            shm_size=args.shm_size, networks=args.network or None, deploy_to=args.deploy_to,
+            code_dir=args.code_dir,
         )
         print(json.dumps(made))
         return 0

@@ -13,6 +13,7 @@ from flows.sample_clip import SampleClipConfig, make_sample_clip
 from flows.train import train_avatar
 from talkflow.store import StageResult, get_store
 from tasks.media import NormalizeConfig
+from tasks.outputs import publish_output
 from tasks.render import RenderConfig
 from tasks.tracking import TrackingConfig
 from tasks.train import AvatarRecord, TrainAvatarConfig
@@ -48,7 +49,10 @@ def demo(text: str = DEMO_TEXT, new_text: str = DEMO_NEW_TEXT, config: MediaConf
     media = media_stage(clip, config, namespace=PERSON)
     dataset = preprocess_video(clip, PERSON, PreprocessConfig(normalize=NormalizeConfig(size=DEMO_SIZE),
                                                               tracking=TrackingConfig(photometric=False)))
-    avatar = train_avatar(dataset, PERSON, TrainAvatarConfig.cpu_demo())
+    avatar = train_avatar(PERSON, TrainAvatarConfig.cpu_demo())  # finds the dataset by name
     rendered = render_video(PERSON, text=new_text,
                             config=RenderVideoConfig(render=RenderConfig(downscale=2, with_torso=False)))
+    publish_output("demo", rendered.video["video"], namespace=PERSON, stages={
+        "sample clip": sample, "media": media.video, "dataset": dataset, "train head": avatar.head,
+        "train lips": avatar.lips, "train torso": avatar.torso, "render": rendered.video})
     return DemoResult(sample=sample, media=media, dataset=dataset, avatar=avatar, rendered=rendered)

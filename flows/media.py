@@ -17,12 +17,14 @@ from tasks.media import (
     normalize_video,
     probe_media,
 )
+from tasks.outputs import publish_output
 
 
 class MediaConfig(BaseModel):
-    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
-    frames: FramesConfig = Field(default_factory=FramesConfig)
-    mux: MuxConfig = Field(default_factory=MuxConfig)
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig,
+                                       description="Frame rate, square crop and audio of the normalized video.")
+    frames: FramesConfig = Field(default_factory=FramesConfig, description="Format of the extracted frames.")
+    mux: MuxConfig = Field(default_factory=MuxConfig, description="Encoding of the video muxed back from the frames.")
 
 
 class MediaResult(BaseModel):
@@ -36,10 +38,18 @@ class MediaResult(BaseModel):
 def media_stage(
     video: Path, config: MediaConfig = MediaConfig(), namespace: str | None = None
 ) -> MediaResult:
-    """Normalize a talking video, split it into frames and mux them back with the audio."""
+    """Normalize a talking video, split it into frames and mux them back with the audio.
+
+    Args:
+        video: the talking video (a path the worker can read, e.g. under the data root).
+        config: normalize, frames and mux settings.
+        namespace: a person's or character's name the cache entries are kept under; empty: shared.
+    """
     probed = probe_media(video)
     normalized = normalize_video(video, config.normalize, namespace=namespace)
     frames = extract_frames(normalized["video"], config.frames, namespace=namespace)
     muxed = mux_video(frames, normalized.artifacts.get("audio"), config.mux, fps=normalized.meta["fps"],
                       namespace=namespace)
+    publish_output("media", muxed["video"], namespace=namespace,
+                   stages={"probe": probed, "normalize": normalized, "frames": frames, "mux": muxed})
     return MediaResult(probe=probed, normalized=normalized, frames=frames, video=muxed)

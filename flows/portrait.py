@@ -19,6 +19,7 @@ from talkflow import assets
 from talkflow.checks import audio_or_text, validate_name
 from talkflow.store import StageResult
 from tasks.media import MuxConfig, mux_video, prepare_audio
+from tasks.outputs import publish_output
 from tasks.portrait import (
     GeneratorChoice,
     audio_to_expressions,
@@ -30,12 +31,13 @@ from tasks.speech import SpeechConfig, synthesize_speech
 
 
 class PortraitConfig(BaseModel):
-    fit: FaceFitConfig = Field(default_factory=FaceFitConfig)
+    fit: FaceFitConfig = Field(default_factory=FaceFitConfig, description="3DMM fit of the portrait.")
     pti: PTIConfig = Field(default_factory=PTIConfig.fallback, description="PTI steps and losses.")
-    generator: GeneratorChoice = Field(default_factory=GeneratorChoice)
-    render: RenderConfig = Field(default_factory=RenderConfig)
-    speech: SpeechConfig = Field(default_factory=SpeechConfig)
-    fps: int = Field(25, ge=1, le=60)
+    generator: GeneratorChoice = Field(default_factory=GeneratorChoice,
+                                       description="The generator used while no checkpoint is registered.")
+    render: RenderConfig = Field(default_factory=RenderConfig, description="Rendering of the talking frames.")
+    speech: SpeechConfig = Field(default_factory=SpeechConfig, description="The TTS voice (when text is given).")
+    fps: int = Field(25, ge=1, le=60, description="Frame rate of the video, frames per second.")
 
 
 class PortraitResult(BaseModel):
@@ -57,8 +59,8 @@ def generate_from_portrait(
     Args:
         character: the character's name (letters, digits, '_' or '-'): the cache namespace.
         image: the portrait (a path the run can read); its content, not its name, keys the fit.
-        audio: a speech recording; or
-        text: what to say, spoken by the offline TTS.
+        audio: a speech recording (give exactly one of audio or text).
+        text: what to say, spoken by the offline TTS (give exactly one of audio or text).
         config: fit, PTI, generator fallback, rendering and speech settings.
     """
     ns = validate_name(character, "character")
@@ -73,4 +75,6 @@ def generate_from_portrait(
     expressions = audio_to_expressions(speech, fit, fps=config.fps, weights=assets.locate("audio2exp"), bfm=bfm)
     frames = render_portrait(pti, fit, expressions, config.render, bfm=bfm, namespace=ns)
     video = mux_video(frames, speech["audio"], MuxConfig(), fps=config.fps, namespace=ns)
+    publish_output("portrait", video["video"], namespace=ns, stages={
+        "3DMM fit": fit, "PTI": pti, "speech": speech, "expressions": expressions, "frames": frames, "mux": video})
     return PortraitResult(fit=fit, pti=pti, video=video)

@@ -21,8 +21,9 @@ from models.face.video_landmarks import LandmarkConfig
 from talkflow import assets
 from talkflow.cache import validate_name
 from talkflow.store import StageResult
-from tasks.dataset import assemble_dataset, register_dataset, register_source
+from tasks.dataset import assemble_dataset, dataset_key, register_dataset, register_source
 from tasks.media import FramesConfig, NormalizeConfig, extract_frames, normalize_video
+from tasks.outputs import publish_output
 from tasks.preprocess import (
     audio_features,
     composite_images,
@@ -37,15 +38,17 @@ from tasks.tracking import TrackingConfig, track_faces
 class PreprocessConfig(BaseModel):
     """Every step's settings; defaults follow ER-NeRF (25 fps, 512 px, 16 kHz)."""
 
-    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
-    frames: FramesConfig = Field(default_factory=FramesConfig)
-    landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig)
-    audio: AudioFeatureConfig = Field(default_factory=AudioFeatureConfig)
-    parsing: ParsingConfig = Field(default_factory=ParsingConfig)
-    background: BackgroundConfig = Field(default_factory=BackgroundConfig)
-    torso: TorsoConfig = Field(default_factory=TorsoConfig)
-    blinks: BlinkConfig = Field(default_factory=BlinkConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig,
+                                       description="Frame rate, square crop and audio of the normalized video.")
+    frames: FramesConfig = Field(default_factory=FramesConfig, description="Format of the extracted frames.")
+    landmarks: LandmarkConfig = Field(default_factory=LandmarkConfig, description="68-point face landmarks.")
+    audio: AudioFeatureConfig = Field(default_factory=AudioFeatureConfig, description="Audio features.")
+    parsing: ParsingConfig = Field(default_factory=ParsingConfig,
+                                   description="Face parsing into head, neck, torso and background.")
+    background: BackgroundConfig = Field(default_factory=BackgroundConfig, description="The background plate.")
+    torso: TorsoConfig = Field(default_factory=TorsoConfig, description="Torso images (neck extended under the head).")
+    blinks: BlinkConfig = Field(default_factory=BlinkConfig, description="Eye blinks from the landmarks.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="3DMM face tracking.")
     deepspeech_npy: Path | None = Field(None, description="Precomputed DeepSpeech features (T,16,29).")
 
 
@@ -85,4 +88,8 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
                                blinks, tracking, namespace=ns)
     register_dataset(ns, dataset)
     register_source(ns, video, config)
+    publish_output("preprocess", dataset_key(ns), what="dataset", namespace=ns, preview=normalized["video"], stages={
+        "normalize": normalized, "frames": frames, "landmarks": landmarks, "audio features": features,
+        "parsing": parsing, "background": background, "torso images": composite, "blinks": blinks,
+        "tracking": tracking, "dataset": dataset})
     return dataset

@@ -19,6 +19,7 @@ from talkflow.checks import audio_or_text, validate_name
 from talkflow.errors import InputError, MediaUnreadable
 from talkflow.store import Artifact, StageResult
 from tasks.media import MuxConfig, mux_video, prepare_audio
+from tasks.outputs import publish_output
 from tasks.preprocess import audio_features
 from tasks.render import RenderConfig, render_frames_stage
 from tasks.speech import SpeechConfig, synthesize_speech
@@ -28,10 +29,10 @@ __all__ = ["RenderConfig", "RenderResult", "RenderVideoConfig", "render_batch", 
 
 
 class RenderVideoConfig(BaseModel):
-    render: RenderConfig = Field(default_factory=RenderConfig)
+    render: RenderConfig = Field(default_factory=RenderConfig, description="How the avatar's frames are rendered.")
     audio: AudioFeatureConfig | None = Field(
         None, description="Feature settings; empty: the kind the avatar was trained on, default settings.")
-    speech: SpeechConfig = Field(default_factory=SpeechConfig)
+    speech: SpeechConfig = Field(default_factory=SpeechConfig, description="The TTS voice (when text is given).")
     crf: int = Field(18, ge=0, le=51, description="x264 quality of the video (lower is better).")
 
 
@@ -71,6 +72,8 @@ def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVid
                               namespace=ns)
     frames = render_frames_stage(checkpoint, avatar.dataset, features, config.render, namespace=ns)
     video = mux_video(frames, prepared["audio"], MuxConfig(crf=config.crf), fps=fps, namespace=ns)
+    publish_output("render", video["video"], namespace=ns, stages={
+        "audio": prepared, "features": features, "frames": frames, "mux": video})
     return RenderResult(person=ns, avatar_stage=checkpoint.stage, audio=prepared, features=features,
                         frames=frames, video=video)
 
@@ -82,8 +85,8 @@ def render_video(person: str, audio: Path | None = None, text: str | None = None
 
     Args:
         person: the avatar's name (as trained with train_avatar).
-        audio: the speech to render; or
-        text: words to speak with the offline TTS voice.
+        audio: the speech to render, any audio or video file (give exactly one of audio or text).
+        text: words to speak with the offline TTS voice (give exactly one of audio or text).
         config: rendering, feature and TTS settings.
         avatar: a given training of the person (e.g. a model folder's); empty: the person's latest.
     """

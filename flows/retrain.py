@@ -52,5 +52,5 @@ def retrain(config: TrainAvatarConfig = TrainAvatarConfig(), dry_run: bool = Fal
         source = registered_source(person)
         if reason == "source footage changed":
             preprocess_video(Path(source.video), person, PreprocessConfig.model_validate(source.config))
-        train_avatar(None, person, config)
+        train_avatar(person, config)
     return report

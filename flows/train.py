@@ -11,7 +11,6 @@ from prefect import flow
 
 from talkflow.checks import TrainStage, choice, validate_name
 from talkflow.errors import InputError
-from talkflow.store import StageResult
 from tasks.dataset import registered_dataset
 from tasks.train import (
     AvatarRecord,
@@ -27,34 +26,24 @@ __all__ = ["AvatarRecord", "TrainAvatarConfig", "TrainStage", "TrainStageConfig"
 
 @flow(name="train-avatar")
 def train_avatar(
-    dataset: StageResult | None = None,
-    person: str | None = None,
+    person: str,
     config: TrainAvatarConfig = TrainAvatarConfig(),
     stage: TrainStage = "auto",
 ) -> AvatarRecord:
-    """Train a person's ER-NeRF avatar and register it under the person's name.
+    """Train a person's ER-NeRF avatar on the dataset preprocessing made for that person.
 
     Args:
-        dataset: the manifest `preprocess_video` returned; empty: the dataset of the person's
-            registered avatar (a retrain, e.g. on a schedule).
-        person: the avatar's name; empty: the dataset's namespace (the name it was preprocessed under).
+        person: the avatar's name, as given to preprocess (letters, digits, '_' or '-'): the
+            person's latest dataset is found by this name.
         config: the model size and each stage's settings (defaults: the reference schedule).
         stage: "auto" trains head, lips and torso; "head" or "lips" stop after that stage
             ("torso" is the same as "auto"). Stages already trained with the same inputs are cache hits.
     """
     choice(stage, TrainStage, "stage")
-    if person is None:
-        if dataset is None or not dataset.namespace:
-            raise InputError("give the person's name, or a dataset made by preprocess_video for a person")
-        person = dataset.namespace
     ns = validate_name(person, "person")
+    dataset = registered_dataset(ns)
     if dataset is None:
-        dataset = registered_dataset(ns)
-        if dataset is None:
-            raise InputError(f"no dataset for {ns!r}: run preprocess_video for this person first")
-    if dataset.stage != "dataset":
-        raise InputError(f"train_avatar needs the dataset manifest of preprocess_video, got a "
-                         f"{dataset.stage or 'plain'} result")
+        raise InputError(f"no dataset for {ns!r}: run preprocess for this person first")
     config.validate_stages()  # a bad override fails here, before any training
 
     head = train_head(dataset, config.head, config.model, namespace=ns)

@@ -310,8 +310,10 @@ class Talkflow:
         checks.choice(stage, TrainStage, "stage")
         checks.gpu_index(gpu_id)
         manifest = _dataset_manifest(data_path)
-        avatar = self.run("train", dataset=manifest, person=manifest.namespace, config=config, stage=stage,
-                          gpu_id=gpu_id)
+        from tasks.dataset import register_dataset
+
+        register_dataset(manifest.namespace, manifest)  # the flow trains the person's registered dataset
+        avatar = self.run("train", person=manifest.namespace, config=config, stage=stage, gpu_id=gpu_id)
         from talkflow.settings import get_settings
         from talkflow.store import get_store
 

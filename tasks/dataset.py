@@ -90,13 +90,18 @@ def assemble_dataset(
 DATASETS_DIR = "datasets"
 
 
+def dataset_key(person: str) -> str:
+    """Store key of the person's registered dataset manifest."""
+    return f"{DATASETS_DIR}/{person}.json"
+
+
 def register_dataset(person: str, dataset: StageResult) -> None:
     """`datasets/<person>.json`: the person's latest dataset manifest (train and retrain find it)."""
-    get_store().write_text(f"{DATASETS_DIR}/{person}.json", dataset.model_dump_json())
+    get_store().write_text(dataset_key(person), dataset.model_dump_json())
 
 
 def registered_dataset(person: str) -> StageResult | None:
-    text = get_store().read_text(f"{DATASETS_DIR}/{person}.json")
+    text = get_store().read_text(dataset_key(person))
     return StageResult.model_validate_json(text) if text is not None else None
 
 

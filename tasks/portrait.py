@@ -33,7 +33,9 @@ class GeneratorChoice(BaseModel):
     """The fallback generator used while no checkpoint is registered (`talkflow assets add generator`)."""
 
     seed: int = Field(0, description="Seed of the randomly initialised small generator.")
-    config: GeneratorConfig = Field(default_factory=GeneratorConfig.small)
+    config: GeneratorConfig = Field(
+        default_factory=GeneratorConfig.small,
+        description="Shape of the fallback generator (the small CPU-sized one by default).")
 
 
 def load_coeffs(fit: StageResult) -> dict[str, torch.Tensor]:

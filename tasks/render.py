@@ -40,7 +40,7 @@ class RenderConfig(BaseModel):
         "auto", description="plate: bc.jpg; frames: each looped training frame's torso over bc.jpg (the "
         "original body); auto: plate with the torso field, frames without it.")
     downscale: int = Field(1, ge=1, le=8, description="Render at 1/N resolution and upscale (faster previews).")
-    jpeg_quality: int = Field(95, ge=1, le=95)
+    jpeg_quality: int = Field(95, ge=1, le=95, description="JPEG quality of the rendered frames in the store (1-95).")
 
 
 def check_features(avatar: StageResult, features: StageResult) -> None:

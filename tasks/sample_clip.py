@@ -15,7 +15,7 @@ LANDMARK_SIZE = 512
 class SampleClipConfig(BaseModel):
     seed: int = Field(0, description="Head-motion seed; the same seed gives the same clip.")
     size: int = Field(512, ge=64, le=1024, description="Frame side in pixels.")
-    fps: int = Field(25, ge=1, le=60)
+    fps: int = Field(25, ge=1, le=60, description="Frame rate of the clip, frames per second.")
     head_motion_px: float = Field(3.0, ge=0, description="Head translation amplitude, pixels.")
     head_rotation_deg: float = Field(2.0, ge=0, description="Head rotation amplitude, degrees.")
     max_mouth_open: float = Field(0.6, ge=0, le=1.5, description="Mouth opening at full voice.")

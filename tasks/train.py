@@ -74,6 +74,12 @@ class TrainStageConfig(BaseModel):
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Any other models.ernerf TrainConfig field, e.g. {\"lambda_entropy\": 0}.")
 
+    @classmethod
+    def reference(cls, stage_name: str) -> TrainStageConfig:
+        """The stage's reference steps, rays and learning rates written out (a form shows them)."""
+        ref = stage_config(stage_name)
+        return cls(steps=ref.steps, rays_per_batch=ref.rays_per_batch, lr=ref.lr, lr_net=ref.lr_net)
+
     def train_config(self, stage_name: str) -> TrainConfig:
         """The trainer's config: the stage's reference defaults, then the set fields, then overrides."""
         fields = {k: v for k, v in (("steps", self.steps), ("rays_per_batch", self.rays_per_batch),
@@ -93,9 +99,12 @@ class TrainAvatarConfig(BaseModel):
     """The three stages and the model size. Defaults are the reference schedule (hours on a GPU)."""
 
     model: ModelPreset = Field("reference", description="reference: ER-NeRF's sizes; small: a CPU-sized model.")
-    head: TrainStageConfig = Field(default_factory=TrainStageConfig)
-    lips: TrainStageConfig = Field(default_factory=TrainStageConfig)
-    torso: TrainStageConfig = Field(default_factory=TrainStageConfig)
+    head: TrainStageConfig = Field(default_factory=lambda: TrainStageConfig.reference("head"),
+                                   description="Stage 1: the head on the whole frame.")
+    lips: TrainStageConfig = Field(default_factory=lambda: TrainStageConfig.reference("lips"),
+                                   description="Stage 2: the head fine-tuned on the lips (patch loss).")
+    torso: TrainStageConfig = Field(default_factory=lambda: TrainStageConfig.reference("torso"),
+                                    description="Stage 3: the torso, with the head frozen.")
 
     @classmethod
     def cpu_demo(cls) -> TrainAvatarConfig:

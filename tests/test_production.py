@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +21,6 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,99 +33,29 @@ from talkflow.errors import CorruptArtifact, InputError, StoreError
 from talkflow.store import StageResult, get_store
 from tests.conftest import free_port
 from tests.mediafiles import make_clip
+from tests.servers import (
+    api,
+    clean_env,
+    deploy_all,
+    deploy_flow,
+    flow_name,
+    prefect_server,
+    setup_server,
+    start,
+    stop,
+    tail,
+)
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 POOL = "ci-process"
-SERVER_START_S = 120
 RUN_TIMEOUT_S = 180
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without Prefect/talkflow/AWS settings, plus `extra`."""
-    prefixes = ("PREFECT_", "TALKFLOW_", "AWS_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    env.update(extra)
-    return env
-
-
-@contextmanager
-def api(url: str) -> Iterator[None]:
-    """Talk to the cluster's server from this process (the session harness stays the default)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    # The events worker is one per process and keeps the server it first connected to:
-    # restart it around the switch so each server gets its own events.
-    EventsWorker.drain_all(timeout=10, at_exit=False)
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield
-    finally:
-        EventsWorker.drain_all(timeout=10, at_exit=False)
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited ({proc.returncode}):\n{tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer in {timeout_s} s:\n{tail(log)}")
-
-
-def tail(path: Path, n: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    out = open(log, "w")  # noqa: SIM115 - closed in stop()
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # its own group: stop() ends its children too
-    proc._log = out  # type: ignore[attr-defined]
-    return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-    proc._log.close()  # type: ignore[attr-defined]
-
-
-def pg(sql: str) -> None:
-    import asyncpg
-
-    async def go() -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-
-
 def journal_count(root: Path, stage_name: str) -> int:
     path = root / "journal.jsonl"
     if not path.exists():
@@ -158,6 +86,8 @@ class Cluster:
     server_log: Path
     workers: dict[str, Worker] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    docker_deployments: dict = field(default_factory=dict)  # name -> deployment, Docker setup
+    docker_variables: dict = field(default_factory=dict)
 
     def env(self, **extra: str) -> dict[str, str]:
         """What a machine of the cluster has in its environment."""
@@ -179,34 +109,9 @@ class Cluster:
         return "\n".join(parts)
 
 
-def ci_prefect_yaml(path: Path) -> Path:
-    """prefect.yaml's deployments, renamed <name>-ci and sent to the local process pool.
-
-    Same entrypoints and parameters; the pull step points at this checkout instead of the
-    image's /opt/talkflow. Plus the cheap `reverse` flow of tests/stages.py.
-    """
-    doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    doc["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
-    doc.pop("definitions", None)
-    deployments = []
-    for d in doc["deployments"]:
-        d = {k: v for k, v in d.items() if k != "schedules"}  # no scheduled runs during the test
-        deployments.append({**d, "name": f"{d['name']}-ci", "work_pool": {"name": POOL}})
-    deployments.append({"name": "reverse", "entrypoint": "tests.stages:reverse_flow",
-                        "work_pool": {"name": POOL}})
-    doc["deployments"] = deployments
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def deploy(cluster: Cluster, prefect_file: Path | None = None) -> str:
-    args = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"]
-    if prefect_file:
-        args += ["--prefect-file", str(prefect_file)]
-    out = subprocess.run(args, cwd=ROOT, env=cluster.env(), capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
+def deploy(cluster: Cluster) -> str:
+    """The project's prefect.yaml, `prefect --no-prompt deploy --all` as an operator runs it."""
+    return deploy_all(cluster.env())
 
 
 def wait_final(cluster: Cluster, ids: list, timeout_s: float = RUN_TIMEOUT_S) -> list:
@@ -230,110 +135,113 @@ def cluster(tmp_path_factory, s3_server) -> Iterator[Cluster]:
     import fsspec
     from prefect import get_client
 
+    from tests.stages import reverse_flow
+
     t0 = time.perf_counter()
     tmp = tmp_path_factory.mktemp("cluster")
-    db = f"talkflow_ci_{uuid.uuid4().hex[:10]}"
-    pg(f'CREATE DATABASE "{db}"')
     procs: list[subprocess.Popen] = []
-    try:
-        port = free_port()
-        server_log = tmp / "server.log"
-        server = start(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(port)],
-            clean_env(
-                PREFECT_HOME=str(tmp / "server-home"),
-                PREFECT_API_DATABASE_CONNECTION_URL=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}",
-                PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                PREFECT_UI_ENABLED="false",
-                PREFECT_LOGGING_LEVEL="WARNING",
-            ),
-            server_log,
-        )
-        procs.append(server)
-        url = f"http://127.0.0.1:{port}/api"
-        wait_http(f"{url}/health", server, SERVER_START_S, server_log)
-        server_up = time.perf_counter() - t0
-
-        bucket = f"tf-ci-{uuid.uuid4().hex[:10]}"
-        fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
-        cluster = Cluster(
-            url=url, bucket=bucket, store_url=f"s3://{bucket}/talkflow",
-            access_key="AKIATALKFLOWCI" + uuid.uuid4().hex[:6].upper(),
-            secret=f"tf-secret-{uuid.uuid4().hex}",
-            tmp=tmp, server_log=server_log,
-        )
-        # pools (Docker GPU + CPU, and the process pool the workers serve), limits, result block
-        out = subprocess.run(
-            [sys.executable, "-m", "deployments.setup", "all", "--gpu-classes", "a100,l4",
-             "--gpus", "a100=2", "--process-pool", POOL],
-            cwd=ROOT, env=cluster.env(), capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stdout + out.stderr
-        with api(url), get_client(sync_client=True) as client:
-            for name in ("q-a", "q-b"):  # a worker polling a queue that does not exist gets nothing
-                client.create_work_queue(name=name, work_pool_name=POOL)
-
-        for name, queue in (("worker-a", "q-a"), ("worker-b", "q-b")):
-            root = tmp / name
-            root.mkdir()
-            log = tmp / f"{name}.log"
-            proc = start(
-                ["bash", str(ENTRYPOINT), "worker", "--work-queue", "default", "--work-queue", queue],
-                cluster.env(
-                    TALKFLOW_WORKER_POOL=POOL, TALKFLOW_WORKER_TYPE="process",
-                    TALKFLOW_WORKER_NAME=name, TALKFLOW_WORKER_LIMIT="1",
-                    TALKFLOW_DATA_ROOT=str(root), TALKFLOW_PYTHON=sys.executable,
-                    TALKFLOW_API_WAIT_S="30", PREFECT_HOME=str(root / "prefect-home"),
-                    PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_LOGGING_LEVEL="INFO",
-                ),
-                log,
+    with prefect_server(tmp, "postgresql") as server:
+        try:
+            server_up = time.perf_counter() - t0
+            bucket = f"tf-ci-{uuid.uuid4().hex[:10]}"
+            fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+            cluster = Cluster(
+                url=server.url, bucket=bucket, store_url=f"s3://{bucket}/talkflow",
+                access_key="AKIATALKFLOWCI" + uuid.uuid4().hex[:6].upper(),
+                secret=f"tf-secret-{uuid.uuid4().hex}",
+                tmp=tmp, server_log=server.log,
             )
-            procs.append(proc)
-            cluster.workers[name] = Worker(name, queue, root, log, proc)
+            # Docker setup first: the real prefect.yaml deployed to the Docker pools, as recorded
+            # for test_prefect_yaml_deploys_to_the_docker_pools ...
+            setup_server(cluster.env(), "--gpu-classes", "a100,l4", "--gpus", "a100=2",
+                         "--process-pool", POOL, "--deploy-to", "docker")
+            deploy(cluster)
+            with api(server.url), get_client(sync_client=True) as client:
+                cluster.docker_deployments = {d.name: d for d in client.read_deployments()}
+                cluster.docker_variables = {v.name: v.value for v in client.read_variables()}
+            # ... then the same file deployed to the process pool the two workers serve
+            setup_server(cluster.env(), "--gpu-classes", "a100,l4", "--gpus", "a100=2",
+                         "--process-pool", POOL)
+            deploy(cluster)
+            with api(server.url), get_client(sync_client=True) as client:
+                deploy_flow(client, reverse_flow, "reverse", POOL, "tests.stages:reverse_flow")
+                for name in ("q-a", "q-b"):  # a worker polling a queue that does not exist gets nothing
+                    client.create_work_queue(name=name, work_pool_name=POOL)
 
-        deploy(cluster, ci_prefect_yaml(tmp / "prefect.ci.yaml"))
+            for name, queue in (("worker-a", "q-a"), ("worker-b", "q-b")):
+                root = tmp / name
+                root.mkdir()
+                log = tmp / f"{name}.log"
+                proc = start(
+                    ["bash", str(ENTRYPOINT), "worker", "--work-queue", "default", "--work-queue", queue],
+                    cluster.env(
+                        TALKFLOW_WORKER_POOL=POOL, TALKFLOW_WORKER_TYPE="process",
+                        TALKFLOW_WORKER_NAME=name, TALKFLOW_WORKER_LIMIT="1",
+                        TALKFLOW_DATA_ROOT=str(root), TALKFLOW_PYTHON=sys.executable,
+                        TALKFLOW_API_WAIT_S="30", PREFECT_HOME=str(root / "prefect-home"),
+                        PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_LOGGING_LEVEL="INFO",
+                    ),
+                    log,
+                )
+                procs.append(proc)
+                cluster.workers[name] = Worker(name, queue, root, log, proc)
 
-        deadline = time.monotonic() + 90
-        with api(url), get_client(sync_client=True) as client:
-            while True:
-                online = {w.name for w in client.read_workers_for_work_pool(POOL)
-                          if w.status.value == "ONLINE"}
-                if set(cluster.workers) <= online:
-                    break
-                for w in cluster.workers.values():
-                    assert w.proc.poll() is None, f"{w.name} exited:\n{tail(w.log)}"
-                assert time.monotonic() < deadline, f"workers not online: {online}\n{cluster.logs()}"
-                time.sleep(0.5)
-        cluster.timings.update(server_up_s=round(server_up, 1),
-                               cluster_ready_s=round(time.perf_counter() - t0, 1))
-        yield cluster
-        print(f"\ncluster timings: {json.dumps(cluster.timings)}")
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
-        pg(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            deadline = time.monotonic() + 90
+            with api(server.url), get_client(sync_client=True) as client:
+                while True:
+                    online = {w.name for w in client.read_workers_for_work_pool(POOL)
+                              if w.status.value == "ONLINE"}
+                    if set(cluster.workers) <= online:
+                        break
+                    for w in cluster.workers.values():
+                        assert w.proc.poll() is None, f"{w.name} exited:\n{tail(w.log)}"
+                    assert time.monotonic() < deadline, f"workers not online: {online}\n{cluster.logs()}"
+                    time.sleep(0.5)
+            cluster.timings.update(server_up_s=round(server_up, 1),
+                                   cluster_ready_s=round(time.perf_counter() - t0, 1))
+            yield cluster
+            print(f"\ncluster timings: {json.dumps(cluster.timings)}")
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
 
 
 # -- (b) scale-out -----------------------------------------------------------------------------
+GPU_DEPLOYMENTS = {"preprocess", "portrait", "train", "infer", "retrain"}
+
+
 def test_prefect_yaml_deploys_to_the_docker_pools(cluster):
+    """Docker setup: all 8 deployments on the Docker pools, a run starts in the image's folder."""
     from prefect import get_client
 
-    deploy(cluster)  # the real prefect.yaml, as an operator runs it
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    names = {d["name"] for d in spec["deployments"]}
+    assert len(names) == 8 and names == set(cluster.docker_deployments)
+    assert cluster.docker_variables["talkflow_code_dir"] == "/opt/talkflow"
     with api(cluster.url), get_client(sync_client=True) as client:
         pools = {p.name: p for p in client.read_work_pools()}
         assert {"gpu-a100", "gpu-l4", "cpu", POOL} <= set(pools)
         assert pools["gpu-a100"].type == "docker"
         limits = {g.name: g.limit for g in client.read_global_concurrency_limits()}
         assert limits["gpu-a100"] == 2 and limits["gpu-l4"] == 1
+    for d in spec["deployments"]:
+        dep = cluster.docker_deployments[d["name"]]
+        assert dep.work_pool_name == ("gpu-a100" if d["name"] in GPU_DEPLOYMENTS else "cpu")
+        assert dep.job_variables == d["work_pool"]["job_variables"]
+        assert dep.pull_steps[0]["prefect.deployments.steps.set_working_directory"] == {
+            "directory": "{{ prefect.variables.talkflow_code_dir }}"}  # resolved when a run starts
+
+
+def test_prefect_yaml_deploys_to_the_process_pool(cluster):
+    """No-Docker setup: the same file sends every deployment to the one process pool."""
+    from prefect import get_client
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    with api(cluster.url), get_client(sync_client=True) as client:
+        assert client.read_variable_by_name("talkflow_code_dir").value == str(ROOT)
         for d in spec["deployments"]:
-            dep = client.read_deployment_by_name(
-                f"{_flow_name(d['entrypoint'])}/{d['name']}")
-            assert dep.work_pool_name == d["work_pool"]["name"]
-            assert d["work_pool"]["name"] in {"cpu", "gpu-a100"}
-            assert dep.job_variables == d["work_pool"]["job_variables"]
-            assert dep.pull_steps[0]["prefect.deployments.steps.set_working_directory"] == {
-                "directory": "/opt/talkflow"}
+            dep = client.read_deployment_by_name(f"{flow_name(d['entrypoint'])}/{d['name']}")
+            assert dep.work_pool_name == POOL
         media = client.read_deployment_by_name("media-stage/media")
     schema = media.parameter_openapi_schema
     assert schema["required"] == ["video"]
@@ -341,11 +249,20 @@ def test_prefect_yaml_deploys_to_the_docker_pools(cluster):
     assert fps["default"] == 25 and "frame rate" in fps["description"]  # the UI form's help text
 
 
-def _flow_name(entrypoint: str) -> str:
-    import importlib
+def test_deploy_to_a_setup_without_its_pools_fails_before_deploying(tmp_path):
+    from deployments.setup import deploy_targets
 
-    module, _, fn = entrypoint.partition(":")
-    return getattr(importlib.import_module(module), fn).name
+    with pytest.raises(ValueError, match="--process-pool"):
+        deploy_targets("process", gpu_classes=["a100"])
+    with pytest.raises(ValueError, match="--gpu-classes"):
+        deploy_targets("docker", process_pools=["local"])
+    assert deploy_targets("docker", gpu_classes=["l4"], cpu_pool=False) == {
+        "talkflow_cpu_pool": "gpu-l4", "talkflow_gpu_pool": "gpu-l4", "talkflow_code_dir": "/opt/talkflow"}
+    assert deploy_targets("process", process_pools=["local"])["talkflow_code_dir"] == str(ROOT)
+    out = subprocess.run([sys.executable, "-m", "deployments.setup", "all", "--deploy-to", "process"],
+                         cwd=ROOT, env=clean_env(PREFECT_API_URL="http://127.0.0.1:9/api"),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--process-pool" in out.stderr
 
 
 def test_two_workers_compute_once_then_the_other_hits_the_cache(cluster, tmp_path):
@@ -410,7 +327,7 @@ def test_api_runs_a_flow_through_its_deployment(cluster, tmp_path):
 
     clip = make_clip(tmp_path / "talk.mp4", duration=1.5, fps=30, size="96x64")
     config = MediaConfig(normalize=NormalizeConfig(size=48, min_duration_s=0.5))
-    tf = Talkflow(mode="deployment", deployments={"media": "media-stage/media-ci"},
+    tf = Talkflow(mode="deployment", deployments={"media": "media-stage/media"},
                   timeout_s=RUN_TIMEOUT_S, poll_s=1)
     t0 = time.perf_counter()
     with api(cluster.url):
@@ -423,6 +340,45 @@ def test_api_runs_a_flow_through_its_deployment(cluster, tmp_path):
     assert store.verify(result.video["video"]) and store.verify(result.frames["frames"])
     computed = sum(journal_count(w.root, "normalize") for w in cluster.workers.values())
     assert computed == 1
+
+
+def test_sample_clip_from_its_form_through_a_worker_shows_its_outputs(cluster):
+    """The deployment run as the UI form runs it (defaults + the required text): the run shows
+    the video's S3 path and a presigned link, a first-frame preview, the stage table, a log line."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+
+    with api(cluster.url), get_client(sync_client=True) as client:
+        form = client.read_deployment_by_name("sample-clip/sample-clip").parameter_openapi_schema
+    assert form["required"] == ["text"]
+    t0 = time.perf_counter()
+    with api(cluster.url):
+        run = run_deployment("sample-clip/sample-clip", parameters={"text": "Hello from the form."},
+                             timeout=RUN_TIMEOUT_S, poll_interval=1)
+    assert run.state.is_completed(), (run.state, cluster.logs())
+    cluster.timings["sample_clip_run_s"] = round(time.perf_counter() - t0, 1)
+    with api(cluster.url), get_client(sync_client=True) as client:
+        arts = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))}
+        deadline = time.monotonic() + 30
+        while True:  # a worker's run sends its logs in batches
+            logs = [e.message for e in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+            if any("video written to" in m for m in logs) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    link = re.fullmatch(r"\[(s3://[^\]]+)\]\((http[^)]+)\)", arts["sample-clip-output"].data)
+    assert link and link.group(1).startswith(f"{cluster.store_url}/objects/"), arts["sample-clip-output"].data
+    with urllib.request.urlopen(link.group(2), timeout=10) as r:  # the presigned URL opens the mp4
+        assert r.read(12)[4:8] == b"ftyp"
+    preview = arts["sample-clip-preview"]
+    assert preview.type == "image"
+    with urllib.request.urlopen(preview.data, timeout=10) as r:
+        assert r.read(3) == b"\xff\xd8\xff"  # the first frame, a JPEG in the store
+    rows = arts["sample-clip-stages"].data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert {row["stage"]: row["status"] for row in rows} == {"speech": "computed", "animate": "computed"}
+    assert any(f"video written to {link.group(1)}" in m for m in logs), logs
 
 
 # -- (d) no secrets ----------------------------------------------------------------------------

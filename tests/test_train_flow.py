@@ -74,7 +74,7 @@ def dataset() -> StageResult:
 
 @pytest.fixture(scope="module")
 def avatar(dataset):
-    return train_avatar(dataset, PERSON, CONFIG)
+    return train_avatar(PERSON, CONFIG)
 
 
 def test_short_training_lowers_loss_and_generalises(avatar, dataset):
@@ -101,13 +101,13 @@ def test_short_training_lowers_loss_and_generalises(avatar, dataset):
 def test_cached_stages_skip_and_a_lips_change_retrains_lips_and_torso(avatar, dataset, journal):
     counts = {s: journal.count(s) for s in STAGE_NAMES.values()}
     t0 = time.perf_counter()
-    again = train_avatar(dataset, PERSON, CONFIG)
+    again = train_avatar(PERSON, CONFIG)
     assert {s: journal.count(s) for s in STAGE_NAMES.values()} == counts  # all three were cache hits
     assert time.perf_counter() - t0 < 20
     assert again.torso.artifacts == avatar.torso.artifacts
 
     changed = CONFIG.model_copy(update={"lips": CONFIG.lips.model_copy(update={"seed": 1})})
-    retrained = train_avatar(dataset, PERSON, changed)
+    retrained = train_avatar(PERSON, changed)
     delta = {s: journal.count(s) - counts[s] for s in STAGE_NAMES.values()}
     assert delta == {"train_head": 0, "train_lips": 1, "train_torso": 1}
     assert retrained.head.artifacts == avatar.head.artifacts
@@ -185,7 +185,7 @@ def test_bad_inputs_fail_before_work(avatar, dataset, journal, tmp_path):
     with pytest.raises(InputError, match=r"hubert features have D=1024.*logmel features with D=80"):
         render_video(PERSON, text="Hello.", config=RenderVideoConfig(audio=AudioFeatureConfig(kind="hubert")))
     with pytest.raises(InputError, match="nope"):
-        train_avatar(dataset, PERSON, TrainAvatarConfig(head=TrainStageConfig(overrides={"nope": 1})))
+        train_avatar(PERSON, TrainAvatarConfig(head=TrainStageConfig(overrides={"nope": 1})))
 
     # features of another dimension reach the render stage: refused before any frame is rendered
     npy, info = save_features(tmp_path, np.zeros((10, 16, 29), np.float32), FeatureInfo(kind="deepspeech", dim=29))

@@ -56,14 +56,16 @@ class FeatureInfo(pydantic.BaseModel):
 class LogMelConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True)
 
-    sample_rate: int = SAMPLE_RATE
-    n_fft: int = 512
-    win_length: int = 400  # 25 ms
-    hop_length: int = 320  # 20 ms -> 50 Hz
-    n_mels: int = 80
-    fmin: float = 0.0
-    fmax: float | None = None  # None: sample_rate / 2
-    log_floor: float = pydantic.Field(1e-5, gt=0)  # mel power floor before the log
+    sample_rate: int = pydantic.Field(
+        SAMPLE_RATE, description="Sample rate of the audio the features are computed from, Hz.")
+    n_fft: int = pydantic.Field(512, description="FFT size, samples.")
+    win_length: int = pydantic.Field(400, description="Analysis window, samples (400 = 25 ms at 16 kHz).")
+    hop_length: int = pydantic.Field(
+        320, description="Hop between feature frames, samples (320 = 20 ms: 50 Hz features).")
+    n_mels: int = pydantic.Field(80, description="Mel bands.")
+    fmin: float = pydantic.Field(0.0, description="Lowest mel frequency, Hz.")
+    fmax: float | None = pydantic.Field(None, description="Highest mel frequency, Hz; empty: half the sample rate.")
+    log_floor: float = pydantic.Field(1e-5, gt=0, description="Mel power floor before the log.")
 
 
 class AudioFeatureConfig(pydantic.BaseModel):
@@ -71,12 +73,16 @@ class AudioFeatureConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(frozen=True)
 
-    kind: Literal["logmel", "hubert", "wav2vec2"] = "logmel"
-    window: int = pydantic.Field(WINDOW, ge=1)
-    logmel: LogMelConfig = LogMelConfig()
-    chunk_s: float = pydantic.Field(20.0, gt=0)  # model input per forward pass
-    context_s: float = pydantic.Field(1.0, ge=0)  # extra audio each side of a chunk, outputs dropped
-    max_gap_s: float = pydantic.Field(0.5, ge=0)  # video may outlast the audio by this much
+    kind: Literal["logmel", "hubert", "wav2vec2"] = pydantic.Field(
+        "logmel", description="Audio features: logmel (built in), hubert or wav2vec2 (registered assets).")
+    window: int = pydantic.Field(WINDOW, ge=1, description="50 Hz feature frames per video-frame window (ER-NeRF: 16).")
+    logmel: LogMelConfig = pydantic.Field(LogMelConfig(), description="Log-mel settings (kind logmel).")
+    chunk_s: float = pydantic.Field(
+        20.0, gt=0, description="Audio per forward pass of a speech model, s (bounds memory).")
+    context_s: float = pydantic.Field(
+        1.0, ge=0, description="Extra audio each side of a chunk, s; its outputs are dropped.")
+    max_gap_s: float = pydantic.Field(
+        0.5, ge=0, description="The video may outlast the audio by this much, s, before it is an error.")
 
 
 # --------------------------------------------------------------------------- input

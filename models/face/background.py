@@ -23,9 +23,11 @@ from talkflow.errors import InputError
 class BackgroundConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True)
 
-    max_frames: int = pydantic.Field(100, ge=1)  # evenly spaced frames used (ER-NeRF: every 20th)
-    margin_px: int = pydantic.Field(5, ge=0)  # person masks grown by this much
-    rows_per_chunk: int = pydantic.Field(64, ge=1)  # bounds memory: frames x rows x W x 3 x 2 bytes
+    max_frames: int = pydantic.Field(
+        100, ge=1, description="Evenly spaced frames used to estimate the background plate (ER-NeRF: every 20th).")
+    margin_px: int = pydantic.Field(
+        5, ge=0, description="Person masks grown by this much before the plate is estimated, px.")
+    rows_per_chunk: int = pydantic.Field(64, ge=1, description="Image rows processed at once (bounds memory).")
 
 
 def _pick(n: int, k: int) -> np.ndarray:

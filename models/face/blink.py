@@ -33,10 +33,14 @@ AU_MAX = 5.0  # OpenFace's intensity scale
 class BlinkConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True)
 
-    open_percentile: float = pydantic.Field(80.0, ge=50, le=100)
-    closed_percentile: float = pydantic.Field(1.0, ge=0, le=50)
-    closed_ratio: float = pydantic.Field(0.5, gt=0, lt=1)  # closed level at most this x open level
-    min_open_ear: float = pydantic.Field(0.18, ge=0)  # typical open-eye EAR is 0.25-0.35
+    open_percentile: float = pydantic.Field(
+        80.0, ge=50, le=100, description="Percentile of the eye aspect ratio taken as the open-eye level.")
+    closed_percentile: float = pydantic.Field(
+        1.0, ge=0, le=50, description="Percentile of the eye aspect ratio taken as the closed-eye level.")
+    closed_ratio: float = pydantic.Field(
+        0.5, gt=0, lt=1, description="The closed level is at most this x the open level.")
+    min_open_ear: float = pydantic.Field(
+        0.18, ge=0, description="Lowest open-eye aspect ratio accepted (typical open eyes: 0.25-0.35).")
 
 
 def _eye_ear(eye: np.ndarray) -> np.ndarray:

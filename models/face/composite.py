@@ -23,12 +23,16 @@ from talkflow.errors import InputError
 class TorsoConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True)
 
-    neck_extend_px: int = pydantic.Field(48, ge=0)  # neck colour extended upwards under the head
-    neck_push_down_px: int = pydantic.Field(4, ge=0)  # the colour is taken this far below the neck top
-    neck_grow_px: int = pydantic.Field(3, ge=0)  # neck grown vertically before finding its top
-    torso_extend_px: int = pydantic.Field(8, ge=0)  # same for torso columns that touch the head
-    darken: float = pydantic.Field(0.98, gt=0, le=1)  # colour scale per extended pixel
-    blur_sigma: float = pydantic.Field(1.0, ge=0)  # smoothing of the extended area (vertical streaks)
+    neck_extend_px: int = pydantic.Field(48, ge=0, description="Neck colour extended upwards under the head, px.")
+    neck_push_down_px: int = pydantic.Field(
+        4, ge=0, description="The neck colour is taken this far below the neck top, px.")
+    neck_grow_px: int = pydantic.Field(3, ge=0, description="Neck grown vertically before its top is found, px.")
+    torso_extend_px: int = pydantic.Field(
+        8, ge=0, description="Torso columns touching the head are extended by this much, px.")
+    darken: float = pydantic.Field(
+        0.98, gt=0, le=1, description="Colour scale per extended pixel (shades the extension).")
+    blur_sigma: float = pydantic.Field(
+        1.0, ge=0, description="Smoothing of the extended area (removes vertical streaks), px.")
 
 
 def _check(frame: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -257,22 +257,27 @@ class ClassicalParsingConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(frozen=True)
 
-    diff_threshold: float = pydantic.Field(30.0, gt=0)  # max channel |frame - bg|, 0-255, after blur
-    blur_sigma: float = pydantic.Field(1.0, ge=0)
-    open_px: int = pydantic.Field(2, ge=0)  # opening radius (removes speckle)
-    close_px: int = pydantic.Field(4, ge=0)  # closing radius (bridges thin gaps)
-    min_component_share: float = pydantic.Field(0.002, ge=0)  # of the frame; smaller blobs dropped
-    forehead: float = pydantic.Field(0.5, ge=0)  # brows raised by this x face_h: the face hull
-    crown: float = pydantic.Field(0.9, ge=0)  # brows raised by this x face_h: the skull outline
-    hair_scale: float = pydantic.Field(1.2, ge=1)  # the skull ellipse grown for hair and ears
-    neck_band: float = pydantic.Field(0.9, gt=0)  # neck band width x jaw_w
-    shoulder_width: float = pydantic.Field(1.3, gt=0)  # foreground row wider than this x jaw_w: shoulders
-    neck_min: float = pydantic.Field(0.15, ge=0)  # neck length bounds below the chin, x face_h
-    neck_max: float = pydantic.Field(0.7, ge=0)
-    neck_core: float = pydantic.Field(0.5, ge=0)  # width x jaw_w always labelled neck under the chin
-    head_close: float = pydantic.Field(0.08, ge=0)  # closing radius inside the skull, x face_h
-    stray_hair_scale: float = pydantic.Field(1.5, ge=1)  # foreground above the chin within this skull scale: head
-    body_slope: float = pydantic.Field(1.2, ge=0)  # person prior: body half-width grows by this per px below the chin
+    diff_threshold: float = pydantic.Field(
+        30.0, gt=0, description="Foreground threshold: max channel |frame - background|, 0-255, after blurring.")
+    blur_sigma: float = pydantic.Field(1.0, ge=0, description="Gaussian blur before the background difference, px.")
+    open_px: int = pydantic.Field(2, ge=0, description="Morphological opening radius (removes speckle), px.")
+    close_px: int = pydantic.Field(4, ge=0, description="Morphological closing radius (bridges thin gaps), px.")
+    min_component_share: float = pydantic.Field(
+        0.002, ge=0, description="Foreground blobs smaller than this share of the frame are dropped.")
+    forehead: float = pydantic.Field(0.5, ge=0, description="Brows raised by this x face height: the face hull.")
+    crown: float = pydantic.Field(0.9, ge=0, description="Brows raised by this x face height: the skull outline.")
+    hair_scale: float = pydantic.Field(1.2, ge=1, description="The skull ellipse grown by this for hair and ears.")
+    neck_band: float = pydantic.Field(0.9, gt=0, description="Neck band width, x jaw width.")
+    shoulder_width: float = pydantic.Field(
+        1.3, gt=0, description="A foreground row wider than this x jaw width is shoulders.")
+    neck_min: float = pydantic.Field(0.15, ge=0, description="Shortest neck below the chin, x face height.")
+    neck_max: float = pydantic.Field(0.7, ge=0, description="Longest neck below the chin, x face height.")
+    neck_core: float = pydantic.Field(0.5, ge=0, description="Width under the chin always labelled neck, x jaw width.")
+    head_close: float = pydantic.Field(0.08, ge=0, description="Closing radius inside the skull, x face height.")
+    stray_hair_scale: float = pydantic.Field(
+        1.5, ge=1, description="Foreground above the chin within this skull scale counts as head.")
+    body_slope: float = pydantic.Field(
+        1.2, ge=0, description="Person prior: the body's half-width grows by this per px below the chin.")
 
 
 class _FaceGeometry:
@@ -515,11 +520,18 @@ def classical_parsing(
 class ParsingConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True)
 
-    method: Literal["auto", "bisenet", "classical"] = "auto"  # auto: BiSeNet when registered
-    bisenet_size: int = 512  # BiSeNet input side (ER-NeRF: 512)
-    batch_size: int = pydantic.Field(8, ge=1)
-    refine_background: bool = False  # classical, no plate given: re-estimate it from a first parsing, parse again
-    classical: ClassicalParsingConfig = ClassicalParsingConfig()
+    method: Literal["auto", "bisenet", "classical"] = pydantic.Field(
+        "auto",
+        description="Face parsing: auto (BiSeNet when its weights are registered, else classical), "
+        "bisenet or classical.")
+    bisenet_size: int = pydantic.Field(512, description="BiSeNet input side, px (ER-NeRF: 512).")
+    batch_size: int = pydantic.Field(8, ge=1, description="Frames per BiSeNet batch.")
+    refine_background: bool = pydantic.Field(
+        False,
+        description="Classical, without a background plate: re-estimate the plate from a first parsing, "
+        "then parse again.")
+    classical: ClassicalParsingConfig = pydantic.Field(
+        ClassicalParsingConfig(), description="Settings of the landmark + background-difference parser.")
     person_mask: Literal["segmentation", "difference"] = pydantic.Field(
         "segmentation", description="Classical method: the person foreground from MediaPipe's selfie "
         "segmentation (used when its network is passed; needs no static camera) or from the difference "

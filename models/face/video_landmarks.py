@@ -44,12 +44,17 @@ class SmoothConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(frozen=True)
 
-    method: Literal["one_euro", "savgol"] = "one_euro"
-    min_cutoff_hz: float = pydantic.Field(1.0, gt=0)  # cutoff for a still point
-    beta: float = pydantic.Field(30.0, ge=0)  # cutoff gain, Hz per (face width / s)
-    d_cutoff_hz: float = pydantic.Field(4.0, gt=0)  # low-pass on the speed estimate
-    savgol_window: int = pydantic.Field(5, ge=3)  # frames, odd
-    savgol_order: int = pydantic.Field(2, ge=1)
+    method: Literal["one_euro", "savgol"] = pydantic.Field(
+        "one_euro",
+        description="Temporal filter of the landmark tracks: one_euro (adaptive low-pass) or savgol (Savitzky-Golay).")
+    min_cutoff_hz: float = pydantic.Field(
+        1.0, gt=0, description="One-euro cutoff for a still point, Hz (lower: steadier, more lag).")
+    beta: float = pydantic.Field(
+        30.0, ge=0,
+        description="One-euro cutoff gain, Hz per (face width / s): higher follows fast motion with less lag.")
+    d_cutoff_hz: float = pydantic.Field(4.0, gt=0, description="One-euro low-pass on the speed estimate, Hz.")
+    savgol_window: int = pydantic.Field(5, ge=3, description="Savitzky-Golay window, frames (odd).")
+    savgol_order: int = pydantic.Field(2, ge=1, description="Savitzky-Golay polynomial order.")
 
 
 class LandmarkConfig(pydantic.BaseModel):
@@ -57,12 +62,17 @@ class LandmarkConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(frozen=True)
 
-    max_missing_share: float = pydantic.Field(0.2, ge=0, le=1)  # frames without a usable face
-    min_face_px: int = pydantic.Field(64, ge=1)  # face box side, frame pixels
-    min_score: float = 0.3  # dlib HOG detection score
-    detect_max_side: int = pydantic.Field(512, ge=64)  # frames are downscaled to this for detection
-    smooth: SmoothConfig | None = SmoothConfig()
-    small_face_probes: int = pydantic.Field(3, ge=0)  # faceless frames re-searched at 2x to name tiny faces
+    max_missing_share: float = pydantic.Field(
+        0.2, ge=0, le=1,
+        description="Largest share of frames without a usable face before the video is rejected (0-1).")
+    min_face_px: int = pydantic.Field(64, ge=1, description="Smallest face box side accepted, frame pixels.")
+    min_score: float = pydantic.Field(0.3, description="Lowest dlib HOG detection score accepted as a face.")
+    detect_max_side: int = pydantic.Field(
+        512, ge=64, description="Frames are downscaled to this longest side for face detection, px.")
+    smooth: SmoothConfig | None = pydantic.Field(
+        SmoothConfig(), description="Temporal smoothing of the landmark tracks; empty: none.")
+    small_face_probes: int = pydantic.Field(
+        3, ge=0, description="Faceless frames searched again at 2x to report faces that are too small.")
     mouth: Literal["dlib", "mesh"] = pydantic.Field(
         "dlib", description="Lip points 48-67 from dlib or from MediaPipe's face mesh (used when the mesh "
         "network is passed); dlib's follow the sample clip's known mouth opening more closely.")

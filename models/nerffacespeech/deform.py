@@ -48,15 +48,16 @@ INNER_LIPS = slice(60, 68)  # iBUG inner-lip landmarks, a closed loop
 class DeformConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    k: int = Field(4, ge=1)  # nearest expressed vertices per sample
-    falloff_mm: float = Field(8.0, gt=0)  # Gaussian fade with the distance to the nearest vertex
-    cutoff_mm: float = Field(30.0, gt=0)  # no displacement beyond this distance
-    moving_mm: float = Field(0.05, ge=0)  # vertices moving less than this in every frame are ignored
-    max_vertices: int = Field(4096, ge=1)
-    chunk: int = Field(65536, ge=1024)  # sample points per k-NN chunk
-    mouth_darken: float = Field(0.85, ge=0, le=1)
-    mouth_density: float = Field(10.0, ge=0)  # added to the raw density of mouth-gap samples
-    mouth_depth_mm: float = Field(25.0, ge=0)  # depth of the cavity behind the inner lips
+    k: int = Field(4, ge=1, description="Nearest expressed 3DMM vertices per volume sample.")
+    falloff_mm: float = Field(
+        8.0, gt=0, description="Gaussian fade of a displacement with the distance to the nearest vertex, mm.")
+    cutoff_mm: float = Field(30.0, gt=0, description="No displacement beyond this distance from the face, mm.")
+    moving_mm: float = Field(0.05, ge=0, description="Vertices moving less than this in every frame are ignored, mm.")
+    max_vertices: int = Field(4096, ge=1, description="Most moving vertices used.")
+    chunk: int = Field(65536, ge=1024, description="Sample points per nearest-neighbour chunk (bounds memory).")
+    mouth_darken: float = Field(0.85, ge=0, le=1, description="Colour scale of samples inside the open mouth.")
+    mouth_density: float = Field(10.0, ge=0, description="Density added to samples in the mouth gap.")
+    mouth_depth_mm: float = Field(25.0, ge=0, description="Depth of the mouth cavity behind the inner lips, mm.")
 
 
 @dataclass

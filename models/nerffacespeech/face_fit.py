@@ -41,14 +41,18 @@ class FaceFitConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    min_size: int = Field(128, ge=16)  # px, smaller portraits are refused
-    focal: float | Literal["generator", "search"] = "generator"  # px, the generator's, or searched
-    generator_focal: float = EG3D_FOCAL  # normalised focal of the generator camera
-    photometric: bool = True  # SH lighting + albedo + pose/expression refinement on the pixels
-    photo_iters: int = Field(30, ge=0)  # face3d PhotoConfig.iters
-    photo_tex_iters: int = Field(40, ge=0)  # face3d PhotoConfig.tex_iters
-    photo_render_size: int = Field(96, ge=16)
-    detect_upsample: int = Field(0, ge=0)  # dlib HOG upsampling (0 avoids false faces on big photos)
+    min_size: int = Field(128, ge=16, description="Smallest portrait side accepted, px.")
+    focal: float | Literal["generator", "search"] = Field(
+        "generator",
+        description="Camera focal length: a number in px, generator (the generator camera's) or search (fitted).")
+    generator_focal: float = Field(EG3D_FOCAL, description="Normalised focal length of the generator's camera.")
+    photometric: bool = Field(
+        True, description="Refine lighting (SH), albedo, pose and expression on the pixels after the landmark fit.")
+    photo_iters: int = Field(30, ge=0, description="Iterations of the photometric refinement.")
+    photo_tex_iters: int = Field(40, ge=0, description="Iterations of the albedo (texture) fit.")
+    photo_render_size: int = Field(96, ge=16, description="Side of the images the photometric fit renders, px.")
+    detect_upsample: int = Field(
+        0, ge=0, description="dlib HOG upsampling for face detection (0 avoids false faces on big photos).")
 
 
 @dataclass

@@ -60,44 +60,48 @@ class GeneratorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # mapping
-    z_dim: int = Field(512, ge=1)
-    c_dim: int = Field(25, ge=0)  # camera label (16 extrinsics + 9 intrinsics); 0 = unconditional
-    w_dim: int = Field(512, ge=1)
-    mapping_layers: int = Field(2, ge=1)  # EG3D --map-depth
-    mapping_lr_mul: float = 0.01
-    c_scale: float = 1.0  # labels are multiplied by this before the mapping
+    z_dim: int = Field(512, ge=1, description="Size of the latent z.")
+    c_dim: int = Field(
+        25, ge=0, description="Size of the camera label (16 extrinsics + 9 intrinsics); 0: unconditional.")
+    w_dim: int = Field(512, ge=1, description="Size of the intermediate latent w.")
+    mapping_layers: int = Field(2, ge=1, description="Layers of the mapping network (EG3D --map-depth).")
+    mapping_lr_mul: float = Field(0.01, description="Learning-rate multiplier of the mapping network.")
+    c_scale: float = Field(1.0, description="Camera labels are multiplied by this before the mapping.")
     # tri-plane synthesis (StyleGAN2 skip architecture, channels min(channel_base / res, channel_max))
-    triplane_resolution: int = Field(256, ge=4)
-    triplane_channels: int = Field(32, ge=1)
-    channel_base: int = 32768
-    channel_max: int = 512
-    conv_clamp: float | None = None
-    noise_strength_init: float = 0.0  # StyleGAN2 starts its noise strengths at 0
+    triplane_resolution: int = Field(256, ge=4, description="Side of each tri-plane, px (a power of two).")
+    triplane_channels: int = Field(32, ge=1, description="Feature channels per tri-plane.")
+    channel_base: int = Field(32768, description="Synthesis channels: min(channel_base / resolution, channel_max).")
+    channel_max: int = Field(512, description="Most channels of a synthesis layer.")
+    conv_clamp: float | None = Field(None, description="Clamp of the synthesis convolutions' outputs; empty: none.")
+    noise_strength_init: float = Field(0.0, description="Initial strength of the per-layer noise inputs.")
     # decoder
-    decoder_hidden: int = Field(64, ge=1)
-    decoder_features: int = Field(32, ge=3)  # feature image channels F, RGB first
-    decoder_lr_mul: float = 1.0
+    decoder_hidden: int = Field(64, ge=1, description="Hidden units of the tri-plane decoder MLP.")
+    decoder_features: int = Field(32, ge=3, description="Channels of the rendered feature image (RGB first).")
+    decoder_lr_mul: float = Field(1.0, description="Learning-rate multiplier of the decoder.")
     # volume rendering
-    neural_rendering_resolution: int = Field(128, ge=4)
-    depth_resolution: int = Field(48, ge=2)
-    depth_resolution_importance: int = Field(48, ge=0)
-    ray_start: float = 2.25
-    ray_end: float = 3.3
-    box_warp: float = 1.0
+    neural_rendering_resolution: int = Field(128, ge=4, description="Side of the volume-rendered feature image, px.")
+    depth_resolution: int = Field(48, ge=2, description="Coarse samples per ray.")
+    depth_resolution_importance: int = Field(48, ge=0, description="Fine (importance) samples per ray.")
+    ray_start: float = Field(2.25, description="Near bound of the rays, world units.")
+    ray_end: float = Field(3.3, description="Far bound of the rays, world units.")
+    box_warp: float = Field(1.0, description="Side of the tri-plane box, world units.")
     # camera (EG3D FFHQ: 18.837 deg diagonal fov, radius 2.7, pivot (0, 0, 0.2))
-    focal: float = EG3D_FOCAL
-    camera_radius: float = EG3D_RADIUS
-    camera_pivot: tuple[float, float, float] = EG3D_PIVOT
+    focal: float = Field(EG3D_FOCAL, description="Normalised focal length of the camera.")
+    camera_radius: float = Field(EG3D_RADIUS, description="Distance of the camera from its pivot, world units.")
+    camera_pivot: tuple[float, float, float] = Field(EG3D_PIVOT, description="Point the camera looks at, world units.")
     # super-resolution
-    img_resolution: int = Field(512, ge=4)
-    sr_input_resolution: int = Field(128, ge=4)
-    sr_channels: tuple[int, ...] = (256, 128)
-    sr_antialias: bool = True
-    sr_conv_clamp: float | None = 256.0
-    sr_noise_mode: Literal["const", "random", "none"] = "none"
+    img_resolution: int = Field(512, ge=4, description="Side of the output image, px.")
+    sr_input_resolution: int = Field(128, ge=4, description="Side of the super-resolution network's input, px.")
+    sr_channels: tuple[int, ...] = Field(
+        (256, 128), description="Channels of each super-resolution block (one doubling each).")
+    sr_antialias: bool = Field(True, description="Antialiased resampling in the super-resolution network.")
+    sr_conv_clamp: float | None = Field(
+        256.0, description="Clamp of the super-resolution convolutions' outputs; empty: none.")
+    sr_noise_mode: Literal["const", "random", "none"] = Field(
+        "none", description="Noise inputs of the super-resolution network: const, random or none.")
     # sampling defaults for `generate`
-    truncation_psi: float = 0.7
-    truncation_cutoff: int | None = 14
+    truncation_psi: float = Field(0.7, description="Truncation of sampled latents toward the mean (1: none).")
+    truncation_cutoff: int | None = Field(14, description="Layers the truncation applies to; empty: all.")
 
     @model_validator(mode="after")
     def _check(self) -> GeneratorConfig:

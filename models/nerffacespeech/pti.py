@@ -73,39 +73,49 @@ class PTIConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # (a) inversion
-    inversion_steps: int = Field(450, ge=0)  # PTI first_inv_steps
-    inversion_lr: float = Field(0.01, gt=0)  # StyleGAN2 projector initial_learning_rate
-    w_avg_samples: int = Field(10000, ge=1)
-    initial_noise_factor: float = 0.05
-    lr_rampup: float = 0.05
-    lr_rampdown: float = 0.25
-    noise_ramp: float = 0.75
-    noise_reg_weight: float = 1e5
-    inversion_l2_weight: float | None = None  # None: 0 with LPIPS (projector), 1 with the substitute
-    loss_resolution: int = Field(256, ge=8)  # images are area-downsampled to this before the losses
+    inversion_steps: int = Field(450, ge=0, description="Steps of the latent inversion (PTI first_inv_steps).")
+    inversion_lr: float = Field(0.01, gt=0, description="Initial learning rate of the inversion (StyleGAN2 projector).")
+    w_avg_samples: int = Field(
+        10000, ge=1, description="Latents sampled to estimate the mean w the inversion starts from.")
+    initial_noise_factor: float = Field(
+        0.05, description="Scale of the noise added to w during the inversion, at the start.")
+    lr_rampup: float = Field(0.05, description="Share of the inversion steps over which the learning rate ramps up.")
+    lr_rampdown: float = Field(
+        0.25, description="Share of the inversion steps over which the learning rate ramps down.")
+    noise_ramp: float = Field(0.75, description="Share of the inversion steps over which the added w noise fades out.")
+    noise_reg_weight: float = Field(1e5, description="Weight of the noise-map regulariser of the inversion.")
+    inversion_l2_weight: float | None = Field(
+        None, description="Pixel L2 weight of the inversion; empty: 0 with LPIPS, 1 with the structural substitute.")
+    loss_resolution: int = Field(
+        256, ge=8, description="Images are area-downsampled to this side before the losses, px.")
     # (b) pivotal tuning
-    tuning_steps: int = Field(350, ge=0)  # PTI max_pti_steps
-    tuning_lr: float = Field(3e-4, gt=0)  # PTI pti_learning_rate
-    tuning_l2_weight: float = 1.0  # pt_l2_lambda
-    tuning_perceptual_weight: float = 1.0  # pt_lpips_lambda
-    lpips_threshold: float = 0.06  # stop tuning below this LPIPS (only with real LPIPS)
-    locality_weight: float = Field(1.0, ge=0)  # 0 switches the regulariser off
-    locality_every: int = Field(1, ge=1)  # locality_regularization_interval
-    locality_samples: int = Field(1, ge=1)  # latent_ball_num_of_samples
-    locality_alpha: float = Field(30.0, gt=0)  # regulizer_alpha: distance from the pivot, w units
-    locality_psi: float = 0.5  # truncation of the sampled w_z
-    locality_l2_weight: float = 0.1  # regulizer_l2_lambda
-    locality_perceptual_weight: float = 0.1  # regulizer_lpips_lambda
+    tuning_steps: int = Field(350, ge=0, description="Steps of pivotal tuning of the generator (PTI max_pti_steps).")
+    tuning_lr: float = Field(3e-4, gt=0, description="Learning rate of pivotal tuning.")
+    tuning_l2_weight: float = Field(1.0, description="Pixel L2 weight of pivotal tuning.")
+    tuning_perceptual_weight: float = Field(
+        1.0, description="Perceptual (LPIPS or substitute) weight of pivotal tuning.")
+    lpips_threshold: float = Field(0.06, description="Tuning stops below this LPIPS (real LPIPS only).")
+    locality_weight: float = Field(
+        1.0, ge=0,
+        description="Weight of the locality regulariser (keeps the generator unchanged away from the pivot); 0: off.")
+    locality_every: int = Field(1, ge=1, description="Tuning steps between locality regulariser steps.")
+    locality_samples: int = Field(1, ge=1, description="Latents sampled around the pivot per regulariser step.")
+    locality_alpha: float = Field(
+        30.0, gt=0, description="Distance of the regulariser's samples from the pivot, w units.")
+    locality_psi: float = Field(0.5, description="Truncation of the regulariser's sampled latents.")
+    locality_l2_weight: float = Field(0.1, description="Pixel L2 weight of the locality regulariser.")
+    locality_perceptual_weight: float = Field(0.1, description="Perceptual weight of the locality regulariser.")
     # geometry prior (not in PTI): only when run_pti gets a `face_depth` target, for generators
     # without a learned face prior (the small fallback), whose tuned density would otherwise sit
     # anywhere along the rays and not on the face the 3DMM deformation moves.
-    depth_weight: float = Field(1.0, ge=0)  # per world unit of mean |depth - face depth| on the face
+    depth_weight: float = Field(
+        1.0, ge=0, description="Weight of the face-depth prior (keeps density on the fitted face), per world unit.")
     # both
-    stratified: bool = True  # jittered ray depths while optimising
-    seed: int = 0
+    stratified: bool = Field(True, description="Jitter ray sample depths while optimising.")
+    seed: int = Field(0, description="Random seed of the inversion and tuning.")
     # CPU threads while optimising (None: torch's setting). The small generator's tensors are small:
     # one thread beats several, and by far when the cores are shared (as face3d's fits do).
-    cpu_threads: int | None = 1
+    cpu_threads: int | None = Field(1, description="CPU threads while optimising; empty: torch's setting.")
 
     @classmethod
     def fallback(cls, **overrides) -> PTIConfig:

@@ -27,16 +27,22 @@ from talkflow.errors import InputError
 class RenderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    batch_frames: int = Field(4, ge=1)  # frames rendered together
-    neural_rendering_resolution: int | None = None  # None: the generator's
-    depth_resolution: int | None = None
-    depth_resolution_importance: int | None = None
-    paste_static: bool = True
-    motion_threshold_mm: float = Field(0.25, ge=0)  # composited displacement that counts as motion
-    grow_px: int = Field(2, ge=0)  # low-res pixels the motion mask grows by
-    feather_px: float = Field(1.0, ge=0)  # Gaussian blur of the mask, output pixels / neural pixel
-    deform: DeformConfig = DeformConfig()
-    cpu_threads: int | None = 1  # CPU threads while rendering (None: torch's setting), as in pti.PTIConfig
+    batch_frames: int = Field(4, ge=1, description="Frames rendered together.")
+    neural_rendering_resolution: int | None = Field(
+        None, description="Side of the volume-rendered feature image, px; empty: the generator's.")
+    depth_resolution: int | None = Field(None, description="Coarse samples per ray; empty: the generator's.")
+    depth_resolution_importance: int | None = Field(
+        None, description="Fine (importance) samples per ray; empty: the generator's.")
+    paste_static: bool = Field(
+        True, description="Paste the still portrait where the face does not move (sharper than the generator).")
+    motion_threshold_mm: float = Field(
+        0.25, ge=0, description="Displacement that counts as motion for the paste mask, mm.")
+    grow_px: int = Field(2, ge=0, description="Low-resolution pixels the motion mask grows by.")
+    feather_px: float = Field(
+        1.0, ge=0, description="Gaussian blur of the motion mask, output pixels per neural pixel.")
+    deform: DeformConfig = Field(
+        DeformConfig(), description="How the 3DMM's expression displacements deform the generator's volume.")
+    cpu_threads: int | None = Field(1, description="CPU threads while rendering; empty: torch's setting.")
 
 
 def _as_ws(w: Tensor, generator: TriplaneGenerator) -> Tensor:

@@ -1,0 +1,145 @@
+"""A flow run's outputs, visible in the Prefect UI: where the output is, what it looks like,
+which stages were computed and which came from the cache.
+
+Each flow that writes a video or a dataset calls `publish_output` at its end. It creates, on the
+flow run:
+- a link artifact `<flow>-<namespace>-output`: the output's store path, linked (file:// on a local
+  store; a presigned URL, valid `LINK_EXPIRES_S`, on S3);
+- a preview of the first frame: an image artifact (presigned URL of a small JPEG kept in the
+  store) on S3; a markdown artifact with the JPEG inline (a data: URI) on a local store, whose
+  files a browser may not open from a web page;
+- a table artifact of the stages: computed in this run or cached (made by an earlier run);
+- a log line with the output's store path.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+
+import ffmpeg
+from prefect import get_run_logger
+from prefect.artifacts import (
+    create_image_artifact,
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
+from pydantic import BaseModel
+
+from talkflow.store import Artifact, ArtifactStore, StageResult, get_store
+
+LINK_EXPIRES_S = 7 * 24 * 3600  # S3's longest presigned URL with SigV4
+PREVIEW_WIDTH = 320
+
+
+class PublishedOutput(BaseModel):
+    """What publish_output made: the store path, the link, the artifact keys."""
+
+    path: str
+    url: str
+    keys: dict[str, str]
+    stages: dict[str, str]  # label -> "computed" | "cached"
+
+
+def artifact_key(*parts: str | None) -> str:
+    """A Prefect artifact key (lower-case letters, digits and dashes) from `parts`."""
+    text = "-".join(p for p in parts if p)
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def store_location(store: ArtifactStore, key: str) -> tuple[str, str]:
+    """(the store path of `key`, a URL a browser opens: file:// or an S3 presigned URL)."""
+    if store.is_local:
+        path = Path(store.path(key)).resolve()
+        return str(path), path.as_uri()
+    return f"{store.url}/{key}", store.fs.sign(store.path(key), expiration=LINK_EXPIRES_S)
+
+
+def first_frame_jpeg(video: Path, width: int = PREVIEW_WIDTH) -> bytes:
+    """The first frame of `video`, `width` px wide, as JPEG bytes (ffmpeg)."""
+    out, _ = (
+        ffmpeg.input(str(video))
+        .filter("scale", width, -2)
+        .output("pipe:", vframes=1, format="image2", vcodec="mjpeg")
+        .run(capture_stdout=True, capture_stderr=True)
+    )
+    if not out:
+        raise ValueError(f"{video} has no frame to preview")
+    return out
+
+
+def run_started_at() -> datetime | None:
+    """When the current flow run started, as the server recorded it."""
+    from prefect import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return None
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(ctx.flow_run.id)
+    return run.start_time or run.expected_start_time
+
+
+def stage_status(result: StageResult, started: datetime | None) -> str:
+    """computed (made in this run) or cached (its manifest is older than the run)."""
+    if started is None:
+        return "computed"
+    return "computed" if result.created >= started else "cached"
+
+
+def publish_output(
+    flow: str,
+    output: Artifact | str,
+    *,
+    stages: Mapping[str, StageResult | None],
+    namespace: str | None = None,
+    preview: Artifact | None = None,
+    what: str = "video",
+) -> PublishedOutput:
+    """Link, preview, stage table and log line for the flow run's output.
+
+    output: the output artifact (a video), or a store key (e.g. a dataset's manifest).
+    preview: the video whose first frame is shown; default: `output` when it is an artifact.
+    """
+    store = get_store()
+    key = output.key if isinstance(output, Artifact) else output
+    path, url = store_location(store, key)
+    base = artifact_key(flow, namespace)
+    keys = {"output": f"{base}-output", "preview": f"{base}-preview", "stages": f"{base}-stages"}
+
+    create_link_artifact(key=keys["output"], link=url, link_text=path,
+                         description=f"The {what} this run wrote (store path; the link opens it).")
+
+    source = preview or (output if isinstance(output, Artifact) else None)
+    if source is not None:
+        jpeg = first_frame_jpeg(store.fetch(source))
+        if store.is_local:
+            inline = base64.b64encode(jpeg).decode()
+            create_markdown_artifact(
+                key=keys["preview"], description=f"First frame of the {what}.",
+                markdown=f"![first frame](data:image/jpeg;base64,{inline})\n\n`{path}`")
+        else:
+            still = store.put_bytes(jpeg, suffix=".jpg")
+            create_image_artifact(image_url=store_location(store, still.key)[1], key=keys["preview"],
+                                  description=f"First frame of the {what}.")
+
+    started = run_started_at()
+    rows, status = [], {}
+    for label, result in stages.items():
+        if result is None:
+            continue
+        status[label] = stage_status(result, started)
+        rows.append({"stage": label, "task": result.stage, "status": status[label],
+                     "made": result.created.isoformat(timespec="seconds"),
+                     "MB": round(result.size / 1e6, 2)})
+    create_table_artifact(key=keys["stages"], table=rows,
+                          description="Stages of this run: computed now, or cached from an earlier run.")
+    computed = sum(s == "computed" for s in status.values())
+    get_run_logger().info("%s written to %s (%d of %d stages computed, the others cached)",
+                          what, path, computed, len(status))
+    return PublishedOutput(path=path, url=url, keys=keys, stages=status)

@@ -1,0 +1,87 @@
+"""The deployments' run forms: every field says what it means, defaults show as values.
+
+The Prefect UI draws a deployment's form from its parameter_openapi_schema, which `prefect deploy`
+builds with prefect.utilities.callables.parameter_schema: the same schema is checked here for
+every deployment of prefect.yaml (and, on a real server, in test_production).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+
+
+def form_schema(entrypoint: str) -> dict:
+    from prefect.utilities.callables import parameter_schema
+
+    module, _, fn = entrypoint.partition(":")
+    return parameter_schema(getattr(importlib.import_module(module), fn)).model_dump_for_openapi()
+
+
+def _ref(prop: dict) -> str | None:
+    for candidate in [prop, *prop.get("anyOf", []), *prop.get("allOf", [])]:
+        if "$ref" in candidate:
+            return candidate["$ref"].rsplit("/", 1)[-1]
+    return None
+
+
+def form_fields(schema: dict) -> dict[str, dict]:
+    """Every field of the form by dotted path: parameters, nested config objects and their leaves."""
+    defs = schema.get("definitions", {})
+    out: dict[str, dict] = {}
+
+    def walk(props: dict, prefix: str, seen: frozenset) -> None:
+        for name, prop in props.items():
+            path = prefix + name
+            out[path] = prop
+            ref = _ref(prop)
+            if ref and ref not in seen and "properties" in defs.get(ref, {}):
+                walk(defs[ref]["properties"], path + ".", seen | {ref})
+
+    walk(schema.get("properties", {}), "", frozenset())
+    return out
+
+
+def undescribed(schema: dict) -> list[str]:
+    return [path for path, prop in form_fields(schema).items() if not prop.get("description")]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_every_form_field_has_help_text(deployment):
+    schema = form_schema(deployment["entrypoint"])
+    fields = form_fields(schema)
+    assert len(fields) >= 3
+    assert undescribed(schema) == []
+
+
+def test_train_form_asks_for_a_name_and_shows_the_reference_numbers():
+    schema = form_schema("flows.train:train_avatar")
+    assert schema["required"] == ["person"] and "dataset" not in schema["properties"]
+    assert "preprocess" in schema["properties"]["person"]["description"]
+    config = schema["properties"]["config"]["default"]
+    assert config["head"]["steps"] == 100_000 and config["lips"]["steps"] == 25_000
+    assert config["torso"]["steps"] == 200_000 and config["head"]["rays_per_batch"] == 65_536
+    assert all(config[s]["lr"] > 0 and config[s]["lr_net"] > 0 for s in ("head", "lips", "torso"))
+
+
+def test_train_finds_the_dataset_by_name_and_says_when_there_is_none():
+    from flows.train import train_avatar
+    from talkflow.errors import InputError
+
+    with pytest.raises(InputError, match="no dataset for 'nobody-yet': run preprocess"):
+        train_avatar("nobody-yet")
+
+
+@pytest.mark.parametrize("name", ["infer", "portrait"])
+def test_one_of_audio_or_text_is_stated_in_the_form(name):
+    deployment = next(d for d in DEPLOYMENTS if d["name"] == name)
+    schema = form_schema(deployment["entrypoint"])
+    for param in ("audio", "text"):
+        assert "exactly one of audio or text" in schema["properties"][param]["description"]
+    assert "exactly one of audio or text" in deployment["description"]

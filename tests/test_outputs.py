@@ -1,0 +1,77 @@
+"""Outputs in the UI: a flow run that writes a video shows its store path, a first-frame preview
+and a table of computed / cached stages (read back through the API). The log line naming the
+output is read back from a worker's run in test_production."""
+
+from __future__ import annotations
+
+import base64
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.mediafiles import make_clip
+
+pytestmark = pytest.mark.slow
+
+
+def run_artifacts(flow_run_id) -> dict[str, object]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in found}
+
+
+def stage_table(artifact) -> dict[str, str]:
+    import json
+
+    rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    return {row["stage"]: row["status"] for row in rows}
+
+
+def test_media_run_shows_its_output_preview_and_cached_stages(tmp_path):
+    from prefect.events.worker import EventsWorker
+
+    from flows.media import MediaConfig, media_stage
+    from talkflow.store import get_store
+    from tasks.media import NormalizeConfig
+
+    clip = make_clip(tmp_path / "talk.mp4", duration=1.2, fps=25, size="96x64")
+    ns = f"out-{uuid.uuid4().hex[:6]}"
+    config = MediaConfig(normalize=NormalizeConfig(size=48, min_duration_s=0.5))
+    first = media_stage(clip, config, namespace=ns, return_state=True)
+    second = media_stage(clip, config, namespace=ns, return_state=True)  # all cache hits
+    EventsWorker.drain_all(timeout=10, at_exit=False)
+    result = first.result()
+    video_path = Path(get_store().path(result.video["video"].key)).resolve()
+
+    arts = run_artifacts(first.state_details.flow_run_id)
+    link, preview, table = arts[f"media-{ns}-output"], arts[f"media-{ns}-preview"], arts[f"media-{ns}-stages"]
+    assert link.type == "markdown" and f"({video_path.as_uri()})" in link.data and str(video_path) in link.data
+    assert preview.type == "markdown"
+    jpeg = base64.b64decode(re.search(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", preview.data).group(1))
+    assert jpeg[:3] == b"\xff\xd8\xff" and len(jpeg) > 300  # a real JPEG of the first frame
+    assert table.type == "table"
+    assert stage_table(table) == {"probe": "computed", "normalize": "computed", "frames": "computed",
+                                  "mux": "computed"}
+
+    again = run_artifacts(second.state_details.flow_run_id)
+    assert set(stage_table(again[f"media-{ns}-stages"]).values()) == {"cached"}
+
+
+def test_stage_status_and_keys():
+    from datetime import UTC, datetime, timedelta
+
+    from talkflow.store import StageResult
+    from tasks.outputs import artifact_key, stage_status
+
+    started = datetime.now(UTC)
+    old = StageResult(created=started - timedelta(hours=1))
+    new = StageResult(created=started + timedelta(seconds=2))
+    assert stage_status(old, started) == "cached" and stage_status(new, started) == "computed"
+    assert artifact_key("render", "Alice_B") == "render-alice-b"
+    assert artifact_key("media", None) == "media"
