@@ -26,6 +26,7 @@ no temporal term): it exists only as the baseline the batched fit is compared ag
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,18 +72,35 @@ class FitConfig:
     cpu_threads: int | None = 1
 
 
+_THREADS_LOCK = threading.Lock()
+_threads_users = 0  # cpu_threads blocks open in any thread
+_threads_before = 0  # torch's setting before the first of them
+
+
 @contextmanager
 def cpu_threads(n: int | None):
-    """Temporarily run torch's CPU ops on `n` threads (process-wide; None: unchanged)."""
-    if n is None or n == torch.get_num_threads():
+    """Temporarily run torch's CPU ops on `n` threads (process-wide; None: unchanged).
+
+    Safe when blocks overlap in several threads (concurrent tasks): the setting seen before
+    the first block is restored when the last one ends.
+    """
+    global _threads_users, _threads_before
+    if n is None:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    with _THREADS_LOCK:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+        _threads_users += 1
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _THREADS_LOCK:
+            _threads_users -= 1
+            if _threads_users == 0 and torch.get_num_threads() != _threads_before:
+                torch.set_num_threads(_threads_before)
 
 
 @dataclass
