@@ -85,7 +85,7 @@ def test_fill_holes_equals_scipy():
         np.testing.assert_array_equal(parsing._fill_holes(m), ndimage.binary_fill_holes(m))
 
 
-def test_batched_classical_parsing_matches_the_per_frame_reference(studio, studio_lms):
+def test_batched_classical_parsing_matches_the_per_frame_reference(studio, studio_lms):  # noqa: F811
     """Today's per-frame `classical_parsing` is the reference: every part's IoU > 0.98 per frame
     (measured: identical) and `parse_frames` returns the batched result."""
     frames, _, wall = studio
@@ -107,7 +107,7 @@ def test_batched_classical_parsing_matches_the_per_frame_reference(studio, studi
     np.testing.assert_array_equal(whole, got)
 
 
-def test_batched_parsing_rejects_bad_shapes(studio, studio_lms):
+def test_batched_parsing_rejects_bad_shapes(studio, studio_lms):  # noqa: F811
     frames, _, wall = studio
     with pytest.raises(parsing.InputError):
         parsing.classical_parsing_batch(frames[:2], studio_lms[:2], wall[:100])
