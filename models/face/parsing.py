@@ -505,8 +505,8 @@ def classical_parsing(
 # =========================================================================== classical, batched
 
 # The same maths as `classical_parsing`, over a batch of frames in torch: the per-pixel
-# geometry, the blur, the threshold and the disk morphology (as max-pools) run on the whole
-# batch; connected components, hole filling and the head's closing stay per frame in scipy.
+# geometry, the blur, the threshold and the disk morphology (running sums) run on the whole
+# batch; connected components and hole filling (scipy) and the head's closing (on its crop) run per frame.
 # `classical_parsing` is the reference it is tested against.
 
 
@@ -544,7 +544,7 @@ def _dilate_batch(mask: torch.Tensor, r: int, outside: bool = False) -> torch.Te
     cs = F.pad(x.cumsum(-1, dtype=torch.int32), (1, 0))  # (B,H+2r,W+2r+1), cs[j] = sum x[:j]
     hits = {hw: (cs[..., r + hw + 1 : r + hw + 1 + w] - cs[..., r - hw : r - hw + w]) > 0
             for hw in set(_disk_widths(r))}  # (B,H+2r,W): a segment of half-width hw hits
-    out = torch.zeros(b, h, w, dtype=torch.bool)
+    out = torch.zeros(b, h, w, dtype=torch.bool, device=mask.device)
     for dy, hw in zip(range(-r, r + 1), _disk_widths(r)):
         out |= hits[hw][:, r + dy : r + dy + h]
     return out
