@@ -1,8 +1,10 @@
 """ER-NeRF preprocessing: a raw talking video -> a training dataset, every step cached.
 
-normalize -> frames -> {landmarks -> parsing -> background -> gt/torso images; blinks;
-3DMM tracking -> transforms} and {audio -> features} -> dataset manifest.
-A config change recomputes its step and what depends on it, nothing else.
+normalize -> frames -> landmarks -> {audio -> features}, {parsing -> background -> gt/torso
+images}, {blinks} and {3DMM tracking -> transforms} -> dataset manifest.
+The four branches after the landmarks are independent: they run concurrently on a thread pool
+(Prefect futures), each still a cached task. A config change recomputes its step and what
+depends on it, nothing else.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from models.audio.features import AudioFeatureConfig
@@ -52,7 +55,11 @@ class PreprocessConfig(BaseModel):
     deepspeech_npy: Path | None = Field(None, description="Precomputed DeepSpeech features (T,16,29).")
 
 
-@flow(name="preprocess-video")
+# the four branches after the landmarks, plus the parsing chain's later steps waiting on it
+BRANCH_WORKERS = 4
+
+
+@flow(name="preprocess-video", task_runner=ThreadPoolTaskRunner(max_workers=BRANCH_WORKERS))
 def preprocess_video(video: Path, person: str, config: PreprocessConfig = PreprocessConfig()) -> StageResult:
     """Turn a talking-head video into an ER-NeRF dataset (a manifest; see docs/dataset.md).
 
@@ -73,17 +80,20 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     model_dir = assets.locate(config.audio.kind) if config.audio.kind != "logmel" else None
     if config.audio.kind != "logmel" and model_dir is None:
         assets.require(config.audio.kind)  # raises with what to register
-    features = audio_features(normalized["audio"], frames.meta["n_frames"], config.audio,
-                              model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns)
+    # Independent branches, submitted together; a future passed on is awaited by its consumer.
+    features = audio_features.submit(normalized["audio"], frames.meta["n_frames"], config.audio,
+                                     model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns)
+    tracking = track_faces.submit(frames, landmarks, config.tracking, bfm=assets.locate("bfm"), namespace=ns)
     bisenet = assets.locate("bisenet")
     segmentation = (assets.shipped("selfie_segmentation") if config.parsing.person_mask == "segmentation"
                     and resolve_method(config.parsing.method, bisenet) == "classical" else None)
-    parsing = parse_faces(frames, landmarks, config.parsing, weights=bisenet, segmentation=segmentation,
-                          namespace=ns)
-    background = estimate_plate(frames, parsing, config.background, namespace=ns)
-    composite = composite_images(frames, parsing, background, config.torso, namespace=ns)
-    blinks = detect_blinks(landmarks, config.blinks, namespace=ns)
-    tracking = track_faces(frames, landmarks, config.tracking, bfm=assets.locate("bfm"), namespace=ns)
+    parsing = parse_faces.submit(frames, landmarks, config.parsing, weights=bisenet, segmentation=segmentation,
+                                 namespace=ns)
+    background = estimate_plate.submit(frames, parsing, config.background, namespace=ns)
+    composite = composite_images.submit(frames, parsing, background, config.torso, namespace=ns)
+    blinks = detect_blinks.submit(landmarks, config.blinks, namespace=ns)
+    features, parsing, background, composite, blinks, tracking = (
+        f.result() for f in (features, parsing, background, composite, blinks, tracking))
     dataset = assemble_dataset(normalized, frames, landmarks, features, parsing, background, composite,
                                blinks, tracking, namespace=ns)
     register_dataset(ns, dataset)

@@ -13,7 +13,6 @@ import fcntl
 import os
 import threading
 import time
-from functools import lru_cache
 from pathlib import Path
 
 from prefect.locking.protocol import LockManager
@@ -133,13 +132,28 @@ class SettingsLockManager(LockManager):
         return await self._backend().await_for_lock(key, timeout)
 
 
-@lru_cache(maxsize=8)
+_MANAGERS: dict[tuple[str, str], LockManager] = {}
+_MANAGERS_MUTEX = threading.Lock()
+
+
+def _shared(kind: str, where: str, make) -> LockManager:
+    # One manager per (kind, place) for the whole process: the holder table lives in it, so the
+    # thread that releases a lock must find the very manager that acquired it (lru_cache may
+    # build two when two threads ask at once).
+    with _MANAGERS_MUTEX:
+        if (kind, where) not in _MANAGERS:
+            _MANAGERS[(kind, where)] = make()
+        return _MANAGERS[(kind, where)]
+
+
 def _flock(directory: str) -> FlockLockManager:
-    return FlockLockManager(Path(directory))
+    return _shared("flock", directory, lambda: FlockLockManager(Path(directory)))
 
 
-@lru_cache(maxsize=8)
 def _redis(url: str) -> LockManager:
-    from prefect_redis.locking import RedisLockManager
+    def make() -> LockManager:
+        from prefect_redis.locking import RedisLockManager
 
-    return RedisLockManager(connection_url=url)
+        return RedisLockManager(connection_url=url)
+
+    return _shared("redis", url, make)

@@ -67,15 +67,16 @@ def track_faces(
     namespace: str | None = None,
 ) -> StageResult:
     """Per-frame head pose, expression, shared identity and focal for every frame."""
-    model = morphable_model(bfm)
-    lms = torch.from_numpy(load_landmarks(landmarks)).float()  # (T,68,2)
+    device = torch.device(get_settings().torch_device())  # CUDA when present: all frames batched there
+    model = morphable_model(bfm).to(device=device)
+    lms = torch.from_numpy(load_landmarks(landmarks)).float().to(device)  # (T,68,2)
     size = frame_folder(frames)[0].shape[0]
     track = fit_landmarks(lms, size, model, focal=config.focal,
                           config=dataclasses.replace(FitConfig(), iters=config.fit_iters))
     if config.photometric:
         photo = dataclasses.replace(PhotoConfig(), iters=config.photometric_iters, render_size=config.render_size)
         track = refine_photometric(frame_folder(frames), lms, model, track, photo)
-    c2w = to_nerf_transforms(track.euler, track.trans, TRANSFORMS_UNITS_PER_MM).numpy()  # (T,4,4)
+    c2w = to_nerf_transforms(track.euler.cpu(), track.trans.cpu(), TRANSFORMS_UNITS_PER_MM).numpy()  # (T,4,4)
     n = track.n_frames
     n_val = max(1, round(n * config.val_fraction))
     with scratch("tracking") as work:
@@ -86,8 +87,9 @@ def track_faces(
         artifacts = {"track": store.put_file(work / "track_params.pt"),
                      "transforms_train": store.put_file(work / "transforms_train.json"),
                      "transforms_val": store.put_file(work / "transforms_val.json")}
-    err = track.lmk_err.detach()
+    err = track.lmk_err.detach().cpu()
     return StageResult(artifacts=artifacts, meta={
         "model": model.name, "focal": float(track.focal), "n_frames": n, "n_val": n_val,
         "lmk_err_px_mean": round(float(err.mean()), 3), "lmk_err_px_max": round(float(err.max()), 3),
+        "device": str(device),
     })

@@ -12,6 +12,7 @@ from PIL import Image
 from flows.preprocess import PreprocessConfig, preprocess_video
 from flows.sample_clip import SampleClipConfig, make_sample_clip
 from models.face.parsing import ClassicalParsingConfig, ParsingConfig
+from talkflow.cache import computed_stages
 from talkflow.errors import FaceNotFound, FaceTooSmall, InputError, MediaTooShort
 from talkflow.store import get_store
 from tasks.dataset import materialize_dataset
@@ -72,6 +73,9 @@ def test_dataset_complete_and_consistent(clip, tmp_path, journal):
     top_of_head = head & (np.arange(256)[:, None] < np.argwhere(head)[:, 0].mean())
     assert (torso_rgba[..., 3][top_of_head] == 0).all()  # the head is cut out (ER-NeRF extends the neck under the chin)
     assert all(journal.count(s) == before[s] + 1 for s in STAGES[2:])
+    # the branches after the landmarks ran concurrently: parsing and tracking overlapped in time
+    runs = {e["stage"]: (e["at"] - e["seconds"], e["at"]) for e in computed_stages()}
+    assert runs["parsing"][0] < runs["tracking"][1] and runs["tracking"][0] < runs["parsing"][1]
 
     # a parsing config change recomputes parsing and what uses it, not landmarks/features/tracking
     counts = {s: journal.count(s) for s in STAGES}

@@ -50,9 +50,7 @@ def gt_image(frame: np.ndarray, labels: np.ndarray, background: np.ndarray) -> n
     bg = np.asarray(background)
     if bg.shape != img.shape:
         raise InputError(f"background {bg.shape} does not match the frame {img.shape}")
-    out = img.copy()
-    out[lab == BG] = bg[lab == BG]
-    return out
+    return np.where((lab == BG)[..., None], bg, img)
 
 
 def _extend_up(
@@ -85,6 +83,25 @@ def _extend_up(
     return painted
 
 
+_TRUNCATE = 4.0  # scipy's gaussian_filter default: the kernel reaches 4 sigma
+
+
+def _blur_where(rgb: np.ndarray, where: np.ndarray, sigma: float) -> None:
+    """In place: ``rgb`` (S,S,3) uint8 at ``where`` (S,S) takes the Gaussian-blurred frame.
+
+    Only the box round ``where`` grown by the kernel's reach is filtered: at ``where`` the result
+    equals filtering the whole frame (a box edge is either that far away or the image border)."""
+    reach = int(_TRUNCATE * sigma + 0.5)
+    rows, cols = np.flatnonzero(where.any(1)), np.flatnonzero(where.any(0))
+    h, w = where.shape
+    y0, y1 = max(rows[0] - reach, 0), min(rows[-1] + reach + 1, h)
+    x0, x1 = max(cols[0] - reach, 0), min(cols[-1] + reach + 1, w)
+    box = rgb[y0:y1, x0:x1]
+    blurred = ndimage.gaussian_filter(box.astype(np.float32), (sigma, sigma, 0), truncate=_TRUNCATE)
+    m = where[y0:y1, x0:x1]
+    box[m] = np.clip(blurred[m] + 0.5, 0, 255).astype(np.uint8)
+
+
 def torso_rgba(frame: np.ndarray, labels: np.ndarray, config: TorsoConfig | None = None) -> np.ndarray:
     """(S,S,4) uint8 RGBA: neck + torso of ``frame`` (S,S,3) per ``labels`` (S,S), head removed,
     transparent (RGB 0, alpha 0) elsewhere; see the module docstring. (ER-NeRF starts from the
@@ -94,14 +111,21 @@ def torso_rgba(frame: np.ndarray, labels: np.ndarray, config: TorsoConfig | None
     rgb = img.copy()
     head, neck, torso = lab == HEAD, lab == NECK, lab == TORSO
     painted_torso = _extend_up(rgb, torso, head, cfg.torso_extend_px, 0, cfg.darken)
-    grown = neck
-    if cfg.neck_grow_px > 0 and neck.any():
-        grown = ndimage.binary_dilation(neck, np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], bool),
-                                        iterations=cfg.neck_grow_px)
+    grown = _grow_vertically(neck, cfg.neck_grow_px)
     painted_neck = _extend_up(rgb, grown, head, cfg.neck_extend_px, cfg.neck_push_down_px, cfg.darken)
     if cfg.blur_sigma > 0 and painted_neck.any():
-        blurred = ndimage.gaussian_filter(rgb.astype(np.float32), (cfg.blur_sigma, cfg.blur_sigma, 0))
-        rgb[painted_neck] = np.clip(blurred[painted_neck] + 0.5, 0, 255).astype(np.uint8)
+        _blur_where(rgb, painted_neck, cfg.blur_sigma)
     alpha = neck | torso | painted_neck | painted_torso  # (S,S)
-    rgb[~alpha] = 0
-    return np.concatenate([rgb, (alpha * 255).astype(np.uint8)[..., None]], axis=-1)
+    out = np.empty((*alpha.shape, 4), np.uint8)
+    np.multiply(rgb, alpha[..., None], out=out[..., :3])  # 0 where transparent
+    np.multiply(alpha, np.uint8(255), out=out[..., 3])
+    return out
+
+
+def _grow_vertically(mask: np.ndarray, px: int) -> np.ndarray:
+    """``mask`` (S,S) bool dilated by ``px`` rows up and down (a vertical segment)."""
+    grown = mask.copy()
+    for k in range(1, min(px, mask.shape[0] - 1) + 1):
+        grown[k:] |= mask[:-k]
+        grown[:-k] |= mask[k:]
+    return grown

@@ -514,6 +514,254 @@ def classical_parsing(
     return labels
 
 
+# =========================================================================== classical, batched
+
+# The same maths as `classical_parsing`, over a batch of frames in torch: the per-pixel
+# geometry, the blur, the threshold and the disk morphology (running sums) run on the whole
+# batch; connected components and hole filling (scipy) and the head's closing (on its crop) run per frame.
+# `classical_parsing` is the reference it is tested against.
+
+
+def _gaussian_blur_hw(x: torch.Tensor, sigma: float, truncate: float = 3.0) -> torch.Tensor:
+    """(B,C,H,W) float32 blurred along H then W with scipy gaussian_filter's kernel and its
+    'reflect' border (d c b a | a b c d | d c b a); summed in float32 (scipy sums in float64:
+    values agree to ~1e-5, so only a pixel within that of the threshold can differ)."""
+    radius = int(truncate * float(sigma) + 0.5)
+    k = np.exp(-0.5 / sigma**2 * np.arange(-radius, radius + 1) ** 2)
+    weights = (k / k.sum()).tolist()
+    for dim in (2, 3):
+        n = x.shape[dim]
+        padded = torch.cat([x.narrow(dim, 0, radius).flip(dim), x, x.narrow(dim, n - radius, radius).flip(dim)], dim)
+        out = padded.narrow(dim, 0, n) * weights[0]
+        for j in range(1, len(weights)):
+            out.add_(padded.narrow(dim, j, n), alpha=weights[j])
+        x = out
+    return x
+
+
+def _disk_widths(r: int) -> list[int]:
+    """Half-width of the disk x^2 + y^2 <= r^2 on each row offset -r..r."""
+    return [int(np.floor(np.sqrt(r * r - dy * dy))) for dy in range(-r, r + 1)]
+
+
+def _dilate_batch(mask: torch.Tensor, r: int, outside: bool = False) -> torch.Tensor:
+    """(B,H,W) bool dilated by a disk of radius r; pixels outside the image count as ``outside``.
+
+    Row by row: a running sum along W gives every horizontal segment's hit at once; the disk is
+    the union of its rows' segments, shifted vertically."""
+    if r <= 0:
+        return mask.clone()
+    b, h, w = mask.shape
+    x = F.pad(mask.to(torch.int32), (r, r, r, r), value=int(outside))  # (B,H+2r,W+2r)
+    cs = F.pad(x.cumsum(-1, dtype=torch.int32), (1, 0))  # (B,H+2r,W+2r+1), cs[j] = sum x[:j]
+    hits = {hw: (cs[..., r + hw + 1 : r + hw + 1 + w] - cs[..., r - hw : r - hw + w]) > 0
+            for hw in set(_disk_widths(r))}  # (B,H+2r,W): a segment of half-width hw hits
+    out = torch.zeros(b, h, w, dtype=torch.bool, device=mask.device)
+    for dy, hw in zip(range(-r, r + 1), _disk_widths(r)):
+        out |= hits[hw][:, r + dy : r + dy + h]
+    return out
+
+
+def _erode_batch(mask: torch.Tensor, r: int) -> torch.Tensor:
+    """(B,H,W) bool eroded by a disk of radius r; outside the image counts as empty."""
+    return ~_dilate_batch(~mask, r, outside=True) if r > 0 else mask.clone()
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """scipy's binary_fill_holes (4-connected background) by one labelling: the background
+    components that do not touch the image border are holes."""
+    lab, n = ndimage.label(~mask)
+    if n == 0:
+        return mask.copy()
+    border = np.zeros(n + 1, bool)
+    for edge in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+        border[edge] = True
+    border[0] = True  # label 0 is the mask itself
+    return mask | ~border[lab]
+
+
+class _BatchGeometry:
+    """`_FaceGeometry` for B frames: per-frame scalars in numpy, per-pixel maps in torch (B,H,W)."""
+
+    def __init__(self, lms: np.ndarray, shape: tuple[int, int], cfg: ClassicalParsingConfig):
+        self.frames = [_FaceParams(lm, cfg) for lm in lms]
+        yy, xx = (torch.from_numpy(a.copy()) for a in _grid(tuple(shape)))
+        f32 = lambda name: torch.tensor([getattr(g, name) for g in self.frames], dtype=torch.float32)[:, None, None]  # noqa: E731
+        dx, dy = xx - f32("chin_x"), yy - f32("chin_y")
+        self.h = dx * f32("right_x") + dy * f32("right_y")  # (B,H,W)
+        self.v = -(dx * f32("up_x") + dy * f32("up_y"))
+        self.face_h = torch.tensor([g.face_h for g in self.frames], dtype=torch.float64)[:, None, None]
+        self.jaw_w = torch.tensor([g.jaw_w for g in self.frames], dtype=torch.float64)[:, None, None]
+        self.xx, self.yy, self.shape = xx, yy, tuple(shape)
+
+    def below_jaw(self) -> torch.Tensor:
+        """(B,H,W) bool: under the jaw line, within its horizontal extent (per frame, np.interp)."""
+        h, v = self.h.numpy(), self.v.numpy()
+        out = np.empty(h.shape, bool)
+        for i, g in enumerate(self.frames):
+            inside = (h[i] >= g.jaw_h[0]) & (h[i] <= g.jaw_h[-1])
+            out[i] = inside & (v[i] > np.interp(h[i], g.jaw_h, g.jaw_v))
+        return torch.from_numpy(out)
+
+    def polygon(self, which: str) -> torch.Tensor:
+        """(B,H,W) bool: pixel centres inside each frame's convex hull ``which`` (counter-clockwise).
+
+        Each hull edge bounds x on every row (left of the edge, as `_fill_polygon` tests):
+        the rows' intervals are computed in float64, then compared with the pixel columns."""
+        h, w = self.shape
+        rows = torch.arange(h, dtype=torch.float64)[:, None]  # (H,1)
+        lo = torch.full((len(self.frames), h), -np.inf, dtype=torch.float64)
+        hi = torch.full((len(self.frames), h), np.inf, dtype=torch.float64)
+        for i, g in enumerate(self.frames):
+            hull = torch.from_numpy(getattr(g, which))  # (K,2)
+            a, b = hull, hull.roll(-1, 0)
+            slope = -(b[:, 1] - a[:, 1])  # the edge test is slope * x + const >= -1e-9
+            const = (b[:, 0] - a[:, 0]) * (rows - a[:, 1]) + (b[:, 1] - a[:, 1]) * a[:, 0]  # (H,K)
+            bound = (-1e-9 - const) / torch.where(slope == 0, torch.ones_like(slope), slope)
+            lo[i] = torch.where(slope > 0, bound, torch.full_like(bound, -np.inf)).amax(1)
+            hi[i] = torch.where(slope < 0, bound, torch.full_like(bound, np.inf)).amin(1)
+            flat_out = ((slope == 0) & (const < -1e-9)).any(1)  # a horizontal edge excludes the row
+            hi[i][flat_out] = -np.inf
+        x = torch.arange(w, dtype=torch.float64)
+        return (x >= lo[..., None]) & (x <= hi[..., None])
+
+    def ellipse(self, which: str) -> torch.Tensor:
+        """(B,H,W) bool inside each frame's ellipse ``which`` (centre, (2,2) map, radius)."""
+        c = torch.tensor(np.array([getattr(g, which)[0] for g in self.frames]), dtype=torch.float32)
+        m = torch.tensor(np.array([getattr(g, which)[1] for g in self.frames]), dtype=torch.float32)
+        r2 = torch.tensor([getattr(g, which)[2] ** 2 for g in self.frames], dtype=torch.float32)
+        dx = self.xx - c[:, 0, None, None]
+        dy = self.yy - c[:, 1, None, None]
+        q0 = dx * m[:, 0, 0, None, None] + dy * m[:, 1, 0, None, None]
+        q1 = dx * m[:, 0, 1, None, None] + dy * m[:, 1, 1, None, None]
+        return q0 * q0 + q1 * q1 <= r2[:, None, None]
+
+    def person_prior(self, cfg: ClassicalParsingConfig, skull: torch.Tensor) -> torch.Tensor:
+        """`_person_prior` given the frames' skull ellipses."""
+        half = (0.6 * self.jaw_w).float() + cfg.body_slope * self.v.clamp_min(0.0)
+        body = (self.v > (-0.2 * self.face_h).float()) & (self.h.abs() < half)
+        return skull | body
+
+
+class _FaceParams:
+    """The per-frame scalars of `_FaceGeometry` (no pixel maps) and the hulls/ellipses used."""
+
+    def __init__(self, lms: np.ndarray, cfg: ClassicalParsingConfig):
+        lm = np.asarray(lms, dtype=np.float64)
+        if lm.shape != (68, 2) or not np.isfinite(lm).all():
+            raise InputError(f"expected 68 finite landmarks (68,2), got shape {lm.shape}")
+        chin = lm[8]
+        up = lm[17:27].mean(axis=0) - chin
+        self.face_h = max(float(np.hypot(*up)), 1.0)
+        u = up / self.face_h
+        r = np.array([-u[1], u[0]])
+        self.jaw_w = max(float(np.hypot(*(lm[16] - lm[0]))), 1.0)
+        self.chin_x, self.chin_y = np.float32(chin[0]), np.float32(chin[1])
+        self.right_x, self.right_y = r.astype(np.float32)
+        self.up_x, self.up_y = u.astype(np.float32)
+        d = lm[:17] - chin
+        jh, jv = d @ r, -(d @ u)
+        order = np.argsort(jh)
+        self.jaw_h, self.jaw_v = jh[order], jv[order]
+        from scipy.spatial import ConvexHull
+
+        core = np.concatenate([lm[:17], lm[17:27] + u * cfg.forehead * self.face_h])
+        self.core = core[ConvexHull(core).vertices]  # (K,2)
+        skull = np.concatenate([lm[:17], lm[17:27] + u * cfg.crown * self.face_h])
+        self.skull = _ellipse_params(skull, cfg.hair_scale)
+        self.near_head = _ellipse_params(skull, cfg.stray_hair_scale)
+
+
+def _ellipse_params(points: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """`_ellipse_mask`'s centre (2,), map (2,2) and radius for ``points`` (N,2)."""
+    c = points.mean(axis=0)
+    evals, evecs = np.linalg.eigh(np.cov((points - c).T))
+    axes = np.sqrt(np.maximum(evals, 1e-6))
+    radius = float(np.sqrt((((points - c) @ evecs / axes) ** 2).sum(1)).max()) * scale
+    return c, evecs / axes, radius
+
+
+def _foreground_batch(frames: torch.Tensor, background: torch.Tensor, cfg: ClassicalParsingConfig) -> torch.Tensor:
+    """`foreground_mask` before hole filling for (B,H,W,3) uint8 frames: (B,H,W) bool."""
+    d = (frames.float() - background.float()).permute(0, 3, 1, 2)  # (B,3,H,W), exact in float32
+    if cfg.blur_sigma > 0:
+        d = _gaussian_blur_hw(d, cfg.blur_sigma)
+    fg = d.abs().amax(1) > cfg.diff_threshold
+    if cfg.open_px > 0:
+        fg = _dilate_batch(_erode_batch(fg, cfg.open_px), cfg.open_px)
+    if cfg.close_px > 0:
+        fg = _erode_batch(_dilate_batch(fg, cfg.close_px), cfg.close_px)
+    return fg
+
+
+def classical_parsing_batch(
+    frames: np.ndarray, lms: np.ndarray, background: np.ndarray, config: ClassicalParsingConfig | None = None
+) -> np.ndarray:
+    """`classical_parsing` of a batch: frames (B,S,S,3) uint8, lms (B,68,2), the plate (S,S,3)
+    uint8 -> labels (B,S,S) uint8."""
+    cfg = config or ClassicalParsingConfig()
+    frames, background = np.asarray(frames), np.asarray(background)
+    if frames.ndim != 4 or frames.shape[1:] != background.shape or frames.shape[3] != 3:
+        raise InputError(f"frames {frames.shape} must be (B,S,S,3) over a background (S,S,3), got {background.shape}")
+    b, shape = frames.shape[0], frames.shape[1:3]
+    g = _BatchGeometry(np.asarray(lms), shape, cfg)
+    core = g.polygon("core")
+    skull = g.ellipse("skull")
+    near_head = g.ellipse("near_head")
+    below_jaw = g.below_jaw()
+    seed = (core | g.person_prior(cfg, skull)).numpy()
+    fg_t = _foreground_batch(torch.from_numpy(frames), torch.from_numpy(background.copy())[None], cfg).numpy()
+    core_n, skull_n, below_n = core.numpy(), skull.numpy(), below_jaw.numpy()
+    fg = np.empty_like(fg_t)
+    head = np.empty_like(fg_t)
+    min_area = cfg.min_component_share * fg_t[0].size
+    for i, p in enumerate(g.frames):  # components, holes and the head's closing: per frame
+        f = _keep_person_components(_fill_holes(fg_t[i]), seed[i], min_area) | core_n[i]
+        hd = core_n[i] | (f & skull_n[i] & ~below_n[i])
+        if cfg.head_close > 0:
+            r = max(int(round(cfg.head_close * p.face_h)), 1)
+            box = _bbox(skull_n[i], r + 1)
+            crop = torch.from_numpy(np.ascontiguousarray(hd[box]))[None]
+            closed = _erode_batch(_dilate_batch(crop, r), r)[0].numpy()  # `_close` on the crop
+            hd[box] |= closed & skull_n[i][box] & ~below_n[i][box]
+        box = _bbox(hd, 1)  # holes lie inside the head's box: fill there
+        hd[box] = _fill_holes_padded(hd[box])
+        fg[i], head[i] = f, hd
+    fg_t, head_t = torch.from_numpy(fg), torch.from_numpy(head)
+
+    # neck: as in `classical_parsing`, every frame at once
+    v, h, face_h, jaw_w = g.v, g.h, g.face_h, g.jaw_w
+    band = h.abs() <= (0.5 * cfg.neck_band * jaw_w).float()
+    v_max = (cfg.neck_max * face_h).float()  # (B,1,1)
+    rows = fg_t & ~head_t & (v > 0) & (v <= v_max) & (h.abs() <= (1.5 * jaw_w).float())
+    n_rows = int(v_max.max()) + 1
+    widths = torch.zeros(b, n_rows, dtype=torch.int64)
+    idx = torch.where(rows, v.long(), torch.zeros_like(v, dtype=torch.int64)).clamp_max(n_rows - 1).flatten(1)
+    widths.scatter_add_(1, idx, rows.flatten(1).long())
+    k = torch.arange(n_rows, dtype=torch.float64)[None]
+    wide = (widths > cfg.shoulder_width * jaw_w[:, :, 0]) & (k >= cfg.neck_min * face_h[:, :, 0])
+    first = torch.where(wide.any(1), wide.float().argmax(1).double(), v_max[:, 0, 0].double())  # (B,)
+    neck_end = first.float()[:, None, None]
+    under = (below_jaw | (v > 0)) & (v <= neck_end)
+    neck_core = (h.abs() <= (0.5 * cfg.neck_core * jaw_w).float()) & under & (v <= neck_end)
+    neck = ((fg_t & band) | neck_core) & ~head_t & under
+
+    rest = fg_t & ~head_t & ~neck
+    lower = below_jaw | (v > 0)
+    labels = torch.zeros(b, *shape, dtype=torch.uint8)
+    labels[rest & lower] = TORSO
+    labels[rest & ~lower & near_head] = HEAD
+    labels[neck] = NECK
+    labels[head_t] = HEAD
+    return labels.numpy()
+
+
+def _fill_holes_padded(mask: np.ndarray) -> np.ndarray:
+    """Holes of ``mask`` filled as if it had an empty one-pixel border (a crop of a larger image
+    whose outside is empty)."""
+    return _fill_holes(np.pad(mask, 1))[1:-1, 1:-1]
+
+
 # =========================================================================== both methods
 
 
@@ -627,10 +875,12 @@ def parse_frames(
             from models.face.background import estimate_background
 
             bg = estimate_background(frames, out)
-        for i in range(t):
-            out[i] = classical_parsing(np.asarray(frames[i]), lms[i], bg, cfg.classical)
+        for s in range(0, t, cfg.batch_size):
+            e = min(s + cfg.batch_size, t)
+            batch = np.stack([np.asarray(frames[i]) for i in range(s, e)])
+            out[s:e] = classical_parsing_batch(batch, lms[s:e], bg, cfg.classical)
             if progress is not None:
-                progress(p * t + i + 1, passes * t)
+                progress(p * t + e, passes * t)
     return out
 
 
@@ -642,8 +892,19 @@ def labels_to_rgb(labels: np.ndarray) -> np.ndarray:
     return PART_COLOURS[lab]
 
 
+# label of each colour of the palette by its channels' high bits (r << 2 | g << 1 | b)
+_CODE_TO_LABEL = np.zeros(8, np.uint8)
+_CODE_TO_LABEL[[0b111, 0b100, 0b010, 0b001]] = [BG, HEAD, NECK, TORSO]
+
+
 def rgb_to_labels(rgb: np.ndarray) -> np.ndarray:
     """(...,S,S,3) parsing colours -> (...,S,S) uint8 labels (nearest palette colour)."""
+    x = np.asarray(rgb)
+    if x.dtype == np.uint8 and x.shape[-1:] == (3,):  # the palette's exact colours, as written
+        hi = x >> 7
+        lab = _CODE_TO_LABEL[(hi[..., 0] << 2) | (hi[..., 1] << 1) | hi[..., 2]]
+        if np.array_equal(PART_COLOURS[lab], x):
+            return lab
     x = np.asarray(rgb, dtype=np.int32)[..., None, :]  # (...,1,3)
     d = np.abs(x - PART_COLOURS.astype(np.int32)).sum(-1)  # (...,4)
     return d.argmin(-1).astype(np.uint8)

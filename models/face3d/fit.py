@@ -1,5 +1,7 @@
 """Landmark fitting of a morphable model to a whole clip at once (ER-NeRF's first tracking stage).
 
+Device-generic: everything runs where the landmarks are (pass CUDA landmarks to fit on the GPU).
+
 Unknowns: one identity `id (K_id)` shared by the clip, and per frame `euler (T, 3)`,
 `trans (T, 3)` (mm, OpenCV camera frame) and `exp (T, K_exp)`; the focal length is searched
 over a grid first (`search_focal`). Objective per sequence, in px^2 so the weights read alike:
@@ -26,6 +28,7 @@ no temporal term): it exists only as the baseline the batched fit is compared ag
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,18 +74,35 @@ class FitConfig:
     cpu_threads: int | None = 1
 
 
+_THREADS_LOCK = threading.Lock()
+_threads_users = 0  # cpu_threads blocks open in any thread
+_threads_before = 0  # torch's setting before the first of them
+
+
 @contextmanager
 def cpu_threads(n: int | None):
-    """Temporarily run torch's CPU ops on `n` threads (process-wide; None: unchanged)."""
-    if n is None or n == torch.get_num_threads():
+    """Temporarily run torch's CPU ops on `n` threads (process-wide; None: unchanged).
+
+    Safe when blocks overlap in several threads (concurrent tasks): the setting seen before
+    the first block is restored when the last one ends.
+    """
+    global _threads_users, _threads_before
+    if n is None:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    with _THREADS_LOCK:
+        if _threads_users == 0:
+            _threads_before = torch.get_num_threads()
+        _threads_users += 1
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _THREADS_LOCK:
+            _threads_users -= 1
+            if _threads_users == 0 and torch.get_num_threads() != _threads_before:
+                torch.set_num_threads(_threads_before)
 
 
 @dataclass
@@ -177,8 +197,8 @@ class _Problem:
     smooth: bool
 
     def __post_init__(self) -> None:
-        if self.model.mean.dtype != self.lms.dtype:
-            self.model = self.model.to(dtype=self.lms.dtype)
+        if self.model.mean.dtype != self.lms.dtype or self.model.mean.device != self.lms.device:
+            self.model = self.model.to(device=self.lms.device, dtype=self.lms.dtype)
 
     def smooth_weights(self, n_active: int) -> Tensor:
         """(P,) temporal weight of each frame parameter (euler, trans, exp)."""
@@ -344,7 +364,7 @@ def _lm_step(p: _Problem, id: Tensor, theta: Tensor, n_active: int, fit_id: bool
     if fit_id:
         k = id.shape[-1]
         b = jt.transpose(-1, -2) @ ji  # (C, T, n, K)
-        d = (ji.transpose(-1, -2) @ ji).sum(1) + cfg.w_id * t * torch.eye(k, dtype=id.dtype)  # (C, K, K)
+        d = (ji.transpose(-1, -2) @ ji).sum(1) + cfg.w_id * t * torch.eye(k, dtype=id.dtype, device=id.device)
         dd = d.diagonal(dim1=-2, dim2=-1)
         d = d + torch.diag_embed(lam[:, None] * dd + 1e-7 * dd.mean(-1, keepdim=True) + 1e-9)
         gi = (ji.transpose(-1, -2) @ res[..., None])[..., 0].sum(1) + cfg.w_id * t * id  # (C, K)
@@ -378,7 +398,7 @@ def _fit(p: _Problem, id_fixed: Tensor | None) -> tuple[Tensor, Tensor, Tensor, 
     c, t = p.lms.shape[:2]
     model, cfg = p.model, p.cfg
     dtype = p.lms.dtype
-    start_id = p.lms.new_zeros(model.n_id) if id_fixed is None else id_fixed.to(dtype)
+    start_id = p.lms.new_zeros(model.n_id) if id_fixed is None else id_fixed.to(p.lms.device, dtype)
     points = model.landmarks(start_id, p.lms.new_zeros(model.n_exp))[0]  # (68, 3)
     euler, trans = init_pose(p.lms, p.focal[:, None].expand(c, t), p.image_size, points)
     id = start_id[None].repeat(c, 1)
@@ -421,7 +441,7 @@ def _search_focal(lms: Tensor, image_size: int, model: MorphableModel, candidate
     sub = lms[pick]
 
     def losses(focals: list[float]) -> Tensor:
-        f = torch.tensor(focals, dtype=sub.dtype)
+        f = torch.tensor(focals, dtype=sub.dtype, device=sub.device)
         prob = _Problem(sub[None].expand(len(focals), -1, -1, -1), f, image_size, model, config, smooth=False)
         return _fit(prob, None)[4]
 
@@ -456,8 +476,8 @@ def fit_landmarks(lms: Tensor, image_size: int, model: MorphableModel, focal: fl
 
 def _fit_landmarks(lms: Tensor, image_size: int, model: MorphableModel, focal: float, config: FitConfig,
                    id: Tensor | None) -> TrackResult:
-    prob = _Problem(lms[None], torch.tensor([float(focal)]), image_size, model, config, smooth=True)
-    id_fixed = None if id is None else torch.as_tensor(id, dtype=lms.dtype)
+    prob = _Problem(lms[None], lms.new_tensor([float(focal)]), image_size, model, config, smooth=True)
+    id_fixed = None if id is None else torch.as_tensor(id, dtype=lms.dtype, device=lms.device)
     id_, exp, euler, trans, _, _ = _fit(prob, id_fixed)
     err = _landmark_error(prob, id_, exp, euler, trans)
     return TrackResult(id=id_[0], exp=exp[0], euler=euler[0], trans=trans[0], focal=float(focal),

@@ -10,7 +10,8 @@ Two stages, both batched over frames (Adam with a cosine decay to zero):
    frames' lights, poses and expressions (and the identity when `lr_id > 0`; by default it
    stays the landmark fit's, estimated on every frame); every frame then starts from the mean
    of those lights.
-2. **per chunk of frames**: refine euler, trans, exp and light of `chunk` frames at a time
+2. **per chunk of frames**: refine euler, trans, exp and light of `chunk` frames at a time (on
+   CUDA, as many frames as the free GPU memory holds: `frames_per_chunk`)
    (identity, texture and focal now fixed) on
 
        sum_t w_photo * E_t + w_lmk * mean_l |proj - lms|^2 + w_exp |exp_t|^2 + temporal
@@ -64,9 +65,27 @@ class PhotoConfig:
     w_smooth_trans: float = 0.0003  # per mm^2
     w_smooth_exp: float = 0.001
     cpu_threads: int | None = 1
+    gpu_memory_share: float = 0.5  # on CUDA: share of the free memory the frames of a chunk may use
 
 
-def _as_frames(images, idx: Tensor, size: int) -> Tensor:
+def frame_bytes(model: MorphableModel, render_size: int) -> int:
+    """Rough peak memory of one frame in a refinement step (forward + backward): vertex-sized
+    tensors, window-sized pixel tensors, and the rasterizer's per-tile face lists."""
+    tiles = (-(-render_size // 24)) ** 2  # `rasterize`'s 24 px tiles
+    return int(4 * 40 * 3 * model.n_vertices + 4 * 80 * render_size**2 + 17 * tiles * model.faces.shape[0])
+
+
+def frames_per_chunk(config: PhotoConfig, model: MorphableModel, device: torch.device, n_frames: int) -> int:
+    """Frames optimised together: `config.chunk` on the CPU; on CUDA as many as
+    `gpu_memory_share` of the free memory holds (`torch.cuda.mem_get_info`), at least `chunk`."""
+    if torch.device(device).type != "cuda":
+        return config.chunk
+    free, _ = torch.cuda.mem_get_info(device)
+    fits = int(config.gpu_memory_share * free) // frame_bytes(model, config.render_size)
+    return max(config.chunk, min(n_frames, fits))
+
+
+def _as_frames(images, idx: Tensor, size: int, device: torch.device) -> Tensor:
     """Frames `idx` of (T, S, S, 3) uint8 / float images (tensor, array or sequence) -> float [0, 1]."""
     if isinstance(images, (Tensor, np.ndarray)):
         batch = torch.as_tensor(images[idx.numpy()] if isinstance(images, np.ndarray) else images[idx])
@@ -75,8 +94,8 @@ def _as_frames(images, idx: Tensor, size: int) -> Tensor:
     if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
         raise InputError(f"frames must be {size}x{size} RGB, got shape {tuple(batch.shape[1:])}")
     if batch.dtype == torch.uint8:
-        return batch.float() / 255.0
-    return batch.float()
+        return batch.to(device).float() / 255.0
+    return batch.to(device).float()
 
 
 def sample_windows(images: Tensor, window: Window) -> Tensor:
@@ -84,7 +103,7 @@ def sample_windows(images: Tensor, window: Window) -> Tensor:
     s = images.shape[1]
     r = window.size
     k = max(1, math.ceil(float(window.side.max()) / r))  # supersampling factor
-    grid = (torch.arange(r * k, dtype=images.dtype) + 0.5) / (r * k)  # (Rk,) in [0, 1]
+    grid = (torch.arange(r * k, dtype=images.dtype, device=images.device) + 0.5) / (r * k)  # (Rk,) in [0, 1]
     gx = window.x0[:, None] + grid[None] * window.side[:, None]  # (B, Rk) image px
     gy = window.y0[:, None] + grid[None] * window.side[:, None]
     nx, ny = 2 * gx / s - 1, 2 * gy / s - 1  # grid_sample coordinates (align_corners=False)
@@ -150,12 +169,13 @@ def _windows(model: MorphableModel, track: TrackResult, idx: Tensor, cfg: PhotoC
 
 
 def _load_chunk(images, masks, lms: Tensor, idx: Tensor, window: Window, size: int) -> _Chunk:
-    target = sample_windows(_as_frames(images, idx, size), window)
+    """Targets of frames `idx` (CPU indices) on the device of `lms`."""
+    target = sample_windows(_as_frames(images, idx, size, lms.device), window)
     user = None
     if masks is not None:
         m = torch.as_tensor(masks[idx.numpy()] if isinstance(masks, np.ndarray) else masks[idx])
-        user = sample_windows(m.float()[..., None], window)[..., 0] > 0.5
-    return _Chunk(target, user, window, lms[idx])
+        user = sample_windows(m.to(lms.device).float()[..., None], window)[..., 0] > 0.5
+    return _Chunk(target, user, window, lms[idx.to(lms.device)])
 
 
 def _adam_frames(model: MorphableModel, track: TrackResult, chunk: _Chunk, config: PhotoConfig,
@@ -208,11 +228,12 @@ def fit_shared(images, model: MorphableModel, track: TrackResult, lms: Tensor, c
     (with those frames' pose and expression, and the identity when `lr_id > 0`).
     -> id (K_id,), tex (K_tex,), mean light (9, 3)."""
     t = track.n_frames
-    idx = torch.linspace(0, t - 1, min(config.tex_frames, t)).round().long().unique()
-    chunk = _load_chunk(images, masks, lms, idx, _windows(model, track, idx, config), track.image_size)
+    idx = torch.linspace(0, t - 1, min(config.tex_frames, t)).round().long().unique()  # CPU: frames to read
+    di = idx.to(lms.device)
+    chunk = _load_chunk(images, masks, lms, idx, _windows(model, track, di, config), track.image_size)
     params = {
-        "euler": track.euler[idx].clone(), "trans": track.trans[idx].clone(), "exp": track.exp[idx].clone(),
-        "light": default_light(len(idx)), "tex": torch.zeros(model.n_tex),
+        "euler": track.euler[di].clone(), "trans": track.trans[di].clone(), "exp": track.exp[di].clone(),
+        "light": default_light(len(idx), device=lms.device), "tex": lms.new_zeros(model.n_tex),
     }
     if config.lr_id > 0:
         params["id"] = track.id.clone()
@@ -237,6 +258,8 @@ def refine_photometric(images, lms: Tensor, model: MorphableModel, track: TrackR
         raise InputError(f"got {len(masks)} masks for {t} frames")
     if model.n_id != track.id.shape[0] or model.n_exp != track.exp.shape[1]:
         raise InputError("the track was fitted with a different model (coefficient counts differ)")
+    device = track.euler.device  # everything runs where the track is (frames are read, then moved)
+    lms, model = lms.to(device), model.to(device=device)
     with cpu_threads(config.cpu_threads):
         return _refine(images, lms, model, track, config, masks)
 
@@ -248,17 +271,19 @@ def _refine(images, lms: Tensor, model: MorphableModel, track: TrackResult, conf
     t, size = track.n_frames, track.image_size
     euler, trans, exp = track.euler.clone(), track.trans.clone(), track.exp.clone()
     light = light0.expand(t, 9, 3).clone()
-    photo = torch.zeros(t)
+    photo = lms.new_zeros(t)
     before = None
-    for start in range(0, t, config.chunk):
-        idx = torch.arange(start, min(start + config.chunk, t))
-        win = _windows(model, replace(track, euler=euler, trans=trans, exp=exp), idx, config)
+    step = frames_per_chunk(config, model, lms.device, t)
+    for start in range(0, t, step):
+        idx = torch.arange(start, min(start + step, t))  # CPU: frames to read
+        di = idx.to(lms.device)
+        win = _windows(model, replace(track, euler=euler, trans=trans, exp=exp), di, config)
         chunk = _load_chunk(images, masks, lms, idx, win, size)
-        params = {"euler": euler[idx].clone(), "trans": trans[idx].clone(), "exp": exp[idx].clone(),
-                  "light": light[idx].clone()}
-        photo[idx] = _adam_frames(model, track, chunk, config, params, config.iters, before)
-        euler[idx], trans[idx], exp[idx], light[idx] = (params[k] for k in ("euler", "trans", "exp", "light"))
-        before = torch.cat([euler[idx], trans[idx], exp[idx]], -1)[-2:]
+        params = {"euler": euler[di].clone(), "trans": trans[di].clone(), "exp": exp[di].clone(),
+                  "light": light[di].clone()}
+        photo[di] = _adam_frames(model, track, chunk, config, params, config.iters, before)
+        euler[di], trans[di], exp[di], light[di] = (params[k] for k in ("euler", "trans", "exp", "light"))
+        before = torch.cat([euler[di], trans[di], exp[di]], -1)[-2:]
     cx, cy = principal_point(size)
     px = project(head_to_camera(model.landmarks(id, exp), euler, trans), track.focal, cx, cy)
     err = (px - lms).norm(dim=-1).mean(-1)
