@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from models.face3d.morphable import generic_model
+from models.nerffacespeech.audio2exp import speech_rate
 from models.nerffacespeech.camera import EG3D_FOCAL
 from models.portrait_warp import WarpRigConfig, build_rig, load_rig, render_warp
 from models.portrait_warp.rig import project_mesh
@@ -101,3 +102,12 @@ def test_rig_round_trip_and_output_size(rig, case, model, tmp_path):
         render_warp(rig, model, np.zeros((2, 3), np.float32))
     with pytest.raises(InputError, match="uint8"):
         build_rig(image[:100], lm, fit, model)
+
+
+def test_speech_rate_counts_syllables_per_second():
+    fps = 25
+    t = np.arange(4 * fps) / fps
+    env = (0.5 - 0.5 * np.cos(2 * np.pi * 3 * t)) ** 2  # 3 syllables a second for 4 s
+    assert abs(speech_rate(env, fps) - 3.0) < 0.4
+    assert abs(speech_rate(np.concatenate([np.zeros(50), env, np.zeros(50)]), fps) - 3.0) < 0.4  # pauses excluded
+    assert speech_rate(np.zeros(50), fps) == 0.0

@@ -116,15 +116,16 @@ def _band_energies(x16: np.ndarray, t: int, fps: float) -> np.ndarray:
 
 def speech_rate(envelope: np.ndarray, fps: float, voiced: float = 0.2) -> float:
     """Syllables per second: peaks of the envelope (T,) that rise above `voiced` and stand out
-    from their neighbours by 0.1, over the voiced time (0 for silence)."""
+    from their neighbours by 0.1, over the time from the first to the last voiced frame
+    (0 for silence)."""
     from scipy.signal import find_peaks
 
     env = np.asarray(envelope, np.float64)
-    n_voiced = int((env > voiced).sum())
-    if n_voiced == 0:
+    on = np.flatnonzero(env > voiced)
+    if len(on) == 0:
         return 0.0
     peaks, _ = find_peaks(env, height=voiced, prominence=0.1, distance=max(1, int(fps / 10)))
-    return float(len(peaks) * fps / max(n_voiced, fps / 4))
+    return float(len(peaks) * fps / max(on[-1] - on[0] + 1, fps / 4))
 
 
 def _standard_logistic(x: np.ndarray, mask: np.ndarray, slope: float) -> np.ndarray:
