@@ -310,7 +310,7 @@ def portrait(
     dest = out or get_settings().outputs_dir / "portraits" / f"{character}-{result.video['video'].sha256[:8]}.mp4"
     dest = export(result.video["video"], dest)
     detail = (f"PTI error {result.pti.meta['error_initial']:.3f} -> {result.pti.meta['error_final']:.3f}"
-              if result.pti is not None else f"warp at {result.rig.meta['size']} px")
+              if result.pti is not None else f"{result.rig.meta['size']} x {result.rig.meta['size']} px")
     console.print(f"video: {dest} ({result.video.meta['duration_s']:.2f} s); {result.renderer} renderer, {detail}")
 
 
