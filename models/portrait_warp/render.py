@@ -33,7 +33,8 @@ class WarpRenderConfig(BaseModel):
     feather_px: float = Field(1.0, gt=0, description="Width of the soft edge of the painted mouth opening, px.")
     corner_shade: float = Field(0.45, ge=0, le=1, description="How much darker the mouth interior gets at its "
                                 "corners and under the upper lip (0: flat).")
-    min_opening_px: float = Field(1.5, ge=0, description="Extra lip gap (px) over which the interior fades in.")
+    min_opening_px: float = Field(3.0, ge=0, description="Lip gap (px) over which the interior fades in: a barely "
+                                  "parted mouth shows a soft shadow, not a drawn line.")
     cpu_threads: int | None = Field(None, ge=1, description="CPU threads while rendering (None: torch's setting).")
 
 
