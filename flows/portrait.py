@@ -1,22 +1,30 @@
 """NeRFFaceSpeech: one portrait of a character + audio or text -> a talking video.
 
-The character fit (3DMM + PTI) is cached by character, image content, generator checkpoint and
-fit config, so every later video of the same character and image skips it.
+Two renderers share the 3DMM fit and the audio-to-expression driver:
+- generator: PTI of the registered 3D-aware generator, its rays deformed by the 3DMM;
+- warp: the portrait itself, warped by the 3DMM (models/portrait_warp), needing no weights.
+`renderer="auto"` takes the generator when one is registered, else the warp. The character fit
+(3DMM, then PTI or the warp rig) is cached by character, image content, generator checkpoint
+and config, so every later video of the same character and image skips it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow
 from pydantic import BaseModel, Field
 
 from models.audio.features import SAMPLE_RATE
+from models.nerffacespeech.audio2exp import EnvelopeConfig
 from models.nerffacespeech.face_fit import FaceFitConfig
 from models.nerffacespeech.pti import PTIConfig
 from models.nerffacespeech.render import RenderConfig
+from models.portrait_warp import WarpRenderConfig, WarpRigConfig
 from talkflow import assets
 from talkflow.checks import audio_or_text, validate_name
+from talkflow.errors import AssetMissing
 from talkflow.store import StageResult
 from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.outputs import publish_output
@@ -26,24 +34,49 @@ from tasks.portrait import (
     fit_character_face,
     invert_portrait,
     render_portrait,
+    render_warped_portrait,
+    rig_portrait,
 )
 from tasks.speech import SpeechConfig, synthesize_speech
 
+Renderer = Literal["auto", "warp", "generator"]
+
 
 class PortraitConfig(BaseModel):
+    renderer: Renderer = Field("auto", description="Which renderer draws the frames: 'generator' (PTI of the "
+                               "registered 3D-aware generator), 'warp' (the portrait itself, warped by its 3DMM; "
+                               "no weights needed) or 'auto' (the generator when one is registered, else the warp).")
     fit: FaceFitConfig = Field(default_factory=FaceFitConfig, description="3DMM fit of the portrait.")
-    pti: PTIConfig = Field(default_factory=PTIConfig.fallback, description="PTI steps and losses.")
+    pti: PTIConfig = Field(default_factory=PTIConfig.fallback, description="PTI steps and losses (generator path).")
     generator: GeneratorChoice = Field(default_factory=GeneratorChoice,
-                                       description="The generator used while no checkpoint is registered.")
-    render: RenderConfig = Field(default_factory=RenderConfig, description="Rendering of the talking frames.")
+                                       description="The fallback generator (generator path without a checkpoint).")
+    render: RenderConfig = Field(default_factory=RenderConfig, description="Generator rendering.")
+    warp_rig: WarpRigConfig = Field(default_factory=WarpRigConfig, description="Warp path: the per-character rig.")
+    warp: WarpRenderConfig = Field(default_factory=WarpRenderConfig, description="Warp path: frame rendering.")
+    driver: EnvelopeConfig = Field(default_factory=EnvelopeConfig, description="Audio -> expression mapping used "
+                                   "by both renderers when no audio2exp network is registered.")
     speech: SpeechConfig = Field(default_factory=SpeechConfig, description="The TTS voice (when text is given).")
     fps: int = Field(25, ge=1, le=60, description="Frame rate of the video, frames per second.")
 
 
 class PortraitResult(BaseModel):
+    renderer: Literal["warp", "generator"]
     fit: StageResult
-    pti: StageResult
+    pti: StageResult | None = None  # generator path
+    rig: StageResult | None = None  # warp path
     video: StageResult
+
+
+def choose_renderer(requested: Renderer = "auto") -> tuple[Literal["warp", "generator"], Path | None]:
+    """(renderer, generator checkpoint or None). Raises AssetMissing for 'generator' without a
+    registered generator (checked before any work)."""
+    checkpoint = assets.locate("generator")
+    if requested == "generator" and checkpoint is None:
+        raise AssetMissing("the generator renderer needs a registered generator checkpoint "
+                           "(`talkflow assets add generator PATH`); without one use --renderer warp")
+    if requested == "warp" or (requested == "auto" and checkpoint is None):
+        return "warp", None
+    return "generator", checkpoint
 
 
 @flow(name="generate-from-portrait")
@@ -61,20 +94,31 @@ def generate_from_portrait(
         image: the portrait (a path the run can read); its content, not its name, keys the fit.
         audio: a speech recording (give exactly one of audio or text).
         text: what to say, spoken by the offline TTS (give exactly one of audio or text).
-        config: fit, PTI, generator fallback, rendering and speech settings.
+        config: renderer choice, fit, PTI or warp rig, rendering and speech settings.
     """
     ns = validate_name(character, "character")
     audio_or_text(audio, text)
-    bfm, checkpoint = assets.locate("bfm"), assets.locate("generator")
+    renderer, checkpoint = choose_renderer(config.renderer)
+    bfm = assets.locate("bfm")
     fit = fit_character_face(image, config.fit, bfm=bfm, namespace=ns)
-    pti = invert_portrait(fit, config.pti, generator=checkpoint, fallback=config.generator, bfm=bfm, namespace=ns)
+    pti = rig = None
+    if renderer == "generator":
+        pti = invert_portrait(fit, config.pti, generator=checkpoint, fallback=config.generator, bfm=bfm,
+                              namespace=ns)
+    else:
+        rig = rig_portrait(fit, config.warp_rig, bfm=bfm, namespace=ns)
     if text is not None:
         speech = synthesize_speech(text, config.speech)
     else:
         speech = prepare_audio(audio, fps=config.fps, sample_rate=SAMPLE_RATE)
-    expressions = audio_to_expressions(speech, fit, fps=config.fps, weights=assets.locate("audio2exp"), bfm=bfm)
-    frames = render_portrait(pti, fit, expressions, config.render, bfm=bfm, namespace=ns)
+    expressions = audio_to_expressions(speech, fit, fps=config.fps, weights=assets.locate("audio2exp"), bfm=bfm,
+                                       driver=config.driver)
+    if renderer == "generator":
+        frames = render_portrait(pti, fit, expressions, config.render, bfm=bfm, namespace=ns)
+    else:
+        frames = render_warped_portrait(rig, expressions, config.warp, bfm=bfm, namespace=ns)
     video = mux_video(frames, speech["audio"], MuxConfig(), fps=config.fps, namespace=ns)
     publish_output("portrait", video["video"], namespace=ns, stages={
-        "3DMM fit": fit, "PTI": pti, "speech": speech, "expressions": expressions, "frames": frames, "mux": video})
-    return PortraitResult(fit=fit, pti=pti, video=video)
+        "3DMM fit": fit, "PTI": pti, "warp rig": rig, "speech": speech, "expressions": expressions,
+        "frames": frames, "mux": video})
+    return PortraitResult(renderer=renderer, fit=fit, pti=pti, rig=rig, video=video)

@@ -142,6 +142,9 @@ def doctor() -> None:
         ok = (assets.shipped_dir() / net.file).is_file()
         row(f"network {net.name}", ok, f"{net.file}: {net.what}" if ok else
             f"{net.file} missing from {assets.shipped_dir()}: run `bash scripts/setup.sh` ({net.what})")
+    generator = assets.locate("generator")
+    row("portrait renderer", True, "generator (PTI of the registered generator; --renderer warp for the warp)"
+        if generator else "warp (the portrait warped by its 3DMM; register a generator for the generator path)")
     console.print(t)
 
 
@@ -366,17 +369,27 @@ def portrait(
     image: Path = typer.Option(..., help="The portrait photo."),
     audio: Path = typer.Option(None, help="Speech to say (wav, mp3, ...)."),
     text: str = typer.Option(None, help="Or text to say (offline TTS)."),
+    renderer: str = typer.Option("auto", help="generator (PTI of the registered generator), warp (the portrait "
+                                 "itself, warped by its 3DMM; no weights) or auto (generator when registered)."),
     out: Path = typer.Option(None, help="Where to write the mp4 (default: <data_root>/outputs/portraits/)."),
 ) -> None:
-    """A video of the portrait speaking; the fit (3DMM + PTI) is cached per character and image."""
-    from flows.portrait import generate_from_portrait
+    """A video of the portrait speaking; the character fit (3DMM + PTI or warp rig) is cached per
+    character and image."""
+    from flows.portrait import PortraitConfig, choose_renderer, generate_from_portrait
 
-    result = run_flow(generate_from_portrait, character, image, audio, text,
-                      status=f"portrait of {character} (the first video of an image runs PTI)")
+    if renderer not in ("auto", "warp", "generator"):
+        raise InputError(f"--renderer must be auto, warp or generator, not {renderer!r}")
+    chosen, _ = choose_renderer(renderer)  # a missing generator fails here, before any work
+    first = "PTI" if chosen == "generator" else "the warp rig"
+    console.print(f"renderer: {chosen}" + (" (no generator registered)" if renderer == "auto" and chosen == "warp"
+                                           else ""))
+    result = run_flow(generate_from_portrait, character, image, audio, text, PortraitConfig(renderer=chosen),
+                      status=f"portrait of {character}, {chosen} renderer (the first video of an image runs {first})")
     dest = out or get_settings().outputs_dir / "portraits" / f"{character}-{result.video['video'].sha256[:8]}.mp4"
     dest = export(result.video["video"], dest)
-    console.print(f"video: {dest} ({result.video.meta['duration_s']:.2f} s); PTI error "
-                  f"{result.pti.meta['error_initial']:.3f} -> {result.pti.meta['error_final']:.3f}")
+    detail = (f"PTI error {result.pti.meta['error_initial']:.3f} -> {result.pti.meta['error_final']:.3f}"
+              if result.pti is not None else f"{result.rig.meta['size']} x {result.rig.meta['size']} px")
+    console.print(f"video: {dest} ({result.video.meta['duration_s']:.2f} s); {result.renderer} renderer, {detail}")
 
 
 @character_app.command("rm")

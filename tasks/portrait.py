@@ -1,5 +1,6 @@
-"""One-shot portraits (NeRFFaceSpeech): the character fit (3DMM + PTI), cached per character and
-image content, then audio -> expressions -> rendered frames.
+"""One-shot portraits (NeRFFaceSpeech): the character fit (3DMM, then PTI of a generator or the
+warp rig of the portrait itself), cached per character and image content, then audio ->
+expressions -> rendered frames (the tuned generator's, or the warped portrait's).
 
 The fit stages take the image as a Path (its sha256 enters the key), the generator checkpoint
 as a Path (its sha256 too) and the character as the namespace: a new image under an old
@@ -15,12 +16,13 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from models.nerffacespeech.audio2exp import EnvelopeAudioToExpression, load_audio2exp
+from models.nerffacespeech.audio2exp import EnvelopeAudioToExpression, EnvelopeConfig, load_audio2exp
 from models.nerffacespeech.deform import FaceRig
 from models.nerffacespeech.face_fit import FaceFitConfig, crop_portrait, fit_portrait, load_portrait, portrait_camera
 from models.nerffacespeech.generator import GeneratorConfig, load_generator, small_generator
 from models.nerffacespeech.pti import PTIConfig, load_pti, run_pti
 from models.nerffacespeech.render import RenderConfig, render_frames
+from models.portrait_warp import WarpRenderConfig, WarpRigConfig, build_rig, load_rig, render_warp
 from talkflow import media
 from talkflow.cache import stage
 from talkflow.hashing import sha256_file
@@ -42,14 +44,19 @@ def load_coeffs(fit: StageResult) -> dict[str, torch.Tensor]:
     return torch.load(local_file(fit["coeffs"]), weights_only=True)
 
 
+def load_fitted_portrait(fit: StageResult) -> np.ndarray:
+    with Image.open(local_file(fit["portrait"])) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 def build_generator(checkpoint: Path | None, choice: GeneratorChoice):
     return load_generator(checkpoint) if checkpoint is not None else small_generator(choice.seed, choice.config)
 
 
-@stage("portrait_fit", "1")
+@stage("portrait_fit", "2")
 def fit_character_face(image: Path, config: FaceFitConfig, bfm: Path | None = None,
                        namespace: str | None = None) -> StageResult:
-    """Square face-centred crop of the portrait and its 3DMM fit (fitted_coeffs)."""
+    """Square face-centred crop of the portrait, its 68 landmarks and its 3DMM fit (fitted_coeffs)."""
     img = load_portrait(local_file(image), config.min_size, square=False)
     if img.shape[0] != img.shape[1]:
         img = crop_portrait(img)
@@ -57,8 +64,10 @@ def fit_character_face(image: Path, config: FaceFitConfig, bfm: Path | None = No
     with scratch("portrait") as work:
         Image.fromarray(img).save(work / "portrait.png")
         torch.save(fit.coeffs, work / "coeffs.pt")
+        np.save(work / "landmarks.npy", np.asarray(fit.landmarks, np.float32))
         store = get_store()
-        artifacts = {"portrait": store.put_file(work / "portrait.png"), "coeffs": store.put_file(work / "coeffs.pt")}
+        artifacts = {name: store.put_file(work / file) for name, file in
+                     (("portrait", "portrait.png"), ("coeffs", "coeffs.pt"), ("landmarks", "landmarks.npy"))}
     return StageResult(artifacts=artifacts, meta={
         "image_sha256": sha256_file(local_file(image)), "size": int(img.shape[0]),
         "reprojection_error_px": round(fit.reprojection_error_px, 3), "model": fit.model_name,
@@ -73,8 +82,7 @@ def invert_portrait(fit: StageResult, config: PTIConfig, generator: Path | None 
     g = build_generator(generator, fallback)
     coeffs = load_coeffs(fit)
     camera = portrait_camera(coeffs, g.cfg.focal, g.cfg.camera_radius, g.cfg.camera_pivot)
-    with Image.open(local_file(fit["portrait"])) as im:
-        target = np.asarray(im.convert("RGB"))
+    target = load_fitted_portrait(fit)
     face_depth = None
     if generator is None:  # the fallback has no face prior: pull its geometry onto the fitted face
         rig = FaceRig.from_fit(coeffs, morphable_model(bfm), camera)
@@ -89,19 +97,29 @@ def invert_portrait(fit: StageResult, config: PTIConfig, generator: Path | None 
         "generator": "registered" if generator is not None else f"small (seed {fallback.seed})"})
 
 
-@stage("audio2exp", "1")
+@stage("audio2exp", "2")
 def audio_to_expressions(audio: StageResult, fit: StageResult, fps: int = 25, weights: Path | None = None,
-                         bfm: Path | None = None, namespace: str | None = None) -> StageResult:
-    """Per-frame expression coefficients (T, K) from speech, around the portrait's own expression."""
+                         bfm: Path | None = None, driver: EnvelopeConfig = EnvelopeConfig(),
+                         namespace: str | None = None) -> StageResult:
+    """Per-frame expression coefficients (T, K) from speech, around the portrait's own expression:
+    the one driver of both renderers. Without network weights, the envelope mapping (`driver`)."""
     samples, rate = media.read_wav(local_file(audio["audio"]))
     model = morphable_model(bfm)
-    predictor = load_audio2exp(weights) if weights is not None else EnvelopeAudioToExpression(model.exp_names)
-    exp = predictor.predict(samples, rate, fps=fps) + load_coeffs(fit)["exp"].reshape(1, -1).numpy()
+    meta = {"fps": fps, "predictor": "network" if weights else "envelope"}
+    if weights is not None:
+        delta = load_audio2exp(weights).predict(samples, rate, fps=fps)
+    else:
+        predictor = EnvelopeAudioToExpression(model.exp_names, driver)
+        curves = predictor.curves(samples, rate, fps=fps)
+        delta = predictor.predict(samples, rate, fps=fps)
+        if len(curves["envelope"]):
+            meta |= {"speech_rate_hz": round(float(curves["rate_hz"][0]), 2),
+                     "voiced_share": round(float((curves["envelope"] > driver.voiced).mean()), 3)}
+    exp = delta + load_coeffs(fit)["exp"].reshape(1, -1).numpy()
     with scratch("a2e") as work:
         np.save(work / "exp.npy", exp.astype(np.float32))
         art = get_store().put_file(work / "exp.npy")
-    return StageResult(artifacts={"exp": art}, meta={"n_frames": int(exp.shape[0]), "fps": fps,
-                                                     "predictor": "network" if weights else "envelope"})
+    return StageResult(artifacts={"exp": art}, meta={"n_frames": int(exp.shape[0]), **meta})
 
 
 @stage("portrait_render", "1")
@@ -120,3 +138,29 @@ def render_portrait(pti: StageResult, fit: StageResult, expressions: StageResult
         art = get_store().put_dir(work / "frames")
     return StageResult(artifacts={"frames": art},
                        meta={"n_frames": len(frames), "ext": "png", "size": int(frames.shape[1])})
+
+
+@stage("warp_rig", "1")
+def rig_portrait(fit: StageResult, config: WarpRigConfig, bfm: Path | None = None,
+                 namespace: str | None = None) -> StageResult:
+    """The warp renderer's per-character rig: the portrait bound to its fitted mesh, face mask,
+    lip lines and mouth-interior colours (the generator path's PTI, for the warp path)."""
+    rig = build_rig(load_fitted_portrait(fit), np.load(local_file(fit["landmarks"])), load_coeffs(fit),
+                    morphable_model(bfm), config)
+    with scratch("warp-rig") as work:
+        art = get_store().put_file(rig.save(work / "rig.pt"))
+    return StageResult(artifacts={"rig": art}, meta={"size": rig.size, "moving_pixels": int(rig.pix.numel()),
+                                                     "teeth_strength": round(float(rig.teeth_strength), 3)})
+
+
+@stage("warp_render", "1")
+def render_warped_portrait(rig: StageResult, expressions: StageResult, config: WarpRenderConfig,
+                           bfm: Path | None = None, namespace: str | None = None) -> StageResult:
+    """Frames of the portrait itself, warped by the expression sequence (JPEG, the portrait's size)."""
+    warp_rig = load_rig(local_file(rig["rig"]))
+    frames = render_warp(warp_rig, morphable_model(bfm), np.load(local_file(expressions["exp"])), config)
+    with scratch("warp-frames") as work:
+        media.write_frames(frames, work / "frames", ext="jpg")
+        art = get_store().put_dir(work / "frames")
+    return StageResult(artifacts={"frames": art},
+                       meta={"n_frames": len(frames), "ext": "jpg", "size": warp_rig.size})

@@ -108,6 +108,18 @@ def test_doctor_reports_tools_and_assets(tmp_path):
     for word in ("ffmpeg", "torch", "pytorch3d", "embedded", "store", "asset bfm",
                  "01_MorphableModel.mat", "log-mel", "network face_mesh", "selfie_segmentation.tflite"):
         assert word in out.stdout, word
+    assert "portrait renderer" in out.stdout and "warp (the portrait" in out.stdout
+
+
+def test_portrait_generator_renderer_without_a_generator_is_a_one_line_error(tmp_path):
+    out = talkflow("portrait", "--character", "ada", "--image", str(tmp_path / "none.png"), "--text", "Hi.",
+                   "--renderer", "generator", data_root=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stdout + out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    assert len(lines) <= 2 and lines[0].startswith("error:") and "talkflow assets add generator" in out.stdout
+    bad = talkflow("portrait", "--character", "ada", "--image", "x.png", "--text", "Hi.", "--renderer", "nerf",
+                   data_root=tmp_path)
+    assert bad.returncode == 2 and "--renderer" in bad.stdout
 
 
 def test_assets_add_and_ls(tmp_path):

@@ -20,8 +20,10 @@ NeRFFaceSpeech drives its 3DMM with SadTalker's audio-to-expression network (log
       jaw_open     = jaw_gain * env * (jaw_floor + (1 - jaw_floor) * openness)
       lips_stretch = stretch_gain * env * spread * (1 - openness)
       lips_pucker  = pucker_gain * env * (1 - spread) * (1 - openness)
-    and every curve is smoothed over time with a Gaussian (sigma `smooth_frames`). Silence gives a
-    closed, neutral mouth.
+    and every curve is smoothed over time with a Gaussian whose sigma (`smooth_frames`) shrinks
+    for fast speech: the speech rate (syllables/s, `speech_rate`: envelope peaks over the voiced
+    time) is measured per clip. Silence gives a closed, neutral mouth.
+  Both renderers (the generator's ray deformation and the portrait warp) take these coefficients.
 """
 
 from __future__ import annotations
@@ -79,13 +81,17 @@ class AudioToExpression(ABC):
 class EnvelopeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    jaw_gain: float = Field(0.7, ge=0)  # jaw_open at full loudness on an open vowel (1 = the basis' full 0.25 rad)
-    jaw_floor: float = Field(0.5, ge=0, le=1)  # share of the opening that follows loudness alone
-    stretch_gain: float = Field(0.4, ge=0)
-    pucker_gain: float = Field(0.5, ge=0)
-    voiced: float = Field(0.2, ge=0, le=1)  # envelope above which a frame counts as voiced (statistics)
-    slope: float = Field(1.5, gt=0)  # logistic slope on the standardised band ratios
-    smooth_frames: float = Field(1.0, ge=0)  # Gaussian sigma of the temporal smoothing, frames
+    jaw_gain: float = Field(0.45, ge=0, description="jaw_open at full loudness on an open vowel (1 = the basis' "
+                            "full 0.25 rad, a wide-open mouth; 0.45 opens about as far as conversational speech).")
+    jaw_floor: float = Field(0.5, ge=0, le=1, description="Share of the opening that follows loudness alone.")
+    stretch_gain: float = Field(0.4, ge=0, description="lips_stretch at full loudness on a front vowel.")
+    pucker_gain: float = Field(0.5, ge=0, description="lips_pucker at full loudness on a rounded vowel.")
+    voiced: float = Field(0.2, ge=0, le=1, description="Envelope above which a frame counts as voiced (statistics).")
+    slope: float = Field(1.5, gt=0, description="Logistic slope on the standardised band ratios.")
+    smooth_frames: float = Field(1.0, ge=0, description="Gaussian sigma of the temporal smoothing, in frames, at "
+                                 "the reference speech rate; scaled by reference / measured rate (x0.5 to x1.5) "
+                                 "so that fast speech still closes the mouth between syllables.")
+    reference_rate_hz: float = Field(4.0, gt=0, description="Syllables per second of ordinary speech.")
 
 
 def _band_energies(x16: np.ndarray, t: int, fps: float) -> np.ndarray:
@@ -106,6 +112,20 @@ def _band_energies(x16: np.ndarray, t: int, fps: float) -> np.ndarray:
     np.add.at(out, k, e)
     counts = np.bincount(k, minlength=t)[:, None]
     return out / np.maximum(counts, 1) + 1e-10
+
+
+def speech_rate(envelope: np.ndarray, fps: float, voiced: float = 0.2) -> float:
+    """Syllables per second: peaks of the envelope (T,) that rise above `voiced` and stand out
+    from their neighbours by 0.1, over the time from the first to the last voiced frame
+    (0 for silence)."""
+    from scipy.signal import find_peaks
+
+    env = np.asarray(envelope, np.float64)
+    on = np.flatnonzero(env > voiced)
+    if len(on) == 0:
+        return 0.0
+    peaks, _ = find_peaks(env, height=voiced, prominence=0.1, distance=max(1, int(fps / 10)))
+    return float(len(peaks) * fps / max(on[-1] - on[0] + 1, fps / 4))
 
 
 def _standard_logistic(x: np.ndarray, mask: np.ndarray, slope: float) -> np.ndarray:
@@ -132,7 +152,8 @@ class EnvelopeAudioToExpression(AudioToExpression):
         self.config = config
 
     def curves(self, samples: np.ndarray, sr: int, fps: float = 25) -> dict[str, np.ndarray]:
-        """The intermediate (T,) curves: envelope, openness, spread, and the three mode weights."""
+        """The intermediate (T,) curves: envelope, openness, spread, the three mode weights, and the
+        measured speech rate (rate_hz, syllables/s, constant over the clip)."""
         from models.audio.features import to_mono_16k
         from models.synth.talking_photo import speech_envelope
 
@@ -141,7 +162,7 @@ class EnvelopeAudioToExpression(AudioToExpression):
         t = n_video_frames(x.shape[0], sr, fps)
         if t == 0:
             z = np.zeros(0, np.float32)
-            return {k: z for k in ("envelope", "openness", "spread", *MOUTH_MODES)}
+            return {k: z for k in ("envelope", "openness", "spread", "rate_hz", *MOUTH_MODES)}
         env = speech_envelope(x, sr, fps).astype(np.float64)[:t]  # (T,)
         e = _band_energies(to_mono_16k(x, sr), t, fps)  # (T, 4)
         voiced = env > cfg.voiced
@@ -150,11 +171,13 @@ class EnvelopeAudioToExpression(AudioToExpression):
         jaw = cfg.jaw_gain * env * (cfg.jaw_floor + (1.0 - cfg.jaw_floor) * openness)
         stretch = cfg.stretch_gain * env * spread * (1.0 - openness)
         pucker = cfg.pucker_gain * env * (1.0 - spread) * (1.0 - openness)
+        rate = speech_rate(env, fps, cfg.voiced)
         out = {"envelope": env, "openness": openness, "spread": spread, "jaw_open": jaw, "lips_stretch": stretch,
-               "lips_pucker": pucker}
+               "lips_pucker": pucker, "rate_hz": np.full(t, rate)}
         if cfg.smooth_frames > 0 and t > 1:
+            sigma = cfg.smooth_frames * (float(np.clip(cfg.reference_rate_hz / rate, 0.5, 1.5)) if rate > 0 else 1.0)
             for k in MOUTH_MODES:
-                out[k] = gaussian_filter1d(out[k], cfg.smooth_frames, mode="nearest")
+                out[k] = gaussian_filter1d(out[k], sigma, mode="nearest")
         return {k: v.astype(np.float32) for k, v in out.items()}
 
     def predict(self, samples: np.ndarray, sr: int, fps: float = 25) -> np.ndarray:

@@ -12,16 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, map_coordinates
 
+from models.face.mouth import INNER_LOWER, INNER_UPPER, interior_colour, profile, smoothstep, teeth_strength
 from talkflow.errors import FaceNotFound, InputError
 
-_INNER_UPPER = [60, 61, 62, 63, 64]
-_INNER_LOWER = [60, 67, 66, 65, 64]
 _JAW = list(range(3, 14))  # lower face contour, left to right
-
-# Mouth-interior colours (RGB, 0-255).
-_DARK = np.array([28.0, 8.0, 10.0], np.float32)
-_TONGUE = np.array([125.0, 48.0, 52.0], np.float32)
-_TEETH = np.array([222.0, 214.0, 204.0], np.float32)
 
 
 def speech_envelope(samples: np.ndarray, sample_rate: int, fps: float = 25) -> np.ndarray:
@@ -52,18 +46,6 @@ def speech_envelope(samples: np.ndarray, sample_rate: int, fps: float = 25) -> n
     return np.clip(smooth / ref, 0.0, 1.0).astype(np.float32)
 
 
-def _smoothstep(x: np.ndarray) -> np.ndarray:
-    x = np.clip(x, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
-
-
-def _profile(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Points (K,2) sorted by x, duplicates in x merged, for np.interp."""
-    p = points[np.argsort(points[:, 0], kind="stable")]
-    xs, idx = np.unique(p[:, 0], return_index=True)
-    return xs, p[idx, 1]
-
-
 def _mouth_height(lm: np.ndarray) -> float:
     """Reference mouth height: outer lip height (51 -> 57), at least a quarter of the mouth width."""
     mouth_w = float(np.hypot(*(lm[54] - lm[48])))
@@ -91,14 +73,13 @@ class _MouthRig:
 
     @staticmethod
     def from_landmarks(lm: np.ndarray, max_drop: float) -> _MouthRig:
-        upper = _profile(lm[_INNER_UPPER])
-        lower = _profile(lm[_INNER_LOWER])
+        upper = profile(lm[INNER_UPPER])
+        lower = profile(lm[INNER_LOWER])
         split_x = np.linspace(lm[60, 0], lm[64, 0], 33)
         split_y = 0.5 * (np.interp(split_x, *upper) + np.interp(split_x, *lower))
-        jaw_x, jaw_y = _profile(lm[_JAW])
+        jaw_x, jaw_y = profile(lm[_JAW])
         mouth_w = float(np.hypot(*(lm[54] - lm[48])))
         mouth_h = _mouth_height(lm)
-        inner_gap = float(np.mean(lm[[65, 66, 67], 1] - lm[[63, 62, 61], 1]))  # >0: lips already apart
         chin_drop = float(lm[8, 1] - np.interp(lm[8, 0], split_x, split_y))
         ramp_len = max(0.9 * chin_drop, 2.0 * max_drop, 1.0)
         fall_len = max(0.6 * mouth_h, 2.0 * max_drop, 1.0)
@@ -111,7 +92,7 @@ class _MouthRig:
             split_x, split_y, jaw_x, jaw_y,
             mouth_cx=0.5 * float(lm[60, 0] + lm[64, 0]),
             mouth_half=max(0.46 * float(lm[64, 0] - lm[60, 0]), 1.0),
-            teeth=1.0 - float(_smoothstep(np.asarray(inner_gap / (0.08 * mouth_w)))),
+            teeth=teeth_strength(lm),
             jaw_cx=jaw_cx, jaw_half=jaw_half, mouth_w=mouth_w, mouth_h=mouth_h,
             ramp_len=ramp_len, fall_len=fall_len, bbox=(x0, y0, x1, y1),
         )
@@ -127,30 +108,20 @@ class _MouthRig:
         s = qy - np.interp(qx, self.split_x, self.split_y)  # below the lip line, px
         u = (qx - self.mouth_cx) / self.mouth_half
         lens = np.clip(1.0 - u * u, 0.0, 1.0) ** 0.7  # (N,) 1 at centre, tapering to 0 at the corners
-        jaw = 1.0 - _smoothstep((np.abs(qx - self.jaw_cx) / self.jaw_half - 0.55) / 0.5)
+        jaw = 1.0 - smoothstep((np.abs(qx - self.jaw_cx) / self.jaw_half - 0.55) / 0.5)
         lens = np.minimum(lens, jaw)
         gap = drop * lens  # (N,) opening height
         step = np.clip(s + 0.5, 0.0, 1.0)  # 1-px wide tear at the lip line
-        ramp = _smoothstep(s / self.ramp_len)
+        ramp = smoothstep(s / self.ramp_len)
         below_chin = qy - np.interp(qx, self.jaw_x, self.jaw_y)
-        fade = 1.0 - _smoothstep(below_chin / self.fall_len)
+        fade = 1.0 - smoothstep(below_chin / self.fall_len)
         d = (gap * step + drop * (jaw - lens) * ramp) * fade  # (N,) downward displacement
         src_y = qy - d
         # Gap = points below the lip line whose source lies above it (duplicated upper lip).
         inside = np.minimum(s, d - s)  # px from the nearer gap edge, <0 outside
-        alpha = np.clip(inside / 2.0, 0.0, 1.0) * _smoothstep(lens / 0.25)
+        alpha = np.clip(inside / 2.0, 0.0, 1.0) * smoothstep(lens / 0.25)
         depth = np.clip(s / np.maximum(d, 1e-3), 0.0, 1.0)
         return src_y, alpha, depth
-
-
-def _interior_colour(depth: np.ndarray, u: np.ndarray, gap: float, mouth_w: float, teeth_k: float) -> np.ndarray:
-    """Mouth-interior RGB (N,3): upper teeth at the top, dark cavity, tongue at the bottom."""
-    tongue = _smoothstep((depth - 0.6) / 0.4)[:, None]
-    col = _DARK * (1.0 - tongue) + _TONGUE * tongue * 0.8
-    teeth_h = min(0.22, 0.06 * mouth_w / max(gap, 1e-3))  # as a fraction of the gap
-    teeth = (1.0 - _smoothstep((depth - teeth_h) / max(0.5 * teeth_h, 1e-3)))
-    teeth = teeth * (1.0 - _smoothstep((np.abs(u) - 0.45) / 0.3)) * _smoothstep((gap - 3.0) / 4.0) * teeth_k
-    return col * (1.0 - teeth[:, None]) + _TEETH * teeth[:, None]
 
 
 def _head_noise(rng: np.random.Generator, t: int, fps: float) -> np.ndarray:
@@ -232,7 +203,7 @@ def animate_portrait(
         if alpha is not None:
             hit, a, depth, u = alpha
             roi = out[r0:r1, c0:c1].reshape(-1, 3)  # (N,3), a copy unless the ROI spans full rows
-            col = _interior_colour(depth, u, float(drops[i]), rig.mouth_w, rig.teeth)  # (N,3)
+            col = interior_colour(depth, u, float(drops[i]), rig.mouth_w, rig.teeth)  # (N,3)
             roi[hit] = roi[hit] * (1.0 - a[:, None]) + col * a[:, None]
             out[r0:r1, c0:c1] = roi.reshape(r1 - r0, c1 - c0, 3)
         frames[i] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
