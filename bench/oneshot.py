@@ -37,8 +37,10 @@ def phase(name: str, root: Path, pti: str) -> dict:
 
 def run_phase(name: str, pti: str) -> dict:
     sys.path.insert(0, str(ROOT))
-    # talkflow first: it sets Prefect's embedded environment before prefect is imported
-    import talkflow  # noqa: F401, I001
+    # Prefect's embedded environment first, before prefect is imported
+    from talkflow.runtime import configure_prefect_env  # noqa: I001
+
+    configure_prefect_env()
     from PIL import Image
     from prefect import flow
 

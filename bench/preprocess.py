@@ -37,7 +37,9 @@ def main() -> None:
 
     import torch
 
-    import talkflow  # noqa: F401  (embedded Prefect settings)
+    from talkflow.runtime import configure_prefect_env
+
+    configure_prefect_env()  # embedded Prefect settings, before prefect is imported
     from flows.preprocess import PreprocessConfig, preprocess_video
     from flows.sample_clip import SampleClipConfig, make_sample_clip
     from models.face3d.fit import fit_landmarks, fit_landmarks_per_frame

@@ -31,11 +31,20 @@ from tasks.speech import SpeechConfig, synthesize_speech
 
 class PortraitConfig(BaseModel):
     fit: FaceFitConfig = Field(default_factory=FaceFitConfig)
-    pti: PTIConfig = Field(default_factory=PTIConfig.fallback, description="PTI steps and losses.")
+    pti: PTIConfig | None = Field(
+        None, description="PTI steps and losses. Empty: PTI's own settings for a registered generator, "
+        "PTIConfig.fallback (more inversion steps, a 10x tuning rate) for the small fallback generator.")
     generator: GeneratorChoice = Field(default_factory=GeneratorChoice)
     render: RenderConfig = Field(default_factory=RenderConfig)
     speech: SpeechConfig = Field(default_factory=SpeechConfig)
     fps: int = Field(25, ge=1, le=60)
+
+
+def pti_settings(config: PortraitConfig, checkpoint: Path | None) -> PTIConfig:
+    """The PTI settings given, else PTI's own for a registered generator and the fallback's for the small one."""
+    if config.pti is not None:
+        return config.pti
+    return PTIConfig() if checkpoint is not None else PTIConfig.fallback()
 
 
 class PortraitResult(BaseModel):
@@ -66,7 +75,9 @@ def generate_from_portrait(
         raise InputError("give exactly one of audio or text")
     bfm, checkpoint = assets.locate("bfm"), assets.locate("generator")
     fit = fit_character_face(image, config.fit, bfm=bfm, namespace=ns)
-    pti = invert_portrait(fit, config.pti, generator=checkpoint, fallback=config.generator, bfm=bfm, namespace=ns)
+    pti = invert_portrait(fit, pti_settings(config, checkpoint), generator=checkpoint, fallback=config.generator,
+                          bfm=bfm if checkpoint is None else None,  # the face prior of the fallback only
+                          lpips=assets.locate("lpips"), namespace=ns)
     if text is not None:
         speech = synthesize_speech(text, config.speech)
     else:

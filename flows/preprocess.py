@@ -68,7 +68,10 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
         assets.require(config.audio.kind)  # raises with what to register
     features = audio_features(normalized["audio"], frames.meta["n_frames"], config.audio,
                               model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns)
-    parsing = parse_faces(frames, landmarks, config.parsing, weights=assets.locate("bisenet"), namespace=ns)
+    bisenet = assets.locate("bisenet") if config.parsing.method != "classical" else None
+    if config.parsing.method == "bisenet" and bisenet is None:
+        assets.require("bisenet")  # raises with what to register
+    parsing = parse_faces(frames, landmarks, config.parsing, weights=bisenet, namespace=ns)
     background = estimate_plate(frames, parsing, config.background, namespace=ns)
     composite = composite_images(frames, parsing, background, config.torso, namespace=ns)
     blinks = detect_blinks(landmarks, config.blinks, namespace=ns)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from prefect import flow
 
+from talkflow import assets
 from talkflow.cache import validate_name
 from talkflow.errors import InputError
 from talkflow.store import StageResult
@@ -66,7 +67,7 @@ def train_avatar(
     head = train_head(dataset, config.head, config.model, namespace=ns)
     lips = torso = None
     if stage != "head":
-        lips = train_lips(dataset, head, config.lips, namespace=ns)
+        lips = train_lips(dataset, head, config.lips, lpips=assets.locate("lpips"), namespace=ns)
     if stage in ("auto", "torso"):
         torso = train_torso(dataset, lips, config.torso, namespace=ns)
     record = AvatarRecord(person=ns, dataset=dataset, head=head, lips=lips, torso=torso)

@@ -192,11 +192,10 @@ def window_features(
 
 
 def _model_dir(kind: str, model_dir: str | Path | None) -> Path:
-    path = Path(model_dir) if model_dir is not None else None
-    if path is None:
-        from talkflow import assets
-
-        path = assets.require(kind)
+    if model_dir is None:
+        raise AssetMissing(f"{kind} features need a local transformers model folder (model_dir); register it "
+                           f"with `talkflow assets add {kind} /path/to/folder` (nothing is downloaded)")
+    path = Path(model_dir)
     if not (path.is_dir() and (path / "config.json").is_file()):
         raise AssetMissing(
             f"{path} is not a transformers model folder (no config.json); give the folder of a {kind} "
