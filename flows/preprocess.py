@@ -74,7 +74,7 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     parsing = parse_faces(frames, landmarks, config.parsing, weights=bisenet, namespace=ns)
     background = estimate_plate(frames, parsing, config.background, namespace=ns)
     composite = composite_images(frames, parsing, background, config.torso, namespace=ns)
-    blinks = detect_blinks(landmarks, config.blinks, namespace=ns)
+    blinks = detect_blinks(landmarks, config.blinks, fps=normalized.meta["fps"], namespace=ns)
     tracking = track_faces(frames, landmarks, config.tracking, bfm=assets.locate("bfm"), namespace=ns)
     dataset = assemble_dataset(normalized, frames, landmarks, features, parsing, background, composite,
                                blinks, tracking, namespace=ns)

@@ -15,7 +15,7 @@ from talkflow import assets
 from talkflow.cache import validate_name
 from talkflow.errors import InputError
 from talkflow.store import StageResult
-from tasks.dataset import registered_dataset
+from tasks.dataset import DATASET_STAGES, registered_dataset
 from tasks.train import (
     AvatarRecord,
     TrainAvatarConfig,
@@ -59,8 +59,8 @@ def train_avatar(
         dataset = registered_dataset(ns)
         if dataset is None:
             raise InputError(f"no dataset for {ns!r}: run preprocess_video for this person first")
-    if dataset.stage != "dataset":
-        raise InputError(f"train_avatar needs the dataset manifest of preprocess_video, got a "
+    if dataset.stage not in DATASET_STAGES:
+        raise InputError(f"train_avatar needs the dataset manifest of preprocess_video or import_dataset, got a "
                          f"{dataset.stage or 'plain'} result")
     config.validate_stages()  # a bad override fails here, before any training
 
