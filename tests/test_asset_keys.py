@@ -121,7 +121,8 @@ def tiny_hubert(folder, seed: int):
 
 
 def test_preprocess_assets_bisenet_and_hubert(tmp_path, journal, registry):
-    clip = get_store().fetch(make_sample_clip("One two three.", SampleClipConfig(size=256, seed=3))["video"])
+    sample = make_sample_clip("One two three four five six.", SampleClipConfig(size=256, seed=7))
+    clip = get_store().fetch(sample["video"])
     config = PreprocessConfig(normalize=NormalizeConfig(size=256), audio=AudioFeatureConfig(kind="hubert"),
                               parsing=ParsingConfig(bisenet_size=64), tracking=TrackingConfig(photometric=False))
     registry.register("hubert", tiny_hubert(tmp_path / "hubert", seed=0))

@@ -54,7 +54,8 @@ def test_fitted_face_lands_on_the_generators_density(ball_generator, yaw, pitch,
     g = ball_generator
     c = coeffs(yaw, pitch, trans)
     cam = portrait_camera(c, g.cfg.focal, g.cfg.camera_radius, g.cfg.camera_pivot)
-    assert float((cam.origin[0] - torch.tensor(g.cfg.camera_pivot)).norm()) == pytest.approx(g.cfg.camera_radius, abs=1e-4)
+    to_pivot = float((cam.origin[0] - torch.tensor(g.cfg.camera_pivot)).norm())
+    assert to_pivot == pytest.approx(g.cfg.camera_radius, abs=1e-4)
     rig = FaceRig.from_fit(c, generic_model(), cam)
     centre = rig.to_world(torch.tensor(FACE_CENTRE_MM)[None])[0]
     assert float(centre.norm()) < 1e-4  # the face centre is the world origin
