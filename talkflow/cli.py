@@ -248,12 +248,13 @@ def import_dataset_cmd(
     person: str = typer.Option(..., help="The avatar's name: letters, digits, '_' or '-'."),
 ) -> None:
     """Register an existing ER-NeRF dataset FOLDER as PERSON's dataset, so `talkflow train` trains on it."""
-    from flows.import_dataset import import_dataset_flow
     from talkflow.cache import validate_name
     from tasks.dataset import check_reference_folder
 
     validate_name(person, "person")
     folder = check_reference_folder(folder)  # a missing part fails before Prefect starts
+    from flows.import_dataset import import_dataset_flow
+
     dataset = run_flow(import_dataset_flow, folder, person, status=f"importing {folder.name}")
     m = dataset.meta
     console.print(f"dataset for {person}: {m['n_frames']} frames ({m['n_train']} train, {m['n_val']} val) at "

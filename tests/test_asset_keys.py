@@ -120,7 +120,27 @@ def tiny_hubert(folder, seed: int):
     return folder
 
 
-def test_preprocess_assets_bisenet_and_hubert(tmp_path, journal, registry):
+@pytest.fixture
+def bisenet_reads_its_weights_and_parses_classically(monkeypatch):
+    """A randomly initialised BiSeNet labels the sample clip as all person (no background plate
+    then): the parsing stage still loads the registered weights, and labels as the classical method
+    does, so that this test is about cache keys, not about parsing quality."""
+    import tasks.preprocess
+    from models.face.parsing import load_bisenet
+
+    real = tasks.preprocess.parse_frames
+
+    def parse(frames, lms, config, weights, device):
+        if weights is not None:
+            load_bisenet(weights)
+        return real(frames, lms, config=config.model_copy(update={"method": "classical"}), weights=None,
+                    device=device)
+
+    monkeypatch.setattr(tasks.preprocess, "parse_frames", parse)
+
+
+def test_preprocess_assets_bisenet_and_hubert(tmp_path, journal, registry,
+                                              bisenet_reads_its_weights_and_parses_classically):
     sample = make_sample_clip("One two three four five six.", SampleClipConfig(size=256, seed=7))
     clip = get_store().fetch(sample["video"])
     config = PreprocessConfig(normalize=NormalizeConfig(size=256), audio=AudioFeatureConfig(kind="hubert"),
