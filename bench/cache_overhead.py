@@ -42,7 +42,9 @@ def phase(name: str, data_root: Path, *args: str) -> dict:
 
 def run_phase(name: str, args: list[str]) -> dict:
     sys.path.insert(0, str(ROOT))
-    import talkflow  # noqa: F401  (embedded Prefect settings)
+    from talkflow.runtime import configure_prefect_env
+
+    configure_prefect_env()  # embedded Prefect settings, before prefect is imported
     from talkflow.cache import computed_stages
 
     if name == "clip":

@@ -46,14 +46,16 @@ def phase(name: str, root: Path, renderer: str, image: Path) -> dict:
 
 def run_phase(name: str, renderer: str, image: Path) -> dict:
     sys.path.insert(0, str(ROOT))
-    # talkflow first: it sets Prefect's embedded environment before prefect is imported
-    import talkflow  # noqa: F401, I001
+    # Prefect's embedded environment first, before prefect is imported
+    from talkflow.runtime import configure_prefect_env  # noqa: I001
+
+    configure_prefect_env()
     from prefect import flow
 
     from flows.portrait import PortraitConfig, generate_from_portrait
-    from tasks.speech import SpeechConfig
     from talkflow.cache import computed_stages
     from talkflow.store import get_store
+    from tasks.speech import SpeechConfig
 
     @flow(name="warm-up")
     def warm_up() -> None:

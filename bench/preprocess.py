@@ -58,7 +58,9 @@ def device_name(device: str) -> str:
 
 def make_clip(seconds: float, size: int) -> Path:
     fresh_root()
-    import talkflow  # noqa: F401  (embedded Prefect settings)
+    from talkflow.runtime import configure_prefect_env
+
+    configure_prefect_env()  # embedded Prefect settings, before prefect is imported
     from flows.sample_clip import SampleClipConfig, make_sample_clip
     from talkflow.store import get_store
 
@@ -73,7 +75,9 @@ def run_one(video: Path, size: int, loop_frames: int) -> dict:
     import numpy as np
     import torch
 
-    import talkflow  # noqa: F401  (embedded Prefect settings)
+    from talkflow.runtime import configure_prefect_env
+
+    configure_prefect_env()  # embedded Prefect settings, before prefect is imported
     from flows.preprocess import PreprocessConfig, preprocess_video
     from models.face3d.fit import fit_landmarks, fit_landmarks_per_frame
     from talkflow.cache import computed_stages

@@ -1,1 +1,5 @@
-"""Prefect flows: the DAGs a user triggers. They compose tasks and hold no maths."""
+"""The DAGs a user triggers; importing them sets Prefect's environment for talkflow."""
+
+from talkflow.runtime import configure_prefect_env
+
+configure_prefect_env()

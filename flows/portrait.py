@@ -47,7 +47,9 @@ class PortraitConfig(BaseModel):
                                "registered 3D-aware generator), 'warp' (the portrait itself, warped by its 3DMM; "
                                "no weights needed) or 'auto' (the generator when one is registered, else the warp).")
     fit: FaceFitConfig = Field(default_factory=FaceFitConfig, description="3DMM fit of the portrait.")
-    pti: PTIConfig = Field(default_factory=PTIConfig.fallback, description="PTI steps and losses (generator path).")
+    pti: PTIConfig | None = Field(
+        None, description="Generator path: PTI steps and losses. Empty: PTI's own settings for a registered "
+        "generator, PTIConfig.fallback (more inversion steps, a 10x tuning rate) for the small fallback generator.")
     generator: GeneratorChoice = Field(default_factory=GeneratorChoice,
                                        description="The fallback generator (generator path without a checkpoint).")
     render: RenderConfig = Field(default_factory=RenderConfig, description="Generator rendering.")
@@ -57,6 +59,13 @@ class PortraitConfig(BaseModel):
                                    "by both renderers when no audio2exp network is registered.")
     speech: SpeechConfig = Field(default_factory=SpeechConfig, description="The TTS voice (when text is given).")
     fps: int = Field(25, ge=1, le=60, description="Frame rate of the video, frames per second.")
+
+
+def pti_settings(config: PortraitConfig, checkpoint: Path | None) -> PTIConfig:
+    """The PTI settings given, else PTI's own for a registered generator and the fallback's for the small one."""
+    if config.pti is not None:
+        return config.pti
+    return PTIConfig() if checkpoint is not None else PTIConfig.fallback()
 
 
 class PortraitResult(BaseModel):
@@ -103,8 +112,9 @@ def generate_from_portrait(
     fit = fit_character_face(image, config.fit, bfm=bfm, namespace=ns)
     pti = rig = None
     if renderer == "generator":
-        pti = invert_portrait(fit, config.pti, generator=checkpoint, fallback=config.generator, bfm=bfm,
-                              namespace=ns)
+        pti = invert_portrait(fit, pti_settings(config, checkpoint), generator=checkpoint, fallback=config.generator,
+                              bfm=bfm if checkpoint is None else None,  # the face prior of the fallback only
+                              lpips=assets.locate("lpips"), namespace=ns)
     else:
         rig = rig_portrait(fit, config.warp_rig, bfm=bfm, namespace=ns)
     if text is not None:

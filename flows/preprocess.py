@@ -84,14 +84,16 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     features = audio_features.submit(normalized["audio"], frames.meta["n_frames"], config.audio,
                                      model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns)
     tracking = track_faces.submit(frames, landmarks, config.tracking, bfm=assets.locate("bfm"), namespace=ns)
-    bisenet = assets.locate("bisenet")
+    bisenet = assets.locate("bisenet") if config.parsing.method != "classical" else None
+    if config.parsing.method == "bisenet" and bisenet is None:
+        assets.require("bisenet")  # raises with what to register
     segmentation = (assets.shipped("selfie_segmentation") if config.parsing.person_mask == "segmentation"
                     and resolve_method(config.parsing.method, bisenet) == "classical" else None)
     parsing = parse_faces.submit(frames, landmarks, config.parsing, weights=bisenet, segmentation=segmentation,
                                  namespace=ns)
     background = estimate_plate.submit(frames, parsing, config.background, namespace=ns)
     composite = composite_images.submit(frames, parsing, background, config.torso, namespace=ns)
-    blinks = detect_blinks.submit(landmarks, config.blinks, namespace=ns)
+    blinks = detect_blinks.submit(landmarks, config.blinks, fps=normalized.meta["fps"], namespace=ns)
     features, parsing, background, composite, blinks, tracking = (
         f.result() for f in (features, parsing, background, composite, blinks, tracking))
     dataset = assemble_dataset(normalized, frames, landmarks, features, parsing, background, composite,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from prefect import flow
 
+from talkflow import assets
 from talkflow.checks import TrainStage, choice, validate_name
 from talkflow.errors import InputError
-from tasks.dataset import registered_dataset
+from tasks.dataset import DATASET_STAGES, registered_dataset
 from tasks.train import (
     AvatarRecord,
     TrainAvatarConfig,
@@ -44,12 +45,15 @@ def train_avatar(
     dataset = registered_dataset(ns)
     if dataset is None:
         raise InputError(f"no dataset for {ns!r}: run preprocess for this person first")
+    if dataset.stage not in DATASET_STAGES:
+        raise InputError(f"train_avatar needs the dataset manifest of preprocess_video or import_dataset, got a "
+                         f"{dataset.stage or 'plain'} result")
     config.validate_stages()  # a bad override fails here, before any training
 
     head = train_head(dataset, config.head, config.model, namespace=ns)
     lips = torso = None
     if stage != "head":
-        lips = train_lips(dataset, head, config.lips, namespace=ns)
+        lips = train_lips(dataset, head, config.lips, lpips=assets.locate("lpips"), namespace=ns)
     if stage in ("auto", "torso"):
         torso = train_torso(dataset, lips, config.torso, namespace=ns)
     record = AvatarRecord(person=ns, dataset=dataset, head=head, lips=lips, torso=torso)

@@ -1,7 +1,10 @@
 """Pretrained weights the user supplies, registered by path (nothing is downloaded).
 
-`doctor` shows which are present and what each missing one switches off; code that needs an
-asset calls `require(name)`, which names the file and how to register it when it is missing.
+`doctor` shows which are present and what each missing one switches off. Assets are resolved
+here, by flows (`locate`, or `require`, which names the file and how to register it when it is
+missing), and passed to tasks as Paths: each file's content is then in the cache key of every
+stage that uses it, so registering or changing an asset recomputes exactly those stages.
+models/ never reads this registry.
 Networks that ship inside a package (MediaPipe's .tflite files) are found by `shipped(name)`.
 """
 
@@ -22,6 +25,7 @@ class AssetSpec:
     file: str  # the file (or folder) name users know it by
     what: str
     fallback: str  # what runs instead while it is missing
+    how: str = ""  # how to obtain or prepare it, when more than registering the file is needed
 
 
 KNOWN: dict[str, AssetSpec] = {
@@ -37,9 +41,13 @@ KNOWN: dict[str, AssetSpec] = {
                   "wav2vec2 audio features (transformers folder)", "log-mel audio features"),
         AssetSpec("lpips", "alex.pth", "LPIPS (AlexNet) perceptual loss for the lips stage",
                   "a documented patch loss without pretrained features"),
-        AssetSpec("generator", "ffhqrebalanced512-128.pkl",
+        AssetSpec("generator", "ffhq512.talkflow.pt",
                   "3D-aware generator checkpoint for one-shot portraits",
-                  "a small generator that the project initialises or trains itself"),
+                  "a small generator that the project initialises or trains itself",
+                  how="load_generator takes a weights-only .pt in talkflow's generator format, not EG3D's "
+                      ".pkl (unpickling it runs code); convert ffhqrebalanced512-128.pkl once, in an "
+                      "environment you trust: `python -m models.nerffacespeech.convert_eg3d "
+                      "ffhqrebalanced512-128.pkl ffhq512.talkflow.pt --eg3d-repo <EG3D checkout>/eg3d`"),
         AssetSpec("audio2exp", "audio2exp.pt", "audio -> expression network for one-shot portraits",
                   "the built-in mouth driven by the speech envelope and log-mel bands"),
     ]
@@ -61,6 +69,8 @@ def register(name: str, path: Path) -> Path:
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise InputError(f"{path} does not exist; give the path of {KNOWN[name].file}")
+    if name == "generator" and path.suffix.lower() == ".pkl":
+        raise InputError(f"{path} is an EG3D pickle; {KNOWN[name].how}, then register the .pt")
     entries = registered() | {name: str(path)}
     registry_path().parent.mkdir(parents=True, exist_ok=True)
     registry_path().write_text(json.dumps(entries, indent=2, sort_keys=True))
@@ -79,7 +89,7 @@ def require(name: str) -> Path:
     spec = KNOWN[name]
     raise AssetMissing(
         f"{spec.what} is not available: obtain {spec.file} and register it with "
-        f"`talkflow assets add {name} /path/to/{spec.file}`"
+        f"`talkflow assets add {name} /path/to/{spec.file}`" + (f" ({spec.how})" if spec.how else "")
     )
 
 

@@ -137,7 +137,8 @@ def doctor() -> None:
     for spec in assets.KNOWN.values():
         path = assets.locate(spec.name)
         row(f"asset {spec.name}", True if path else None,
-            str(path) if path else f"{spec.file} not registered -> {spec.fallback}")
+            str(path) if path else f"{spec.file} not registered -> {spec.fallback}"
+            + (f". {spec.how}" if spec.how else ""))
     for net in assets.SHIPPED.values():  # shipped in a package, installed by scripts/setup.sh
         ok = (assets.shipped_dir() / net.file).is_file()
         row(f"network {net.name}", ok, f"{net.file}: {net.what}" if ok else
@@ -271,6 +272,27 @@ def preprocess(
                   f"at {m['size']} px, focal {m['focal']:.1f} px, {m['features']['kind']} features "
                   f"(D={m['features']['dim']}), parsing: {m['parsing']}, 3DMM: {m['tracking']}")
     console.print(f"folder: {d.data_path}")
+
+
+@app.command("import-dataset")
+def import_dataset_cmd(
+    folder: Path = typer.Argument(..., help="An ER-NeRF dataset folder, as the reference's data_utils/process.py "
+                                            "writes it."),
+    person: str = typer.Option(..., help="The avatar's name: letters, digits, '_' or '-'."),
+) -> None:
+    """Register an existing ER-NeRF dataset FOLDER as PERSON's dataset, so `talkflow train` trains on it."""
+    from talkflow.cache import validate_name
+    from tasks.dataset import check_reference_folder
+
+    validate_name(person, "person")
+    folder = check_reference_folder(folder)  # a missing part fails before Prefect starts
+    from flows.import_dataset import import_dataset_flow
+
+    dataset = run_flow(import_dataset_flow, folder, person, status=f"importing {folder.name}")
+    m = dataset.meta
+    console.print(f"dataset for {person}: {m['n_frames']} frames ({m['n_train']} train, {m['n_val']} val) at "
+                  f"{m['size']} px, {m['features']['kind']} features (D={m['features']['dim']}); "
+                  f"train it with `talkflow train --person {person}`")
 
 
 @app.command()
@@ -489,10 +511,10 @@ def assets_ls() -> None:
     """Known assets, where each is registered, and what runs without it."""
     from talkflow import assets
 
-    t = Table("asset", "file", "registered", "without it")
+    t = Table("asset", "file", "registered", "without it", "how to prepare it")
     for spec in assets.KNOWN.values():
         path = assets.locate(spec.name)
-        t.add_row(spec.name, spec.file, str(path) if path else "-", spec.fallback)
+        t.add_row(spec.name, spec.file, str(path) if path else "-", spec.fallback, spec.how or "-")
     console.print(t)
 
 

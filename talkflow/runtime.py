@@ -1,13 +1,15 @@
 """How Prefect runs: embedded (ephemeral server on SQLite) or against PREFECT_API_URL.
 
-`configure_prefect_env` must run before `prefect` is imported; `talkflow/__init__.py` does it.
-Stage results (manifests) go to <store>/cache: a local folder through
+`configure_prefect_env` sets Prefect's environment for talkflow; importing flows/ calls it, and so
+does `ensure_result_storage` before the CLI or the API runs a flow. Importing talkflow, models/ or
+tasks/ has no side effect. Stage results (manifests) go to <store>/cache: a local folder through
 PREFECT_RESULTS_LOCAL_STORAGE_PATH, or on S3 through a saved RemoteFileSystem block.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from talkflow.settings import Settings, get_settings
@@ -21,8 +23,12 @@ def embedded(env: dict[str, str] | os._Environ = os.environ) -> bool:
 
 
 def configure_prefect_env(settings: Settings | None = None) -> None:
+    """Set PREFECT_* for talkflow (an embedded home under the data root, result storage in the
+    store). Idempotent; when prefect is already imported and something changed, Prefect's global
+    settings are refreshed so that the change takes effect."""
     s = settings or get_settings()
     env = os.environ
+    before = {k: v for k, v in env.items() if k.startswith("PREFECT_")}
     if embedded(env):
         env.setdefault("PREFECT_HOME", str(s.prefect_home))
         Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
@@ -36,6 +42,11 @@ def configure_prefect_env(settings: Settings | None = None) -> None:
     else:
         env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = f"{s.store}/cache"
         env.pop("PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", None)
+    after = {k: v for k, v in env.items() if k.startswith("PREFECT_")}
+    if after != before and "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
 
 
 def ensure_result_storage() -> None:
@@ -47,6 +58,7 @@ def ensure_result_storage() -> None:
     Credentials are never put in the block: s3fs reads them (and AWS_ENDPOINT_URL) from the
     environment of whichever process runs the task.
     """
+    configure_prefect_env()
     s = get_settings()
     if not s.store_is_remote:
         return

@@ -77,8 +77,12 @@ def fit_character_face(image: Path, config: FaceFitConfig, bfm: Path | None = No
 @stage("pti", "1")
 def invert_portrait(fit: StageResult, config: PTIConfig, generator: Path | None = None,
                     fallback: GeneratorChoice = GeneratorChoice(), bfm: Path | None = None,
-                    namespace: str | None = None) -> StageResult:
-    """Pivotal Tuning Inversion of the portrait: G_PTI, w_PTI and bg_PTI in one file."""
+                    lpips: Path | None = None, namespace: str | None = None) -> StageResult:
+    """Pivotal Tuning Inversion of the portrait: G_PTI, w_PTI and bg_PTI in one file.
+
+    generator: a converted checkpoint (else the small fallback, whose geometry is pulled onto the
+    face fitted with `bfm`); lpips: LPIPS-Alex weights for the perceptual loss (else the
+    substitute). Each file's content is in the cache key."""
     g = build_generator(generator, fallback)
     coeffs = load_coeffs(fit)
     camera = portrait_camera(coeffs, g.cfg.focal, g.cfg.camera_radius, g.cfg.camera_pivot)
@@ -87,7 +91,7 @@ def invert_portrait(fit: StageResult, config: PTIConfig, generator: Path | None 
     if generator is None:  # the fallback has no face prior: pull its geometry onto the fitted face
         rig = FaceRig.from_fit(coeffs, morphable_model(bfm), camera)
         face_depth = rig.depth_map(camera, g.cfg.neural_rendering_resolution)
-    result = run_pti(g, target, camera, config, face_depth=face_depth)
+    result = run_pti(g, target, camera, config, face_depth=face_depth, lpips=lpips)
     with scratch("pti") as work:
         result.save(work / "pti.pt")
         art = get_store().put_file(work / "pti.pt")

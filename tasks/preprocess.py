@@ -3,7 +3,6 @@ images, blinks. Each is a cached task over the frames/audio artifacts of the med
 
 from __future__ import annotations
 
-import csv
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -15,7 +14,7 @@ from PIL import Image
 
 from models.audio.features import AudioFeatureConfig, extract_features, load_deepspeech_npy, save_features
 from models.face.background import BackgroundConfig, estimate_background
-from models.face.blink import BlinkConfig, au45_from_landmarks
+from models.face.blink import BlinkConfig, au45_from_landmarks, write_au_csv
 from models.face.composite import TorsoConfig, gt_image, torso_rgba
 from models.face.parsing import ParsingConfig, labels_to_rgb, parse_frames, resolve_method, rgb_to_labels
 from models.face.video_landmarks import LandmarkConfig, track_video_landmarks
@@ -222,15 +221,13 @@ def composite_images(
                                       "torso_imgs": store.put_dir(work / "torso_imgs")})
 
 
-@stage("blinks", "1")
-def detect_blinks(landmarks: StageResult, config: BlinkConfig, namespace: str | None = None) -> StageResult:
-    """Per-frame eye closure (AU45-like, 0 open .. 5 closed) from the eye landmarks."""
+@stage("blinks", "2")
+def detect_blinks(landmarks: StageResult, config: BlinkConfig, fps: float = 25.0,
+                  namespace: str | None = None) -> StageResult:
+    """Per-frame eye closure (AU45-like, 0 open .. 5 closed) from the eye landmarks, as OpenFace's au.csv."""
     au45 = au45_from_landmarks(load_landmarks(landmarks), config)
     with scratch("blinks") as work:
-        with open(work / "au.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["frame", "AU45_r"])
-            writer.writerows((i, f"{v:.4f}") for i, v in enumerate(au45))
+        write_au_csv(work / "au.csv", au45, fps)
         art = get_store().put_file(work / "au.csv")
     return StageResult(artifacts={"au": art},
                        meta={"blink_share": round(float(np.mean(au45 > 2.5)), 4)})

@@ -8,7 +8,6 @@ reference's mirror index), with the eye closure of the same training frames.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from models.ernerf.audio import eye_feature
 from models.ernerf.trainer import load_model
+from models.face.blink import read_au45
 from talkflow.cache import stage
 from talkflow.errors import InputError
 from talkflow.gpu import gpu_slot
@@ -61,8 +61,7 @@ def loop_index(i: np.ndarray, n: int) -> np.ndarray:
 
 
 def _read_au45(path: Path) -> dict[int, float]:
-    with open(path, newline="") as f:
-        return {int(float(r["frame"])): float(r["AU45_r"]) for r in csv.DictReader(f)}
+    return dict(enumerate(read_au45(path).tolist()))
 
 
 def _load_rgb(path: Path, size: tuple[int, int], mode: str = "RGB") -> np.ndarray:

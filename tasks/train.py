@@ -38,7 +38,6 @@ from models.ernerf.model import ERNeRF, ModelConfig
 from models.ernerf.occupancy import OccupancyConfig
 from models.ernerf.rendering import RenderConfig as ModelRenderConfig
 from models.ernerf.trainer import TrainConfig, Trainer, load_model, stage_config
-from talkflow import assets
 from talkflow.cache import NO_NAMESPACE, cache_key, stage, validate_name
 from talkflow.errors import InputError
 from talkflow.gpu import gpu_slot
@@ -263,11 +262,8 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), 5)
 
 
-def _lpips(trainer: Trainer, val: ERNeRFDataset, n: int) -> float | None:
-    """LPIPS (AlexNet) of the rendered held-out frames when the user registered its weights."""
-    path = assets.locate("lpips")
-    if path is None:
-        return None
+def _lpips(trainer: Trainer, val: ERNeRFDataset, n: int, path: Path) -> float | None:
+    """LPIPS (AlexNet, weights at `path`) of the rendered held-out frames."""
     import torch
 
     from models.ernerf.losses import make_patch_loss
@@ -284,14 +280,15 @@ def _lpips(trainer: Trainer, val: ERNeRFDataset, n: int) -> float | None:
         return float(metric(pred, gt))
 
 
-def _validate(trainer: Trainer, val: ERNeRFDataset, config: TrainStageConfig) -> dict[str, float | None]:
+def _validate(trainer: Trainer, val: ERNeRFDataset, config: TrainStageConfig,
+              lpips: Path | None) -> dict[str, float | None]:
     from models.face.landmarks import largest_face_landmarks
 
     small = downscale_split(val, config.val_downscale)
     n = len(small) if config.val_frames is None else min(config.val_frames, len(small))
     metrics = trainer.evaluate(small, max_frames=n, landmarker=largest_face_landmarks)
     out = {k: _finite(v) for k, v in metrics.items()}
-    out["lpips"] = _finite(_lpips(trainer, small, n)) if assets.locate("lpips") else None
+    out["lpips"] = _finite(_lpips(trainer, small, n, lpips)) if lpips is not None else None
     return out
 
 
@@ -303,6 +300,7 @@ def _train_stage(stage_name: str, inputs: dict[str, Any], make_model: Callable[[
     dataset: StageResult = inputs["dataset"]
     config: TrainStageConfig = inputs["config"]
     namespace = inputs.get("namespace")
+    lpips: Path | None = inputs.get("lpips")  # only the lips stage gets it: its patch loss and metric
     tcfg = config.train_config(short)
     log = run_logger()
     store = get_store()
@@ -315,7 +313,7 @@ def _train_stage(stage_name: str, inputs: dict[str, Any], make_model: Callable[[
         model = make_model(train)
         with gpu_slot():
             trainer = Trainer(model, train, tcfg, device=get_settings().torch_device(),
-                              checkpoint_dir=work / "checkpoints", on_checkpoint=slot.save)
+                              checkpoint_dir=work / "checkpoints", on_checkpoint=slot.save, lpips=lpips)
             resumed, path = slot.load(log.warning)
             if path is not None:
                 trainer.load(path)
@@ -338,7 +336,7 @@ def _train_stage(stage_name: str, inputs: dict[str, Any], make_model: Callable[[
             t_train = time.perf_counter()
             trainer.train(progress=on_step)
             train_s = time.perf_counter() - t_train
-            val_metrics = _validate(trainer, val, config)
+            val_metrics = _validate(trainer, val, config, lpips)
         final = store.put_file(trainer.save(work / f"{short}.pt"), suffix=".pt")
     slot.clear(keep=final)
     curve = slot.curve
@@ -382,11 +380,14 @@ def train_head(dataset: StageResult, config: TrainStageConfig, model: ModelPrese
 
 
 @stage(STAGE_NAMES["lips"], VERSION, timeout_s=TRAIN_TIMEOUT_S)
-def train_lips(dataset: StageResult, head: StageResult, config: TrainStageConfig,
+def train_lips(dataset: StageResult, head: StageResult, config: TrainStageConfig, lpips: Path | None = None,
                namespace: str | None = None) -> StageResult:
-    """Lips fine-tune of the head (patch loss on the mouth every other step)."""
+    """Lips fine-tune of the head (patch loss on the mouth every other step): LPIPS-Alex with the
+    `lpips` weights (alex.pth; their content is in the cache key), else the structural substitute."""
     make = _previous_model(head, (STAGE_NAMES["head"],), "lips")
     inputs = {"dataset": dataset, "head": head, "config": config, "namespace": namespace}
+    if lpips is not None:  # absent from the resume key when unused, as before
+        inputs["lpips"] = lpips
     return _train_stage(STAGE_NAMES["lips"], inputs, make, {"model": head.meta.get("model"), "from": head.stage})
 
 

@@ -1,6 +1,6 @@
 """Test fixtures: a private data root, a session Prefect server, moto's S3 server, subprocesses.
 
-TALKFLOW_DATA_ROOT is set before talkflow or prefect is imported, so the embedded settings
+TALKFLOW_DATA_ROOT is set, and Prefect's environment configured, before prefect is imported, so the embedded settings
 (PREFECT_HOME, result storage) point into a temporary folder of this test process.
 """
 
@@ -22,7 +22,9 @@ for name in ("TALKFLOW_STORE_URL", "TALKFLOW_REDIS_URL", "PREFECT_API_URL"):
 
 import pytest  # noqa: E402
 
-import talkflow  # noqa: E402,F401  (configures Prefect's environment)
+from talkflow.runtime import configure_prefect_env  # noqa: E402
+
+configure_prefect_env()  # before prefect is imported
 from talkflow.settings import get_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,12 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow
-from pydantic import BaseModel
+from talkflow.runtime import configure_prefect_env
 
-from talkflow.cache import stage
-from talkflow.store import StageResult, get_store
-from tasks.inputs import local_file, scratch
+configure_prefect_env()  # a module of flows, like flows/: Prefect's environment before prefect is imported
+
+from prefect import flow  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+
+from talkflow.cache import stage  # noqa: E402
+from talkflow.store import StageResult, get_store  # noqa: E402
+from tasks.inputs import local_file, scratch  # noqa: E402
 
 
 class ReverseConfig(BaseModel):

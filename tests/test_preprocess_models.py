@@ -258,7 +258,7 @@ def test_bisenet_layout_forward_and_strict_round_trip(tmp_path):
 def test_bisenet_missing_asset_names_the_file():
     assert parsing.resolve_method("auto") == "classical"
     with pytest.raises(AssetMissing, match="79999_iter.pth"):
-        parsing.load_bisenet()
+        parsing.resolve_method("bisenet")
 
 
 def test_class_to_part_follows_ernerf():

@@ -126,7 +126,8 @@ def test_killed_stage_resumes_from_its_checkpoint(dataset, run_python, tmp_path,
     proc = run_python(f"""
         import time, torch
         torch.set_num_threads(1)
-        import talkflow
+        from talkflow.runtime import configure_prefect_env
+        configure_prefect_env()
         from models.ernerf import trainer
         step = trainer.Trainer.step
 

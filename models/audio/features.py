@@ -198,11 +198,10 @@ def window_features(
 
 
 def _model_dir(kind: str, model_dir: str | Path | None) -> Path:
-    path = Path(model_dir) if model_dir is not None else None
-    if path is None:
-        from talkflow import assets
-
-        path = assets.require(kind)
+    if model_dir is None:
+        raise AssetMissing(f"{kind} features need a local transformers model folder (model_dir); register it "
+                           f"with `talkflow assets add {kind} /path/to/folder` (nothing is downloaded)")
+    path = Path(model_dir)
     if not (path.is_dir() and (path / "config.json").is_file()):
         raise AssetMissing(
             f"{path} is not a transformers model folder (no config.json); give the folder of a {kind} "
@@ -211,9 +210,16 @@ def _model_dir(kind: str, model_dir: str | Path | None) -> Path:
     return path
 
 
+def _folder_stamp(path: Path) -> tuple:
+    """(name, size, mtime) of every file of a model folder: a folder rewritten in place is a new model."""
+    return tuple((str(p.relative_to(path)), st.st_size, st.st_mtime_ns)
+                 for p in sorted(path.rglob("*")) if p.is_file() and (st := p.stat()))
+
+
 @functools.lru_cache(maxsize=2)
-def _load_model(kind: str, path: str, device: str) -> tuple[torch.nn.Module, bool]:
-    """(model in eval mode on ``device``, whether inputs are normalised) from a local folder."""
+def _load_model(kind: str, path: str, device: str, stamp: tuple = ()) -> tuple[torch.nn.Module, bool]:
+    """(model in eval mode on ``device``, whether inputs are normalised) from a local folder;
+    cached per process by path and `stamp` (`_folder_stamp`), so changed weights are reloaded."""
     import transformers
 
     cls = transformers.HubertModel if kind == "hubert" else transformers.Wav2Vec2ForCTC
@@ -245,7 +251,7 @@ def model_features(
     if kind not in ("hubert", "wav2vec2"):
         raise InputError(f"unknown model feature kind {kind!r}; use hubert or wav2vec2")
     path = _model_dir(kind, model_dir)
-    model, normalize = _load_model(kind, str(path), str(device))
+    model, normalize = _load_model(kind, str(path), str(device), _folder_stamp(path))
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim != 1 or x.size == 0:
         raise InputError(f"expected mono samples (N,) with N > 0, got shape {x.shape}")

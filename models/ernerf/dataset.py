@@ -7,7 +7,6 @@ bad dataset fails before any image is decoded; ``load_split`` then reads one spl
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from models.ernerf.audio import FEATURE_DIMS, eye_feature
+from models.face.blink import read_au45
 from talkflow.errors import InputError
 
 SPLITS = ("train", "val")
@@ -152,15 +152,8 @@ def check_dataset(root: Path, expected_audio_dim: int | None = None) -> DatasetI
 
 
 def _read_au45(path: Path) -> dict[int, float]:
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
-        raise InputError(f"{path} is empty")
-    header = [h.strip() for h in rows[0]]
-    if "frame" not in header or "AU45_r" not in header:
-        raise InputError(f"{path} needs the columns frame and AU45_r, got {header}")
-    fi, ai = header.index("frame"), header.index("AU45_r")
-    return {int(float(r[fi])): float(r[ai]) for r in rows[1:] if r}
+    """Row i of au.csv is video frame i (OpenFace's layout, as the reference reads it)."""
+    return dict(enumerate(read_au45(path).tolist()))
 
 
 def _image(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:

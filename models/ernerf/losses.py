@@ -205,8 +205,7 @@ PatchLoss = Callable[[Tensor, Tensor], Tensor]  # (B, 3, h, w) pred, target in [
 
 
 def make_patch_loss(lpips_path: Path | None, device: torch.device | str = "cpu") -> tuple[str, PatchLoss]:
-    """("lpips", LPIPS-Alex) when weights are given (``talkflow.assets.locate("lpips")``), else
-    ("structural", structural_patch_loss)."""
+    """("lpips", LPIPS-Alex) when its weights (alex.pth) are given, else ("structural", structural_patch_loss)."""
     if lpips_path is None:
         return "structural", structural_patch_loss
     net = load_lpips(lpips_path).to(device).eval()

@@ -134,7 +134,8 @@ def _pad_patch(x: Tensor, side: int) -> Tensor:
 class Trainer:
     def __init__(self, model: ERNeRF, data: ERNeRFDataset, config: TrainConfig, *,
                  device: torch.device | str | None = None, checkpoint_dir: Path | None = None,
-                 on_checkpoint: OnCheckpoint | None = None, patch_loss: PatchLoss | None = None):
+                 on_checkpoint: OnCheckpoint | None = None, patch_loss: PatchLoss | None = None,
+                 lpips: Path | None = None):
         if data.audio_dim != model.cfg.audio.in_dim:
             raise InputError(
                 f"the dataset's audio features have D={data.audio_dim} ({data.audio_kind}) but the model "
@@ -163,10 +164,8 @@ class Trainer:
         if config.stage == "lips":
             if patch_loss is not None:
                 self.patch_loss_kind, self.patch_loss = "custom", patch_loss
-            else:
-                from talkflow.assets import locate
-
-                self.patch_loss_kind, self.patch_loss = make_patch_loss(locate("lpips"), self.device)
+            else:  # LPIPS-Alex when its weights are given, else the structural substitute
+                self.patch_loss_kind, self.patch_loss = make_patch_loss(lpips, self.device)
         with torch.no_grad():
             self.model.eye_default.fill_(float(data.eye.mean()))
             if config.stage == "head" and int(self.model.grid.updates) == 0:

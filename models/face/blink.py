@@ -79,3 +79,39 @@ def au45_from_ear(ear: np.ndarray, config: BlinkConfig | None = None) -> np.ndar
 def au45_from_landmarks(lms: np.ndarray, config: BlinkConfig | None = None) -> np.ndarray:
     """AU45-like eye closure (T,) float32, 0 open .. 5 closed, from a clip's landmarks (T,68,2)."""
     return au45_from_ear(eye_aspect_ratio(lms), config)
+
+
+# ------------------------------------------------------------------------------- au.csv
+# OpenFace's CSV: a header of ", "-separated names (so every name after the first has a leading
+# space: ER-NeRF reads the column ' AU45_r'), frames numbered from 1, one row per video frame.
+AU_CSV_COLUMNS = ("frame", "timestamp", "AU45_r")
+
+
+def write_au_csv(path, au45: np.ndarray, fps: float) -> None:
+    """Write eye closure (T,) as OpenFace's au.csv (frame from 1, timestamp in s, AU45_r)."""
+    values = np.asarray(au45, dtype=np.float64).reshape(-1)
+    lines = [", ".join(AU_CSV_COLUMNS)]
+    lines += [f"{i + 1}, {i / fps:.3f}, {v:.4f}" for i, v in enumerate(values)]
+    with open(path, "w", newline="") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def read_au45(path) -> np.ndarray:
+    """AU45_r (T,) float32 of an au.csv, row i being video frame i (as ER-NeRF indexes it).
+
+    Reads OpenFace's own files (hundreds of columns, names with a leading space) and talkflow's."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if not rows:
+        raise InputError(f"{path} is empty; it needs an AU45_r column (OpenFace's au.csv)")
+    header = [h.strip() for h in rows[0]]
+    if "AU45_r" not in header:
+        raise InputError(f"{path} has no AU45_r column (columns: {', '.join(header[:8])}...); give OpenFace's "
+                         "au.csv, or let preprocessing write it")
+    col = header.index("AU45_r")
+    try:
+        return np.array([float(r[col]) for r in rows[1:]], dtype=np.float32)
+    except (ValueError, IndexError) as exc:
+        raise InputError(f"{path}: an AU45_r value is missing or not a number ({exc})") from exc

@@ -34,8 +34,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from talkflow import assets
-from talkflow.errors import InputError
+from talkflow.errors import AssetMissing, InputError
 
 BG, HEAD, NECK, TORSO = 0, 1, 2, 3
 PART_NAMES = ("background", "head", "neck", "torso")
@@ -205,13 +204,13 @@ class BiSeNet(nn.Module):
         return out, out16, out32
 
 
-def load_bisenet(path: str | Path | None = None, device: str | torch.device = "cpu") -> BiSeNet:
-    """BiSeNet in eval mode with weights from ``path`` (default: the registered ``bisenet`` asset).
+def load_bisenet(path: str | Path, device: str | torch.device = "cpu") -> BiSeNet:
+    """BiSeNet in eval mode with weights from ``path`` (face-parsing.PyTorch's 79999_iter.pth).
 
     Loads with ``weights_only=True`` and ``strict=True``; a ``module.`` prefix (DataParallel) is
     dropped and BatchNorm's ``num_batches_tracked`` counters, absent from old checkpoints, are added.
     """
-    path = Path(path) if path is not None else assets.require("bisenet")
+    path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle with code, a truncated file, not a checkpoint
@@ -787,11 +786,15 @@ class ParsingConfig(pydantic.BaseModel):
 
 
 def resolve_method(method: str = "auto", weights: str | Path | None = None) -> str:
-    """'bisenet' or 'classical' for ``method`` given what is registered."""
+    """'bisenet' or 'classical' for ``method`` given the BiSeNet ``weights`` (None: none available)."""
     if method == "auto":
-        return "bisenet" if weights is not None or assets.locate("bisenet") is not None else "classical"
+        return "bisenet" if weights is not None else "classical"
     if method not in ("bisenet", "classical"):
         raise InputError(f"unknown parsing method {method!r}; use auto, bisenet or classical")
+    if method == "bisenet" and weights is None:
+        raise AssetMissing("BiSeNet parsing needs its weights (face-parsing.PyTorch's 79999_iter.pth): "
+                           "register them with `talkflow assets add bisenet /path/to/79999_iter.pth`, "
+                           "or use method auto or classical")
     return method
 
 
@@ -832,7 +835,7 @@ def parse_frames(
 ) -> np.ndarray:
     """Part labels (T,S,S) uint8 (0 bg, 1 head, 2 neck, 3 torso) for frames (T,S,S,3) uint8.
 
-    BiSeNet when its weights are given or registered (``method="auto"``), else the classical
+    BiSeNet when its ``weights`` are given (``method="auto"``), else the classical
     method with ``background`` (S,S,3) or, without one, a plate bootstrapped from ``lms`` (T,68,2)
     (re-estimated from a first parsing when ``refine_background``). With ``segmentation`` (the
     path of MediaPipe's selfie_segmentation.tflite) the classical method takes the person

@@ -2,7 +2,7 @@
 
 Units and axes are stated once, in `models.face3d.camera`. Typical use:
 
-    model = default_model(cache_dir)          # the registered BFM, else the generic model
+    model = default_model(bfm_mat, cache_dir) # BFM 2009 from its .mat, else the generic model
     track = fit_landmarks(lms, S, model)      # focal search + batched landmark fit
     track = refine_photometric(frames, lms, model, track)
     c2w = to_nerf_transforms(track.euler, track.trans)

@@ -673,15 +673,14 @@ def convert_bfm(mat_path: str | Path, out_path: str | Path | None = None, lmk_id
     return model
 
 
-def default_model(cache_dir: str | Path | None = None) -> MorphableModel:
-    """The registered BFM (converted once into `cache_dir` when given), else `generic_model()`."""
-    from talkflow import assets
-
-    mat = assets.locate("bfm")
+def default_model(mat: str | Path | None = None, cache_dir: str | Path | None = None) -> MorphableModel:
+    """BFM 2009 from `mat` (01_MorphableModel.mat; converted once into `cache_dir` when given),
+    else `generic_model()`."""
     if mat is None:
         return generic_model()
     if cache_dir is None:
         return convert_bfm(mat)
+    mat = Path(mat)
     out = Path(cache_dir) / f"bfm2009-v{FORMAT_VERSION}.pt"
     if out.is_file() and out.stat().st_mtime >= mat.stat().st_mtime:
         return load_model(out)

@@ -8,10 +8,10 @@ synthesis), triplane (plane lookup, decoder), volume (ray sampling and compositi
 3DMM fit), audio2exp (audio -> expression coefficients), deform (expression ray deformation),
 render (frames). Pure PyTorch; never imports Prefect.
 
-    G = default_generator()                          # registered checkpoint, else small_generator(0)
+    G = default_generator(checkpoint)                # a converted checkpoint, else small_generator(0)
     fit = fit_portrait(image)                        # fitted_coeffs, reprojection error (px)
     cam = portrait_camera(fit.coeffs, G.cfg.focal, G.cfg.camera_radius, G.cfg.camera_pivot)
-    rig = FaceRig.from_fit(fit.coeffs, default_model(), cam, G.cfg.camera_pivot)
+    rig = FaceRig.from_fit(fit.coeffs, default_model(bfm_mat), cam)
     depth = rig.depth_map(cam, G.cfg.neural_rendering_resolution)     # geometry prior, fallback G only
     pti = run_pti(G, image, cam, PTIConfig.fallback(), face_depth=depth)  # w_PTI, G_PTI, bg_PTI
                                                      # (PTIConfig() and no depth for a pretrained G)

@@ -25,6 +25,11 @@ from talkflow.errors import InputError
 EG3D_FOV_DEG = 18.837
 EG3D_RADIUS = 2.7
 EG3D_PIVOT = (0.0, 0.0, 0.2)
+# EG3D's world: its FFHQ poses come from Deep3DFaceRecon's fits, whose BFM (front face) is centred
+# on its own vertex mean, and that face centre is the world origin; the cameras look at the pivot,
+# 0.2 in front of it. FACE_CENTRE_MM is the same centre in the head frame of models.face3d (the
+# mean vertex of the generic face mesh, mm): the portrait's fitted face is placed with it at the origin.
+FACE_CENTRE_MM = (0.0, 3.88, 87.12)
 LABEL_DIM = 25
 
 

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from models.face3d.camera import euler_to_matrix
 from models.face3d.morphable import MorphableModel
-from models.nerffacespeech.camera import EG3D_PIVOT, Camera
+from models.nerffacespeech.camera import FACE_CENTRE_MM, Camera
 from models.nerffacespeech.volume import WarpResult
 from talkflow.errors import InputError
 
@@ -72,9 +72,10 @@ class FaceRig:
 
     @staticmethod
     def from_fit(coeffs: dict[str, Tensor], model: MorphableModel, camera: Camera,
-                 pivot: tuple[float, float, float] = EG3D_PIVOT) -> FaceRig:
-        """`coeffs` from `face_fit.fit_portrait`, `camera` the (single) camera PTI used, `pivot` the
-        generator's look-at point: the fitted head origin lands at the pivot's depth."""
+                 face_centre: tuple[float, float, float] = FACE_CENTRE_MM) -> FaceRig:
+        """`coeffs` from `face_fit.fit_portrait`, `camera` the (single) camera PTI used: the fitted
+        face's centre (`face_centre`, head mm) lands at the depth of the world origin, where EG3D's
+        face is; with the camera of `face_fit.portrait_camera`, at the origin itself."""
         for key in ("id", "exp", "euler", "trans", "focal", "image_size"):
             if key not in coeffs:
                 raise InputError(f"fitted_coeffs lack {key!r}; fit the portrait with face_fit.fit_portrait")
@@ -90,10 +91,11 @@ class FaceRig:
         flip = torch.tensor(_FLIP)
         k = float(cam.focal[0]) * float(coeffs["image_size"]) / float(coeffs["focal"])
         depth = torch.tensor([1.0, 1.0, k])
-        pivot_depth = float(cam.c2w[0, :3, 2] @ (torch.tensor(pivot, dtype=o.dtype) - o))
-        if pivot_depth <= 0 or float(trans[2]) <= 0:
-            raise InputError("the camera looks away from the pivot, or the fitted head is behind the camera")
-        s = pivot_depth / (k * float(trans[2]))
+        centre = flip * (rot @ torch.tensor(face_centre, dtype=rot.dtype)) + trans  # tracker camera, mm
+        origin_depth = float(cam.c2w[0, :3, 2] @ -o)
+        if origin_depth <= 0 or float(centre[2]) <= 0:
+            raise InputError("the camera looks away from the world origin, or the fitted face is behind the camera")
+        s = origin_depth / (k * float(centre[2]))
         a = s * rc @ (depth[:, None] * (flip[:, None] * rot))
         b = s * rc @ (depth * trans) + o
         return FaceRig(model, coeffs["id"].float().reshape(-1), coeffs["exp"].float().reshape(-1), a, b)

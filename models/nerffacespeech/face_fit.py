@@ -30,7 +30,7 @@ from torch import Tensor
 
 from models.face3d.camera import euler_to_matrix, head_to_camera, principal_point, project
 from models.face3d.morphable import MorphableModel
-from models.nerffacespeech.camera import EG3D_FOCAL, EG3D_PIVOT, EG3D_RADIUS, Camera
+from models.nerffacespeech.camera import EG3D_FOCAL, EG3D_PIVOT, EG3D_RADIUS, FACE_CENTRE_MM, Camera
 from talkflow.errors import FaceNotFound, InputError
 
 _FLIP = (1.0, -1.0, -1.0)
@@ -178,19 +178,25 @@ def fit_portrait(image, model: MorphableModel | None = None, config: FaceFitConf
 
 
 def portrait_camera(coeffs: dict[str, Tensor], focal: float = EG3D_FOCAL, radius: float = EG3D_RADIUS,
-                    pivot: tuple[float, float, float] = EG3D_PIVOT) -> Camera:
+                    pivot: tuple[float, float, float] = EG3D_PIVOT,
+                    face_centre: tuple[float, float, float] = FACE_CENTRE_MM) -> Camera:
     """The generator camera that sees the generator's world as the portrait's camera saw the head.
 
-    World = pivot + s * head frame (mm), s = radius / |trans|: the fitted head sits upright at the
-    pivot, facing +z, and the camera moves instead (rotation R^T FLIP with R the head rotation,
-    position pivot - s R^T FLIP trans). Intrinsics: the generator's `focal`.
+    World = s * (head frame (mm) - face_centre): the fitted head sits upright with its face centre
+    at the world origin, where EG3D's face is (see `camera.FACE_CENTRE_MM`), facing +z, and the
+    camera moves instead (rotation R^T FLIP with R the head rotation, position -s (face_centre +
+    R^T FLIP trans)); s puts the camera `radius` from the `pivot`, as EG3D's cameras are.
+    Intrinsics: the generator's `focal`.
     """
     rot = euler_to_matrix(coeffs["euler"].float())  # (3, 3) head -> tracker camera, before FLIP
     flip = torch.tensor(_FLIP)
     rc = rot.T * flip[None, :]  # R^T @ FLIP (camera -> world)
     trans = coeffs["trans"].float()
-    s = radius / float(trans.norm())
-    origin = torch.tensor(pivot) - s * (rc @ trans)
+    u = torch.tensor(face_centre) + rc @ trans  # face centre -> camera centre, head mm
+    p = torch.tensor(pivot, dtype=u.dtype)
+    uu, up = float(u @ u), float(u @ p)  # |s u + p| = radius, s > 0
+    s = (-up + (up * up - uu * (float(p @ p) - radius * radius)) ** 0.5) / uu
+    origin = -s * u
     c2w = torch.eye(4)
     c2w[:3, :3], c2w[:3, 3] = rc, origin
     return Camera(c2w, torch.tensor([float(focal)]))

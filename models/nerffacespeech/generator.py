@@ -331,17 +331,16 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Trip
     return generator_from_checkpoint(data, str(path)).to(device)
 
 
-def default_generator(seed: int = 0, device: str | torch.device = "cpu") -> TriplaneGenerator:
-    """The registered generator (`talkflow assets add generator ...`), else `small_generator(seed)`.
+def default_generator(path: str | Path | None = None, seed: int = 0,
+                      device: str | torch.device = "cpu") -> TriplaneGenerator:
+    """The generator checkpoint at `path` (a converted .pt), else `small_generator(seed)`.
 
-    A registered EG3D `.pkl` is used through its converted sibling `<name>.talkflow.pt` when that
-    exists; otherwise AssetMissing says how to convert it.
+    An EG3D `.pkl` is used through its converted sibling `<name>.talkflow.pt` when that exists;
+    otherwise AssetMissing says how to convert it.
     """
-    from talkflow import assets
-
-    path = assets.locate("generator")
     if path is None:
         return small_generator(seed).to(device)
+    path = Path(path)
     if path.suffix.lower() == ".pkl":
         converted = path.with_name(path.stem + ".talkflow.pt")
         if not converted.is_file():

@@ -9,7 +9,7 @@ Images") of the tri-plane generator on one portrait, as NeRFFaceSpeech does befo
     mean and unit variance after every step, and regularised: at every scale of an average-pooling
     pyramid (down to 8 px) the squared mean products of each buffer with itself shifted by one
     pixel (x and y) are penalised (weight 1e5), so the noise cannot encode the image.
-    Loss: LPIPS (AlexNet, when its weights are registered: `talkflow assets add lpips ...`; the
+    Loss: LPIPS (AlexNet, when its weights are given: `run_pti(lpips=...)`; the
     StyleGAN2 projector uses VGG-LPIPS, which is not an asset here) at <= 256 px. Without LPIPS
     weights the documented substitute is L2 + the structural patch loss of `models.ernerf.losses`
     ((1 - SSIM) at full and half resolution + L1 of image gradients).
@@ -203,12 +203,11 @@ def load_pti(path: str | Path) -> PTIResult:
 
 
 # ------------------------------------------------------------------------------------ losses
-def perceptual_loss(device: torch.device | str = "cpu") -> tuple[str, ImageLoss]:
-    """("lpips", LPIPS-Alex) when `lpips` weights are registered, else ("structural", substitute)."""
+def perceptual_loss(lpips: Path | None = None, device: torch.device | str = "cpu") -> tuple[str, ImageLoss]:
+    """("lpips", LPIPS-Alex) when its weights (alex.pth) are given, else ("structural", substitute)."""
     from models.ernerf.losses import make_patch_loss
-    from talkflow import assets
 
-    return make_patch_loss(assets.locate("lpips"), device)
+    return make_patch_loss(lpips, device)
 
 
 def noise_regularization(buffers: list[Tensor]) -> Tensor:
@@ -397,26 +396,29 @@ def _target_tensor(image, size: int) -> Tensor:
 
 
 def run_pti(generator: TriplaneGenerator, image, camera: Camera | None = None, config: PTIConfig = PTIConfig(),
-            progress: Progress | None = None, face_depth: tuple[Tensor, Tensor] | None = None) -> PTIResult:
+            progress: Progress | None = None, face_depth: tuple[Tensor, Tensor] | None = None,
+            lpips: Path | None = None) -> PTIResult:
     """PTI of `image` ((S, S, 3) uint8, or (1, 3, S, S) in [-1, 1]) seen from `camera`
     (default: the generator's frontal camera). `generator` itself is not modified.
 
     face_depth: the optional geometry prior for the tuning stage (see `tune`, `PTIConfig.depth_weight`).
+    lpips: LPIPS-Alex weights (alex.pth) for the perceptual loss; None: the documented substitute.
     """
     from models.face3d.fit import cpu_threads
 
     with cpu_threads(config.cpu_threads if generator.device.type == "cpu" else None):
-        return _run_pti(generator, image, camera, config, progress, face_depth)
+        return _run_pti(generator, image, camera, config, progress, face_depth, lpips)
 
 
 def _run_pti(generator: TriplaneGenerator, image, camera: Camera | None, config: PTIConfig,
-             progress: Progress | None, face_depth: tuple[Tensor, Tensor] | None) -> PTIResult:
+             progress: Progress | None, face_depth: tuple[Tensor, Tensor] | None,
+             lpips: Path | None) -> PTIResult:
     dev = generator.device
     target = _target_tensor(image, generator.cfg.img_resolution).to(dev)
     camera = (camera if camera is not None else generator.default_camera()).to(dev)
     if camera.batch != 1:
         raise InputError(f"PTI inverts one view; got {camera.batch} cameras")
-    loss = perceptual_loss(dev)
+    loss = perceptual_loss(lpips, dev)
     times = {}
     work = copy.deepcopy(generator).eval()
     t0 = time.perf_counter()

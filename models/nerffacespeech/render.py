@@ -111,8 +111,7 @@ def _render_frames(generator: TriplaneGenerator, w: Tensor, coeffs: dict[str, Te
     camera = camera.to(generator.device)
     if camera.batch != 1:
         raise InputError(f"render_frames renders one view; got {camera.batch} cameras")
-    rig = FaceRig.from_fit(coeffs, model, portrait_camera if portrait_camera is not None else camera,
-                           generator.cfg.camera_pivot)
+    rig = FaceRig.from_fit(coeffs, model, portrait_camera if portrait_camera is not None else camera)
     ws = _as_ws(w, generator)
     cfg = config
     s = generator.cfg.img_resolution

@@ -1,0 +1,69 @@
+"""Importing models/ or tasks/ has no side effect: no environment variable set, no file written.
+
+Each check runs in a fresh interpreter (the test process itself has long imported everything).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import importlib, json, os, pkgutil, sys
+before = dict(os.environ)
+names = []
+for package in sys.argv[1:]:
+    pkg = importlib.import_module(package)
+    names.append(package)
+    for mod in pkgutil.walk_packages(pkg.__path__, package + "."):
+        importlib.import_module(mod.name)
+        names.append(mod.name)
+after = dict(os.environ)
+changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+print(json.dumps({"modules": names, "changed": changed, "prefect": "prefect" in sys.modules}))
+"""
+
+
+def files_under(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def import_all(packages: list[str], tmp_path: Path, **extra_env: str) -> dict:
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TALKFLOW_"))}
+    env |= {"HOME": str(home), "PYTHONPATH": str(ROOT), "TALKFLOW_DATA_ROOT": str(tmp_path / "root"),
+            **extra_env}
+    before = files_under(tmp_path)
+    out = subprocess.run([sys.executable, "-c", SCRIPT, *packages], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["new_files"] = sorted(files_under(tmp_path) - before)
+    return result
+
+
+def test_importing_models_changes_nothing_and_never_imports_prefect(tmp_path):
+    result = import_all(["models"], tmp_path)
+    assert "models.nerffacespeech.pti" in result["modules"] and "models.face.parsing" in result["modules"]
+    assert result["changed"] == [] and result["new_files"] == []
+    assert result["prefect"] is False
+
+
+@pytest.mark.slow
+def test_importing_tasks_changes_nothing(tmp_path):
+    # Prefect itself creates its home folder when imported; give it an existing one, so that any
+    # new file or variable comes from talkflow
+    prefect_home = tmp_path / "prefect-home"
+    prefect_home.mkdir()
+    result = import_all(["tasks"], tmp_path, PREFECT_HOME=str(prefect_home))
+    assert "tasks.train" in result["modules"] and "tasks.portrait" in result["modules"]
+    assert result["changed"] == [] and result["new_files"] == []
+    assert not (tmp_path / "root").exists()
