@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from models.audio.features import AudioFeatureConfig
+from models.audio.features import MODEL_KINDS, AudioFeatureConfig
 from models.face.background import BackgroundConfig
 from models.face.blink import BlinkConfig
 from models.face.composite import TorsoConfig
@@ -63,8 +63,8 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     frames = extract_frames(normalized["video"], config.frames, namespace=ns)
     landmarks = detect_landmarks(frames, config.landmarks.model_copy(update={"fps": config.normalize.fps}),
                                  namespace=ns)
-    model_dir = assets.locate(config.audio.kind) if config.audio.kind != "logmel" else None
-    if config.audio.kind != "logmel" and model_dir is None:
+    model_dir = assets.locate(config.audio.kind) if config.audio.kind in MODEL_KINDS else None
+    if config.audio.kind in MODEL_KINDS and model_dir is None:
         assets.require(config.audio.kind)  # raises with what to register
     features = audio_features(normalized["audio"], frames.meta["n_frames"], config.audio,
                               model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns)

@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from models.audio.features import AudioFeatureConfig
+from models.audio.features import COMPUTED_KINDS, MODEL_KINDS, AudioFeatureConfig
 from models.ernerf.audio import FEATURE_DIMS
 from talkflow import assets
 from talkflow.cache import validate_name
@@ -48,9 +48,9 @@ def _feature_config(avatar: AvatarRecord, config: AudioFeatureConfig | None) -> 
     """The avatar's feature kind; InputError (naming both kinds and dims) when the config asks for another."""
     want = avatar.features
     kind, dim = want.get("kind"), want.get("dim")
-    if kind not in ("logmel", "hubert", "wav2vec2"):
+    if kind not in COMPUTED_KINDS:
         raise InputError(f"the avatar {avatar.person!r} was trained on {kind} features (D={dim}), which talkflow "
-                         "cannot compute for new audio; preprocess the video with logmel, hubert or wav2vec2")
+                         f"cannot compute for new audio; preprocess the video with {', '.join(COMPUTED_KINDS)}")
     if config is None:
         return AudioFeatureConfig(kind=kind)
     if config.kind != kind:
@@ -65,7 +65,7 @@ def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVid
     checkpoint = avatar.latest(config.render.with_torso)
     fps = int(avatar.dataset.meta.get("fps") or 25)
     prepared = prepare_audio(source, AudioPrepConfig(fps=fps), namespace=ns)
-    model_dir = assets.require(feature_cfg.kind) if feature_cfg.kind != "logmel" else None
+    model_dir = assets.require(feature_cfg.kind) if feature_cfg.kind in MODEL_KINDS else None
     features = audio_features(prepared["audio"], prepared.meta["n_frames"], feature_cfg, model_dir=model_dir,
                               namespace=ns)
     frames = render_frames_stage(checkpoint, avatar.dataset, features, config.render, namespace=ns)

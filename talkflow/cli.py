@@ -213,7 +213,7 @@ def preprocess(
     video: Path,
     person: str = typer.Option(..., help="Avatar name (letters, digits, '_' or '-')."),
     size: int = typer.Option(512, help="Side of the square training frames, px."),
-    features: str = typer.Option("logmel", help="Audio features: logmel, hubert or wav2vec2."),
+    features: str = typer.Option("logmel", help="Audio features: logmel, phonemes, hubert or wav2vec2."),
     deepspeech: Path = typer.Option(None, help="Precomputed DeepSpeech features (.npy)."),
     photometric: bool = typer.Option(True, help="Photometric refinement of the 3DMM tracking."),
     out: Path = typer.Option(None, help="Also write the dataset folder here (copies)."),
