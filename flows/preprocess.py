@@ -15,7 +15,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from models.audio.features import AudioFeatureConfig
+from models.audio.features import MODEL_KINDS, AudioFeatureConfig
 from models.face.background import BackgroundConfig
 from models.face.blink import BlinkConfig
 from models.face.composite import TorsoConfig
@@ -77,8 +77,8 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
                                  mesh=assets.shipped("face_mesh") if use_mesh else None,
                                  detector=assets.shipped("face_detection") if lm_cfg.mesh_fallback else None,
                                  namespace=ns)
-    model_dir = assets.locate(config.audio.kind) if config.audio.kind != "logmel" else None
-    if config.audio.kind != "logmel" and model_dir is None:
+    model_dir = assets.locate(config.audio.kind) if config.audio.kind in MODEL_KINDS else None
+    if config.audio.kind in MODEL_KINDS and model_dir is None:
         assets.require(config.audio.kind)  # raises with what to register
     # Independent branches, submitted together; a future passed on is awaited by its consumer.
     features = audio_features.submit(normalized["audio"], frames.meta["n_frames"], config.audio,

@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from models.audio.features import SAMPLE_RATE, AudioFeatureConfig
+from models.audio.features import COMPUTED_KINDS, MODEL_KINDS, SAMPLE_RATE, AudioFeatureConfig
 from models.ernerf.audio import FEATURE_DIMS
 from talkflow import assets
 from talkflow.checks import audio_or_text, validate_name
@@ -49,9 +49,9 @@ def _feature_config(avatar: AvatarRecord, config: AudioFeatureConfig | None) -> 
     """The avatar's feature kind; InputError (naming both kinds and dims) when the config asks for another."""
     want = avatar.features
     kind, dim = want.get("kind"), want.get("dim")
-    if kind not in ("logmel", "hubert", "wav2vec2"):
+    if kind not in COMPUTED_KINDS:
         raise InputError(f"the avatar {avatar.person!r} was trained on {kind} features (D={dim}), which talkflow "
-                         "cannot compute for new audio; preprocess the video with logmel, hubert or wav2vec2")
+                         f"cannot compute for new audio; preprocess the video with {', '.join(COMPUTED_KINDS)}")
     if config is None:
         return AudioFeatureConfig(kind=kind)
     if config.kind != kind:
@@ -67,7 +67,7 @@ def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVid
     fps = avatar.dataset.meta["fps"]  # the normalize stage's, as every dataset records it
     sample_rate = avatar.dataset.meta.get("sample_rate") or SAMPLE_RATE  # older datasets: the models' rate
     prepared = prepare_audio(source, fps=fps, sample_rate=sample_rate, namespace=ns)
-    model_dir = assets.require(feature_cfg.kind) if feature_cfg.kind != "logmel" else None
+    model_dir = assets.require(feature_cfg.kind) if feature_cfg.kind in MODEL_KINDS else None
     features = audio_features(prepared["audio"], prepared.meta["n_frames"], feature_cfg, model_dir=model_dir,
                               namespace=ns)
     frames = render_frames_stage(checkpoint, avatar.dataset, features, config.render, namespace=ns)

@@ -17,7 +17,7 @@ from talkflow.errors import InputError, MediaUnreadable, SpeechError
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 TrainStage = Literal["auto", "head", "lips", "torso"]
-FeatureKind = Literal["logmel", "hubert", "wav2vec2"]  # the kinds talkflow computes from audio
+FeatureKind = Literal["logmel", "phonemes", "hubert", "wav2vec2"]  # the kinds talkflow computes from audio
 
 
 def validate_name(name: str, what: str = "name") -> str:

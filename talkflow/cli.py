@@ -230,7 +230,7 @@ def demo(
 
 
 # -- ER-NeRF -------------------------------------------------------------------------------
-FEATURE_KINDS = "logmel, hubert or wav2vec2"
+FEATURE_KINDS = "logmel, phonemes, hubert or wav2vec2"
 
 
 @app.command()

@@ -44,7 +44,7 @@ FILES = {
 
 # the file name ER-NeRF's loader reads for each feature kind (nerf_triplane/provider.py)
 REFERENCE_FEATURES = {"deepspeech": "aud_ds.npy", "hubert": "aud_hu.npy", "wav2vec2": "aud_eo.npy",
-                      "logmel": "aud.npy"}
+                      "logmel": "aud.npy", "phonemes": "aud.npy"}  # aud.npy: any other kind (told by D)
 DATASET_STAGES = ("dataset", "import_dataset")  # the manifests training accepts
 
 
@@ -170,10 +170,11 @@ REFERENCE_PARTS = ("transforms_train.json", "transforms_val.json", "ori_imgs/", 
 
 
 def _reference_features(folder: Path) -> tuple[Path, str | None]:
-    found = [folder / n for n in (*REFERENCE_FEATURES.values(),) if (folder / n).is_file()]
+    found = [folder / n for n in dict.fromkeys(REFERENCE_FEATURES.values()) if (folder / n).is_file()]
     if not found:
         raise InputError(f"{folder} has no audio features: ER-NeRF's process.py writes one of "
-                         f"{', '.join(REFERENCE_FEATURES.values())} (from aud.wav); extract them and import again")
+                         f"{', '.join(dict.fromkeys(REFERENCE_FEATURES.values()))} (from aud.wav); extract them and "
+                         "import again")
     path = found[0]  # the named kinds first, aud.npy last
     kind = {v: k for k, v in REFERENCE_FEATURES.items()}[path.name]
     return path, (None if path.name == "aud.npy" else kind)

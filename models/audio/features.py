@@ -11,6 +11,8 @@ Kinds (``FeatureInfo.kind``):
 * ``wav2vec2``: logits of a transformers ``Wav2Vec2ForCTC`` (44 for the esperanto model
   ER-NeRF uses), local folder only.
 * ``deepspeech``: ER-NeRF's precomputed DeepSpeech features, read with ``load_deepspeech_npy``.
+* ``phonemes`` (no download): speaker-independent phones decoded by pocketsphinx's bundled en-us
+  model (``models.audio.phonemes``): per 50 Hz frame the share of each of 39 phones + silence (D=40).
 
 Every kind is resampled to 50 Hz frames centred at k/50 s (frame count 1 + N // 320 for N
 samples at 16 kHz), then ``window_features`` cuts a window of 16 frames around video frame t,
@@ -41,7 +43,10 @@ FEATS_FILE = "aud_feats.npy"
 INFO_FILE = "aud_feats.json"
 DEEPSPEECH_DIM = 29
 
-Kind = Literal["logmel", "hubert", "wav2vec2", "deepspeech"]
+Kind = Literal["logmel", "hubert", "wav2vec2", "deepspeech", "phonemes"]
+ComputedKind = Literal["logmel", "hubert", "wav2vec2", "phonemes"]  # kinds computed from audio
+COMPUTED_KINDS: tuple[str, ...] = ("logmel", "hubert", "wav2vec2", "phonemes")
+MODEL_KINDS: tuple[str, ...] = ("hubert", "wav2vec2")  # need a registered local model folder
 
 
 class FeatureInfo(pydantic.BaseModel):
@@ -73,8 +78,9 @@ class AudioFeatureConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(frozen=True)
 
-    kind: Literal["logmel", "hubert", "wav2vec2"] = pydantic.Field(
-        "logmel", description="Audio features: logmel (built in), hubert or wav2vec2 (registered assets).")
+    kind: ComputedKind = pydantic.Field(
+        "logmel", description="Audio features: logmel or phonemes (built in), hubert or wav2vec2 (registered "
+        "assets).")
     window: int = pydantic.Field(WINDOW, ge=1, description="50 Hz feature frames per video-frame window (ER-NeRF: 16).")
     logmel: LogMelConfig = pydantic.Field(LogMelConfig(), description="Log-mel settings (kind logmel).")
     chunk_s: float = pydantic.Field(
@@ -329,7 +335,7 @@ def extract_features(
     wav_samples: np.ndarray,
     sr: int,
     n_frames: int | None = None,
-    kind: Literal["logmel", "hubert", "wav2vec2"] | None = None,
+    kind: ComputedKind | None = None,
     model_dir: str | Path | None = None,
     *,
     device: str | torch.device = "cpu",
@@ -346,7 +352,7 @@ def extract_features(
         try:
             cfg = AudioFeatureConfig.model_validate({**cfg.model_dump(), "kind": kind})
         except pydantic.ValidationError as exc:
-            raise InputError(f"unknown audio feature kind {kind!r}; use logmel, hubert or wav2vec2") from exc
+            raise InputError(f"unknown audio feature kind {kind!r}; use {', '.join(COMPUTED_KINDS)}") from exc
     x = to_mono_16k(wav_samples, sr)
     if x.size == 0:
         raise InputError("the audio is empty; give at least a fraction of a second of sound")
@@ -354,10 +360,14 @@ def extract_features(
         n_frames = max(int(round(x.size / SAMPLE_RATE * VIDEO_FPS)), 1)
     if cfg.kind == "logmel":
         steps = log_mel(x, cfg.logmel)
+    elif cfg.kind == "phonemes":
+        from models.audio.phonemes import phone_features
+
+        steps = phone_features(x)
     elif cfg.kind in ("hubert", "wav2vec2"):
         steps = model_features(x, cfg.kind, model_dir, device, chunk_s=cfg.chunk_s, context_s=cfg.context_s)
     else:
-        raise InputError(f"unknown audio feature kind {cfg.kind!r}; use logmel, hubert or wav2vec2")
+        raise InputError(f"unknown audio feature kind {cfg.kind!r}; use {', '.join(COMPUTED_KINDS)}")
     feats = window_features(steps, n_frames, cfg.window, max_gap_s=cfg.max_gap_s)
     return feats, FeatureInfo(kind=cfg.kind, dim=int(feats.shape[-1]), window=cfg.window)
 

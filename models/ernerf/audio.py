@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from talkflow.errors import InputError
 
-FEATURE_DIMS = {"logmel": 80, "hubert": 1024, "wav2vec2": 44, "deepspeech": 29}
+FEATURE_DIMS = {"logmel": 80, "hubert": 1024, "wav2vec2": 44, "deepspeech": 29, "phonemes": 40}
 _LEAK = 0.02  # LeakyReLU slope of the reference audio nets
 
 

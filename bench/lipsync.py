@@ -1,0 +1,211 @@
+"""Lip sync you can measure: an avatar trained on one voice, scored on held-out frames and on a
+new sentence in another voice.
+
+1. A sample clip of about --seconds of one voice (piper) animating the sample portrait
+   (flows.sample_clip); its last 10 % is held out (TrackingConfig.val_fraction).
+2. preprocess_video with --features, then train_avatar up to the lips stage (--preset small: a
+   CPU-sized model and step budget; --preset reference: ER-NeRF's model, --head-steps on a GPU).
+3. Held-out frames rendered over their ground-truth torso: PSNR, SSIM, LMD (mouth landmarks, px at
+   512) and the Pearson correlation of the rendered mouth opening |lm66-lm62|/|lm54-lm48| with the
+   ground truth's (dlib's 68 points on both).
+4. A NEW sentence in a DIFFERENT voice (espeak-ng) rendered by render_video: the correlation of the
+   rendered mouth opening with the speech RMS per 40 ms frame, at offset 0 and at the best offset
+   within +-max_offset frames (positive: the mouth moves after the sound).
+
+Prints one JSON object as its last line. Run twice with the same --root to compare feature kinds:
+the clip and every preprocessing step but the audio features are cache hits the second time.
+
+Targets: GPU, --preset reference, 60 s: held-out correlation >= 0.7, new-voice correlation >= 0.5
+at |offset| <= 1, held-out PSNR >= 33 dB. CPU, --preset small, within 20 min on 2 cores:
+held-out correlation >= 0.5, new-voice correlation >= 0.4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PERSON = "lipsync"
+PASSAGE = (  # about 5 s of speech per sentence
+    "The morning light fell softly across the quiet harbour. ",
+    "Fishermen pulled their boats onto the shore and mended the nets. ",
+    "A small dog barked at the gulls, which laughed and flew away. ",
+    "Nobody in the village remembered a calmer summer than this one. ",
+    "By noon the market was full of voices, colours and the smell of bread. ",
+    "Children ran between the stalls, looking for apples and sweets. ",
+)
+NEW_SENTENCE = "Would you please open the window? It is much too warm in here, and I need some air."
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--features", choices=["logmel", "phonemes"], default="logmel")
+    p.add_argument("--preset", choices=["small", "reference"], default="small")
+    p.add_argument("--seconds", type=float, default=60.0, help="approximate length of the sample clip")
+    p.add_argument("--size", type=int, default=256, help="frame side, px (LMD is reported at 512)")
+    p.add_argument("--head-steps", type=int, default=None, help="default: 2000 small, 5000 reference")
+    p.add_argument("--lips-steps", type=int, default=None, help="default: head-steps / 10")
+    p.add_argument("--rays", type=int, default=None, help="rays per step; default 2048 small, 65536 reference")
+    p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True,
+                   help="photometric refinement of the 3DMM tracking")
+    p.add_argument("--max-offset", type=int, default=5, help="audio-video offsets searched, frames")
+    p.add_argument("--root", type=Path, default=None, help="data root (reuse it to share the cache); default: new")
+    return p.parse_args()
+
+
+def _train_config(args: argparse.Namespace):
+    from tasks.train import TrainAvatarConfig, TrainStageConfig
+
+    head = args.head_steps or (2000 if args.preset == "small" else 5000)
+    lips = args.lips_steps or max(head // 10, 1)
+    if args.preset == "reference":
+        rays = args.rays or 65536
+        return TrainAvatarConfig(head=TrainStageConfig(steps=head, rays_per_batch=rays),
+                                 lips=TrainStageConfig(steps=lips, rays_per_batch=rays))
+    rays = args.rays or 2048
+    quick = {"rays_per_batch": rays, "checkpoint_every": 500, "val_frames": 4, "val_downscale": 2}
+    return TrainAvatarConfig(model="small", head=TrainStageConfig(steps=head, lr_net=5e-3, **quick),
+                             lips=TrainStageConfig(steps=lips, **quick))
+
+
+def _landmarks(frames) -> list:
+    """dlib's 68 points per frame, None where no face is found."""
+    from models.eval.lipsync import face_landmarks
+    from talkflow.errors import InputError
+
+    out = []
+    for f in frames:
+        try:
+            out.append(face_landmarks(f))
+        except InputError:
+            out.append(None)
+    return out
+
+
+def _held_out(dataset, checkpoint: Path, work: Path) -> dict:
+    """Render the validation frames over their gt torso and score them against gt_imgs."""
+    import numpy as np
+    import torch
+
+    from models.ernerf.dataset import load_split
+    from models.ernerf.trainer import load_model
+    from models.eval import lipsync as ls
+    from tasks.dataset import materialize_dataset
+
+    val = load_split(materialize_dataset(dataset, work / "dataset"), "val")
+    model = load_model(checkpoint)
+    bgs = torch.stack([val.torso_over_background(k) for k in range(len(val))])
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        pred = model.render_frames(val.audio, val.poses, focal=val.focal, cx=val.cx, cy=val.cy, height=val.height,
+                                   width=val.width, background=bgs, aud_index=val.aud_ids, eye=val.eye,
+                                   with_torso=False, mixed_precision=False)
+    render_s = time.perf_counter() - t0
+    gt = val.images.numpy()
+    scores = ls.image_scores(pred, gt)
+    p_lm, g_lm = _landmarks(pred), _landmarks(gt)
+    both = [k for k in range(len(val)) if p_lm[k] is not None and g_lm[k] is not None]
+    out = {"frames": len(val), "frames_with_faces": len(both), "render_fps": round(len(val) / render_s, 2),
+           "psnr": round(scores["psnr"], 3), "ssim": round(scores["ssim"], 4)}
+    if both:
+        pl, gl = np.stack([p_lm[k] for k in both]), np.stack([g_lm[k] for k in both])
+        po, go = ls.mouth_opening(pl), ls.mouth_opening(gl)
+        out.update(lmd_512=round(ls.lmd_at(pl, gl, val.width), 3),
+                   mouth_corr=round(ls.pearson(po, go), 4),
+                   mouth_std=round(float(po.std()), 4), gt_mouth_std=round(float(go.std()), 4))
+    return out
+
+
+def _new_voice(work: Path, max_offset: int) -> dict:
+    """Render NEW_SENTENCE spoken by espeak-ng; correlate the mouth opening with the speech RMS."""
+    import numpy as np
+    from PIL import Image
+
+    from flows.render import RenderVideoConfig, render_video
+    from models.audio.tts import synthesize
+    from models.eval import lipsync as ls
+    from talkflow import media
+    from talkflow.store import get_store
+    from tasks.inputs import local_file
+    from tasks.render import RenderConfig
+
+    samples, rate = synthesize(NEW_SENTENCE, engine="espeak")
+    wav = work / "new_voice.wav"
+    media.write_wav(wav, samples, rate)
+    t0 = time.perf_counter()
+    result = render_video(PERSON, audio=wav, config=RenderVideoConfig(render=RenderConfig(with_torso=False)))
+    render_s = time.perf_counter() - t0
+    folder = get_store().fetch(result.frames["frames"])  # a directory artifact
+    n = result.frames.meta["n_frames"]
+    frames = [np.asarray(Image.open(Path(folder) / f"{i}.jpg").convert("RGB")) for i in range(n)]
+    lms = _landmarks(frames)
+    found = [k for k in range(n) if lms[k] is not None]
+    audio, arate = media.read_wav(local_file(result.audio["audio"]))
+    rms = ls.speech_rms(audio, arate, 25, n_frames=n)[found]
+    opening = ls.mouth_opening(np.stack([lms[k] for k in found])) if found else np.zeros(0)
+    offset, best = ls.best_offset(opening, rms, max_offset) if found else (0, 0.0)
+    return {"voice": "espeak-ng", "frames": n, "frames_with_faces": len(found), "seconds": round(render_s, 1),
+            "envelope_corr": round(ls.pearson(opening, rms), 4) if found else 0.0,
+            "best_offset": offset, "best_corr": round(best, 4), "mouth_std": round(float(opening.std()), 4)}
+
+
+def main() -> None:
+    args = _args()
+    os.environ["TALKFLOW_DATA_ROOT"] = str(args.root or tempfile.mkdtemp(prefix="talkflow-lipsync-"))
+    os.environ.pop("PREFECT_API_URL", None)
+    sys.path.insert(0, str(ROOT))
+
+    import talkflow  # noqa: F401  (embedded Prefect settings)
+    from flows.preprocess import PreprocessConfig, preprocess_video
+    from flows.sample_clip import SampleClipConfig, make_sample_clip
+    from flows.train import train_avatar
+    from models.audio.features import AudioFeatureConfig
+    from talkflow.store import get_store
+    from tasks.inputs import local_file
+    from tasks.media import NormalizeConfig
+    from tasks.speech import SpeechConfig
+    from tasks.tracking import TrackingConfig
+
+    times = {}
+    t0 = time.perf_counter()
+    text = "".join(PASSAGE[i % len(PASSAGE)] for i in range(max(1, round(args.seconds / 5.0))))
+    sample = make_sample_clip(text, SampleClipConfig(size=args.size), SpeechConfig(engine="piper"))
+    clip = get_store().fetch(sample["video"])
+    times["clip_s"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    config = PreprocessConfig(normalize=NormalizeConfig(size=args.size), audio=AudioFeatureConfig(kind=args.features),
+                              tracking=TrackingConfig(photometric=args.photometric, val_fraction=0.1))
+    dataset = preprocess_video(clip, PERSON, config)
+    times["preprocess_s"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    avatar = train_avatar(dataset, PERSON, _train_config(args), stage="lips")
+    times["train_s"] = round(time.perf_counter() - t0, 1)
+
+    with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        held = _held_out(dataset, local_file(avatar.lips["checkpoint"]), work)
+        times["held_out_s"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        new = _new_voice(work, args.max_offset)
+        times["new_voice_s"] = round(time.perf_counter() - t0, 1)
+
+    print(json.dumps({
+        "bench": "lipsync", "features": args.features, "preset": args.preset, "size": args.size,
+        "clip_s": round(sample.meta["duration_s"], 2), "frames": dataset.meta["n_frames"],
+        "n_train": dataset.meta["n_train"], "n_val": dataset.meta["n_val"],
+        "head_steps": avatar.head.meta["steps"], "lips_steps": avatar.lips.meta["steps"],
+        "held_out": held, "new_voice": new, "times": times,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Lip-sync metrics on 68-point (iBUG) landmarks and speech: how much the mouth follows the audio.
+
+* ``mouth_opening``: inner-lip gap over mouth width, |lm66 - lm62| / |lm54 - lm48|, per frame;
+  scale-free, about 0 closed and 0.1-0.4 open.
+* ``speech_rms``: RMS of the speech per video frame (40 ms at 25 fps).
+* ``pearson``: correlation of two series; 0 when either is constant (a frozen mouth follows nothing).
+* ``best_offset``: the shift (in frames) of the video against the audio that maximises the correlation;
+  positive: the mouth moves ``offset`` frames AFTER the sound.
+* ``lmd_at``: the mouth landmark distance (models.ernerf.losses.mouth_landmark_distance) in pixels
+  of a ``reference`` px frame (512), whatever the frames' size.
+* ``image_scores``: PSNR (dB) and SSIM of uint8 frames (models.ernerf.losses).
+* ``face_landmarks``: dlib's 68 points of the largest face, small frames upscaled for the detector.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from talkflow.errors import InputError
+
+REFERENCE_SIZE = 512  # LMD is reported in pixels of a frame this size
+_EPS = 1e-9
+
+
+def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
+    """(..., 68, 2) landmarks -> (...) inner-lip opening / mouth width."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape[-2:] != (68, 2):
+        raise InputError(f"expected (..., 68, 2) landmarks, got shape {lm.shape}")
+    gap = np.linalg.norm(lm[..., 66, :] - lm[..., 62, :], axis=-1)
+    width = np.linalg.norm(lm[..., 54, :] - lm[..., 48, :], axis=-1)
+    return gap / np.maximum(width, _EPS)
+
+
+def speech_rms(samples: np.ndarray, sample_rate: int, fps: float = 25.0, n_frames: int | None = None) -> np.ndarray:
+    """RMS per video frame (T,) float64 of mono samples (N,): frame t covers [t/fps, (t+1)/fps).
+
+    ``n_frames`` defaults to ceil(duration * fps); frames past the audio's end get 0."""
+    x = np.asarray(samples, dtype=np.float64)
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    if x.ndim != 1:
+        raise InputError(f"expected mono samples (N,), got shape {x.shape}")
+    if sample_rate <= 0 or fps <= 0:
+        raise InputError(f"bad rates: sample_rate={sample_rate}, fps={fps}")
+    t = math.ceil(x.size * fps / sample_rate - 1e-9) if n_frames is None else int(n_frames)
+    bounds = np.minimum(np.round(np.arange(t + 1) * sample_rate / fps).astype(np.int64), x.size)  # (T+1,)
+    sq = np.concatenate([[0.0], np.cumsum(x * x)])
+    counts = bounds[1:] - bounds[:-1]
+    return np.sqrt((sq[bounds[1:]] - sq[bounds[:-1]]) / np.maximum(counts, 1))
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two equal-length series; 0.0 (not NaN) when either is constant."""
+    x, y = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise InputError(f"series of different lengths: {x.size} and {y.size}")
+    if x.size < 2:
+        return 0.0
+    x, y = x - x.mean(), y - y.mean()
+    sx, sy = math.sqrt(float(x @ x)), math.sqrt(float(y @ y))
+    if sx <= _EPS * max(1.0, x.size) or sy <= _EPS * max(1.0, y.size):
+        return 0.0
+    return float(np.clip((x @ y) / (sx * sy), -1.0, 1.0))
+
+
+def shifted_pearson(video: np.ndarray, audio: np.ndarray, offset: int) -> float:
+    """Correlation of video[t] with audio[t - offset] over the frames where both exist."""
+    v, a = np.asarray(video, dtype=np.float64), np.asarray(audio, dtype=np.float64)
+    n = min(v.size, a.size)
+    v, a = v[:n], a[:n]
+    if offset >= 0:
+        return pearson(v[offset:], a[: n - offset])
+    return pearson(v[: n + offset], a[-offset:])
+
+
+def best_offset(video: np.ndarray, audio: np.ndarray, max_offset: int = 5) -> tuple[int, float]:
+    """(offset, correlation) maximising ``shifted_pearson`` over -max_offset..max_offset frames;
+    ties go to the smallest |offset|. Positive offset: the video lags the audio."""
+    if max_offset < 0:
+        raise InputError(f"max_offset must be >= 0, got {max_offset}")
+    n = min(np.size(video), np.size(audio))
+    best = (0, shifted_pearson(video, audio, 0))
+    for d in range(1, min(max_offset, max(n - 2, 0)) + 1):
+        for off in (d, -d):
+            r = shifted_pearson(video, audio, off)
+            if r > best[1] + 1e-12:
+                best = (off, r)
+    return best
+
+
+def lmd_at(pred: np.ndarray, target: np.ndarray, size: int, reference: int = REFERENCE_SIZE) -> float:
+    """Mouth landmark distance of (F, 68, 2) landmark sets found on ``size`` px frames, in pixels of a
+    ``reference`` px frame (each mouth centred first, as the reference LMDMeter)."""
+    import torch
+
+    from models.ernerf.losses import mouth_landmark_distance
+
+    if size <= 0:
+        raise InputError(f"bad frame size {size}")
+    d = mouth_landmark_distance(torch.as_tensor(np.asarray(pred, np.float64)),
+                                torch.as_tensor(np.asarray(target, np.float64)))
+    return float(d) * reference / size
+
+
+def image_scores(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of (F, H, W, 3) uint8 frames against their ground truth."""
+    import torch
+
+    from models.ernerf.losses import psnr, ssim
+
+    p, t = np.asarray(pred), np.asarray(target)
+    if p.shape != t.shape or p.ndim != 4 or p.shape[-1] != 3:
+        raise InputError(f"expected two (F, H, W, 3) frame stacks of one shape, got {p.shape} and {t.shape}")
+    pt = torch.from_numpy(p).permute(0, 3, 1, 2).float() / 255
+    tt = torch.from_numpy(t).permute(0, 3, 1, 2).float() / 255
+    return {"psnr": float(np.mean([float(psnr(a, b)) for a, b in zip(pt, tt)])),
+            "ssim": float(ssim(pt, tt).mean())}
+
+
+def face_landmarks(image: np.ndarray, detect_size: int = REFERENCE_SIZE) -> np.ndarray:
+    """68 (x, y) points (68, 2) float32 of the largest face in an RGB uint8 image, in its pixels.
+
+    dlib's HOG detector needs faces of about 80 px: an image smaller than ``detect_size`` is
+    upscaled (bicubic) to it first and the points scaled back. Raises FaceNotFound."""
+    from PIL import Image
+
+    from models.face.landmarks import largest_face_landmarks
+
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+        raise InputError(f"expected an (H, W, 3) uint8 image, got shape {img.shape} dtype {img.dtype}")
+    h, w = img.shape[:2]
+    scale = max(1.0, detect_size / max(h, w))
+    if scale > 1.0:
+        big = Image.fromarray(img).resize((round(w * scale), round(h * scale)), Image.BICUBIC)
+        return (largest_face_landmarks(np.asarray(big)) / scale).astype(np.float32)
+    return largest_face_landmarks(img)
+
+
+__all__ = ["REFERENCE_SIZE", "best_offset", "face_landmarks", "image_scores", "lmd_at", "mouth_opening",
+           "pearson", "shifted_pearson", "speech_rms"]
