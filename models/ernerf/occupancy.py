@@ -105,9 +105,10 @@ class OccupancyGrid(nn.Module):
 
     @torch.no_grad()
     def update(self, density_fn: Callable[[Tensor], Tensor], generator: torch.Generator | None = None) -> None:
-        """Query density_fn ((N, 3) -> (N,)) at jittered cell centres and merge it into the EMA."""
+        """Query density_fn ((N, 3) -> (N,)) at jittered cell centres and merge it into the EMA.
+        ``generator`` lives on the grid's device (the jitter is drawn there: no host round trip)."""
         pts = self.cell_centers()
-        jitter = torch.rand(pts.shape, generator=generator, device="cpu").to(pts.device) * 2 - 1
+        jitter = torch.rand(pts.shape, generator=generator, device=pts.device) * 2 - 1
         pts = pts + jitter * (self.cell_size / 2)
         fresh = torch.cat([density_fn(chunk).float() for chunk in pts.split(self.cfg.query_chunk)])
         if self.cfg.dilation > 1:
@@ -122,5 +123,6 @@ class OccupancyGrid(nn.Module):
     def _refresh_bitfield(self) -> None:
         self.mean_density.copy_(self.density.clamp(min=0).mean())
         threshold = torch.clamp(self.mean_density, max=self.cfg.density_threshold)
-        occupied = self.density > threshold if self.updates > 0 else self.density >= 0
+        # before the first update every seen cell is occupied (torch.where: no host synchronisation)
+        occupied = torch.where(self.updates > 0, self.density > threshold, self.density >= 0)
         self.bitfield.copy_(pack_bits(occupied))
