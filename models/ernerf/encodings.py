@@ -200,7 +200,7 @@ def encode_planes(x01: Tensor, planes: tuple[tuple[int, int], ...], grids: tuple
             from models.ernerf.hashgrid_triton import fused_planes
 
             return fused_planes(x01, planes, grids)
-        parts = [grid.lookup(x01[:, list(p)]) for grid, p in zip(grids, planes)]
+        parts = [grid.lookup(torch.stack([x01[:, a], x01[:, b]], dim=-1)) for grid, (a, b) in zip(grids, planes)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 

@@ -17,8 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-_BIT_WEIGHTS = tuple(1 << i for i in range(8))
-
 
 class OccupancyConfig(BaseModel):
     """Defaults: torch-ngp / ER-NeRF (grid 128^3, one cascade at bound 1, EMA 0.95, sigma 10, every 16 steps)."""
@@ -36,7 +34,8 @@ class OccupancyConfig(BaseModel):
 def pack_bits(mask: Tensor) -> Tensor:
     """(M,) bool with M % 8 == 0 -> (M / 8,) uint8, bit i of byte k is mask[8k + i]."""
     bits = mask.view(-1, 8).to(torch.uint8)
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=mask.device)
+    weights = torch.bitwise_left_shift(torch.ones(8, dtype=torch.uint8, device=mask.device),
+                                       torch.arange(8, dtype=torch.uint8, device=mask.device))  # made on the device
     return (bits * weights).sum(dim=1, dtype=torch.uint8)
 
 

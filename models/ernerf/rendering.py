@@ -10,6 +10,7 @@ Volume rendering: w_i = T_i (1 - exp(-sigma_i delta_i)), T_i = exp(-sum_{j<i} si
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,8 +90,7 @@ def camera_rays(c2w: Tensor, focal: float, cx: float, cy: float, pixels: Tensor)
 
 def image_plane_coords(pixels: Tensor, height: int, width: int) -> Tensor:
     """pixels (..., 2) -> (..., 2) in [-1, 1] (x across columns, y down rows); the torso's input."""
-    scale = torch.tensor([width, height], dtype=pixels.dtype, device=pixels.device)
-    return pixels / scale * 2 - 1
+    return torch.stack([pixels[..., 0] / width, pixels[..., 1] / height], dim=-1) * 2 - 1
 
 
 def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor, min_near: float) -> tuple[Tensor, Tensor]:
@@ -102,6 +102,12 @@ def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor, min_near: float) -> tu
     near = torch.minimum(t0, t1).amax(dim=-1).clamp(min=min_near)
     far = torch.maximum(t0, t1).amin(dim=-1)
     return near, far
+
+
+@functools.lru_cache(maxsize=16)
+def _box(aabb: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The box as a (6,) tensor on ``device``, made once (a fresh host-to-device copy would block)."""
+    return torch.tensor(aabb, dtype=dtype, device=device)
 
 
 def max_candidates(aabb: tuple[float, ...], step: float) -> int:
@@ -216,7 +222,7 @@ def render_head(field: HeadField, origins: Tensor, dirs: Tensor, cond: HeadCondi
     if fixed_shape is None:
         fixed_shape = cfg.fixed_shape_for(origins.device)
     with timed("sampling"):
-        aabb = torch.tensor(cfg.aabb, dtype=origins.dtype, device=origins.device)
+        aabb = _box(cfg.aabb, origins.device, origins.dtype)
         near, far = ray_aabb(origins, dirs, aabb, cfg.min_near)
         if jitter is None:
             jitter = torch.zeros_like(near)
