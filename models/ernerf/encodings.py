@@ -12,7 +12,9 @@ Hash grid (instant-ngp style, torch-ngp's level geometry):
   points outside ``[0, 1]^2`` encode to zeros.
 
 Everything here is vectorised over points, levels and corners at once; ``hash_grid_reference`` is a
-scalar Python re-statement used only by the tests.
+scalar Python re-statement used only by the tests. On CUDA the grids run the fused Triton kernels of
+``hashgrid_triton`` instead (``backend="auto"``); the torch code here is the CPU path and the
+reference those kernels are tested against.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
+
+from models.ernerf.timing import timed
 
 HASH_PRIMES = (1, 2654435761)  # instant-ngp's first two primes (the first is 1 on purpose)
 UINT32_MASK = 0xFFFFFFFF
@@ -152,8 +156,10 @@ class HashGrid2D(nn.Module):
         self.register_buffer("scales", torch.tensor(lay.scales, dtype=torch.float64), persistent=False)
         self.register_buffer("vertices", torch.tensor(lay.vertices), persistent=False)
         self.register_buffer("offsets", torch.tensor(lay.offsets), persistent=False)
+        self.register_buffer("scales_f32", torch.tensor(lay.scales, dtype=torch.float32), persistent=False)
         self.num_dense = sum(not h for h in lay.hashed)  # dense levels come first (resolution grows)
         self.hash_mask = 2**cfg.log2_hashmap_size - 1
+        self.backend: Backend = "auto"
 
     def corners(self, x01: Tensor) -> tuple[Tensor, Tensor]:
         """x01 (N, 2) -> table rows (N, L, 4) int64 and bilinear weights (N, L, 4); points outside
@@ -168,9 +174,34 @@ class HashGrid2D(nn.Module):
 
     def forward(self, x01: Tensor) -> Tensor:
         """x01: (N, 2) in [0, 1] -> (N, L * F) in the table's dtype (autocast is off inside)."""
-        with torch.autocast(device_type=x01.device.type, enabled=False):
-            out = _HashGridInterp.apply(x01.detach().to(self.table.dtype), self.table, self)
+        return encode_planes(x01, ((0, 1),), (self,))
+
+    def lookup(self, x01: Tensor) -> Tensor:
+        """The pure-torch lookup (the reference): x01 (N, 2) -> (N, L * F)."""
+        out = _HashGridInterp.apply(x01.detach().to(self.table.dtype), self.table, self)
         return out.reshape(x01.shape[0], self.output_dim)
+
+
+Backend = Literal["auto", "torch", "triton"]
+
+
+def use_fused(grid: HashGrid2D, x: Tensor) -> bool:
+    """Whether ``grid`` runs the Triton kernels: backend "triton", or "auto" on CUDA with fp32 tables."""
+    if grid.backend == "auto":
+        return x.is_cuda and grid.table.dtype == torch.float32
+    return grid.backend == "triton"
+
+
+def encode_planes(x01: Tensor, planes: tuple[tuple[int, int], ...], grids: tuple[HashGrid2D, ...]) -> Tensor:
+    """Grid k reads columns planes[k] of x01 (N, D) in [0, 1] -> (N, sum of grid widths), the grids'
+    features side by side; one fused kernel launch per grid on CUDA, else the torch lookups."""
+    with timed("encoding"), torch.autocast(device_type=x01.device.type, enabled=False):
+        if use_fused(grids[0], x01):
+            from models.ernerf.hashgrid_triton import fused_planes
+
+            return fused_planes(x01, planes, grids)
+        parts = [grid.lookup(torch.stack([x01[:, a], x01[:, b]], dim=-1)) for grid, (a, b) in zip(grids, planes)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 
 def hash_grid_reference(x01: Tensor, table: Tensor, cfg: HashGridConfig) -> Tensor:
@@ -210,8 +241,7 @@ class TriPlaneHashEncoding(nn.Module):
 
     def forward(self, xyz: Tensor) -> Tensor:
         x01 = (xyz + self.bound) / (2 * self.bound)  # (N, 3) in [0, 1]
-        planes = (x01[:, [0, 1]], x01[:, [1, 2]], x01[:, [0, 2]])
-        return torch.cat([grid(p) for grid, p in zip((self.xy, self.yz, self.xz), planes)], dim=-1)
+        return encode_planes(x01, ((0, 1), (1, 2), (0, 2)), (self.xy, self.yz, self.xz))
 
 
 class FrequencyEncoding(nn.Module):

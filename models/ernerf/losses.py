@@ -89,7 +89,10 @@ def opacity_entropy(opacity: Tensor) -> Tensor:
 
 def ambient_losses(ambient_aud: Tensor, ambient_eye: Tensor, face: Tensor, max_samples: int) -> tuple[Tensor, Tensor]:
     """Region-attention regularisers: audio attention should vanish outside the face; audio and eye
-    attention should not overlap inside it. All inputs (R,) -> two scalars."""
+    attention should not overlap inside it. ambient_aud, ambient_eye (R,): the attention maps summed
+    over each ray's samples WITHOUT the opacity weights (the reference's
+    composite_rays_train_triplane), so that empty space is regularised too; the eye sum is divided by
+    max_samples as the reference; face (R,) bool -> two scalars."""
     outside = (ambient_aud * (~face)).mean()
     overlap = ((ambient_eye / max_samples) * ambient_aud.detach() * face).mean()
     return outside, overlap

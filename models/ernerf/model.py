@@ -21,6 +21,7 @@ from models.ernerf.rendering import (
     render_head,
     render_torso,
 )
+from models.ernerf.timing import timed
 from talkflow.errors import InputError
 
 
@@ -112,7 +113,7 @@ class ERNeRF(nn.Module):
     @torch.no_grad()
     def render_frames(self, feats: Tensor, c2w: Tensor, *, focal: float, cx: float, cy: float, height: int,
                       width: int, background: Tensor, aud_index: Tensor | None = None, eye: Tensor | None = None,
-                      with_torso: bool | None = None, frames_per_batch: int = 4,
+                      with_torso: bool | None = None, frames_per_batch: int | None = None,
                       mixed_precision: bool = True) -> np.ndarray:
         """Render F frames -> (F, H, W, 3) uint8.
 
@@ -120,7 +121,8 @@ class ERNeRF(nn.Module):
         units); aud_index (F,) the audio frame of each video frame (default 0..F-1); eye (F, 1) eye
         closure or None (the training mean); background (H, W, 3) or one per frame (F, H, W, 3),
         float in [0, 1] or uint8; with_torso: composite the torso field over it (default: if built).
-        Frames are rendered ``frames_per_batch`` at a time, their rays in chunks of render.chunk_for(device).
+        Frames are rendered ``frames_per_batch`` at a time (None: as many as one chunk holds, at least
+        one), their rays in chunks of render.chunk_for(device) (on CUDA: sized to the free memory).
         """
         was_training = self.training
         self.eval()
@@ -137,6 +139,8 @@ class ERNeRF(nn.Module):
         pixels = pixel_centers(height, width, dev)  # (H*W, 2)
         coords = image_plane_coords(pixels, height, width)
         out = np.empty((n_frames, height, width, 3), dtype=np.uint8)
+        chunk = self.cfg.render.chunk_for(dev)
+        frames_per_batch = frames_per_batch or max(1, chunk // (height * width))
         for start in range(0, n_frames, frames_per_batch):
             idx = torch.arange(start, min(start + frames_per_batch, n_frames))
             b = idx.shape[0]
@@ -149,8 +153,8 @@ class ERNeRF(nn.Module):
             pose_code = self.torso.pose_code(poses) if use_torso else None  # (b, 6)
             torso_app = self.appearance(self.torso_codes, None, b) if use_torso else None
             frame_of_ray = torch.arange(b, device=dev).repeat_interleave(height * width)  # (b*HW,)
+            first_ray = idx.to(dev)[frame_of_ray] * (height * width)  # (b*HW,) start of its frame's background
             rgb = torch.empty(b * height * width, 3, device=dev)
-            chunk = self.cfg.render.chunk_for(dev)
             for s in range(0, b * height * width, chunk):
                 sl = slice(s, s + chunk)
                 f = frame_of_ray[sl]
@@ -158,11 +162,12 @@ class ERNeRF(nn.Module):
                 cond = HeadConditioning(audio[f], eyes[f], None if app is None else app[f])
                 with autocast_for(dev, mixed_precision):
                     head = self.render_head_rays(origins.reshape(-1, 3)[sl], dirs.reshape(-1, 3)[sl], cond)
-                    back = bg[(idx.to(dev)[f] * height * width + pix) if per_frame_bg else pix]
+                    back = bg[first_ray[sl] + pix] if per_frame_bg else bg[pix]
                     if use_torso:
                         t_app = None if torso_app is None else torso_app[f]
                         back = self.render_torso_rays(coords[pix], pose_code[f], t_app, back)["image"]
-                rgb[sl] = composite(head["rgb"].float(), head["opacity"].float(), back.float())
+                with timed("compositing"):
+                    rgb[sl] = composite(head["rgb"].float(), head["opacity"].float(), back.float())
             frames = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).view(b, height, width, 3)
             out[start:start + b] = frames.cpu().numpy()
         self.train(was_training)

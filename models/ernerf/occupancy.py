@@ -17,8 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-_BIT_WEIGHTS = tuple(1 << i for i in range(8))
-
 
 class OccupancyConfig(BaseModel):
     """Defaults: torch-ngp / ER-NeRF (grid 128^3, one cascade at bound 1, EMA 0.95, sigma 10, every 16 steps)."""
@@ -36,7 +34,8 @@ class OccupancyConfig(BaseModel):
 def pack_bits(mask: Tensor) -> Tensor:
     """(M,) bool with M % 8 == 0 -> (M / 8,) uint8, bit i of byte k is mask[8k + i]."""
     bits = mask.view(-1, 8).to(torch.uint8)
-    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=mask.device)
+    weights = torch.bitwise_left_shift(torch.ones(8, dtype=torch.uint8, device=mask.device),
+                                       torch.arange(8, dtype=torch.uint8, device=mask.device))  # made on the device
     return (bits * weights).sum(dim=1, dtype=torch.uint8)
 
 
@@ -105,9 +104,10 @@ class OccupancyGrid(nn.Module):
 
     @torch.no_grad()
     def update(self, density_fn: Callable[[Tensor], Tensor], generator: torch.Generator | None = None) -> None:
-        """Query density_fn ((N, 3) -> (N,)) at jittered cell centres and merge it into the EMA."""
+        """Query density_fn ((N, 3) -> (N,)) at jittered cell centres and merge it into the EMA.
+        ``generator`` lives on the grid's device (the jitter is drawn there: no host round trip)."""
         pts = self.cell_centers()
-        jitter = torch.rand(pts.shape, generator=generator, device="cpu").to(pts.device) * 2 - 1
+        jitter = torch.rand(pts.shape, generator=generator, device=pts.device) * 2 - 1
         pts = pts + jitter * (self.cell_size / 2)
         fresh = torch.cat([density_fn(chunk).float() for chunk in pts.split(self.cfg.query_chunk)])
         if self.cfg.dilation > 1:
@@ -122,5 +122,6 @@ class OccupancyGrid(nn.Module):
     def _refresh_bitfield(self) -> None:
         self.mean_density.copy_(self.density.clamp(min=0).mean())
         threshold = torch.clamp(self.mean_density, max=self.cfg.density_threshold)
-        occupied = self.density > threshold if self.updates > 0 else self.density >= 0
+        # before the first update every seen cell is occupied (torch.where: no host synchronisation)
+        occupied = torch.where(self.updates > 0, self.density > threshold, self.density >= 0)
         self.bitfield.copy_(pack_bits(occupied))

@@ -10,6 +10,7 @@ Volume rendering: w_i = T_i (1 - exp(-sigma_i delta_i)), T_i = exp(-sum_{j<i} si
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from models.ernerf.fields import HeadField, TorsoField
+from models.ernerf.timing import timed
 
 
 class RenderConfig(BaseModel):
@@ -30,13 +32,39 @@ class RenderConfig(BaseModel):
     min_near: float = 0.05
     step_size: float = 2 * math.sqrt(3) / 128  # reference dt: one cascade, 128^3 grid
     max_samples: int = Field(16, ge=1)  # occupied samples per ray (reference --max_steps)
-    # rays per chunk when rendering whole frames; None: 65536 on CUDA (the reference's CUDA marcher
-    # takes a whole frame at once), 4096 elsewhere (the reference's max_ray_batch; on the CPU bigger
-    # chunks were 2x slower here)
+    # rays per chunk when rendering whole frames; None: on CUDA as many as half the free GPU memory
+    # holds (at most 2^20), 4096 elsewhere (the reference's max_ray_batch; on the CPU bigger chunks
+    # were 2x slower here)
     chunk_rays: int | None = Field(None, ge=1)
 
+    # the reference's T_thresh: a ray stops once its transmittance falls below this (0: never)
+    t_thresh: float = Field(1e-4, ge=0, lt=1)
+    # evaluate every candidate slot with the mask multiplied in (no data-dependent shapes, no host
+    # synchronisation); None: on CUDA only (on the CPU gathering the occupied samples is faster)
+    fixed_shape: bool | None = None
+
     def chunk_for(self, device: torch.device) -> int:
-        return self.chunk_rays or (65536 if device.type == "cuda" else 4096)
+        if self.chunk_rays:
+            return self.chunk_rays
+        if device.type != "cuda":
+            return 4096
+        free, _ = torch.cuda.mem_get_info(device)
+        return rays_for_memory(free // 2, self.max_samples)
+
+    def fixed_shape_for(self, device: torch.device) -> bool:
+        return self.fixed_shape if self.fixed_shape is not None else device.type == "cuda"
+
+
+# Bytes one sample slot of an inference chunk holds at its peak: the tri-plane features, the MLPs'
+# hidden activations and the per-sample outputs, in fp32, with room for temporaries (measured peak
+# on the reference model: about 1.5 KB per slot).
+BYTES_PER_SAMPLE = 4096
+
+
+def rays_for_memory(free_bytes: int, max_samples: int, lo: int = 4096, hi: int = 2**20) -> int:
+    """Rays per chunk that fit ``free_bytes``: a power of two in [lo, hi]."""
+    rays = max(free_bytes // (BYTES_PER_SAMPLE * max_samples), 1)
+    return int(min(max(2 ** int(math.log2(rays)), lo), hi))
 
 
 # ----------------------------------------------------------------------------------------- rays
@@ -62,8 +90,7 @@ def camera_rays(c2w: Tensor, focal: float, cx: float, cy: float, pixels: Tensor)
 
 def image_plane_coords(pixels: Tensor, height: int, width: int) -> Tensor:
     """pixels (..., 2) -> (..., 2) in [-1, 1] (x across columns, y down rows); the torso's input."""
-    scale = torch.tensor([width, height], dtype=pixels.dtype, device=pixels.device)
-    return pixels / scale * 2 - 1
+    return torch.stack([pixels[..., 0] / width, pixels[..., 1] / height], dim=-1) * 2 - 1
 
 
 def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor, min_near: float) -> tuple[Tensor, Tensor]:
@@ -75,6 +102,12 @@ def ray_aabb(origins: Tensor, dirs: Tensor, aabb: Tensor, min_near: float) -> tu
     near = torch.minimum(t0, t1).amax(dim=-1).clamp(min=min_near)
     far = torch.maximum(t0, t1).amin(dim=-1)
     return near, far
+
+
+@functools.lru_cache(maxsize=16)
+def _box(aabb: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The box as a (6,) tensor on ``device``, made once (a fresh host-to-device copy would block)."""
+    return torch.tensor(aabb, dtype=dtype, device=device)
 
 
 def max_candidates(aabb: tuple[float, ...], step: float) -> int:
@@ -135,47 +168,107 @@ class HeadConditioning:
     appearance: Tensor | None  # (R|1, A)
 
 
-def render_head(field: HeadField, origins: Tensor, dirs: Tensor, cond: HeadConditioning,
-                occupied: Callable[[Tensor], Tensor], cfg: RenderConfig, jitter: Tensor | None = None,
-                with_uncertainty: bool = True) -> dict[str, Tensor]:
-    """origins, dirs (R, 3) -> rgb (R, 3) premultiplied, opacity, depth, ambient_aud, ambient_eye,
-    uncertainty (R,), and the samples (x (N, 3), d (N, 3), ray_id (N,)) for regularisers."""
-    aabb = torch.tensor(cfg.aabb, dtype=origins.dtype, device=origins.device)
-    near, far = ray_aabb(origins, dirs, aabb, cfg.min_near)
-    if jitter is None:
-        jitter = torch.zeros_like(near)
-    t, mask = sample_occupied(origins, dirs, near, far, occupied, cfg.step_size,
-                              max_candidates(cfg.aabb, cfg.step_size), cfg.max_samples, jitter)
-    r, m = t.shape
-    ray_id = torch.arange(r, device=t.device)[:, None].expand(r, m)[mask]  # (N,)
-    x = origins[ray_id] + t[mask][:, None] * dirs[ray_id]  # (N, 3)
-    d = dirs[ray_id]
-    app = None if cond.appearance is None else _per_sample(cond.appearance, ray_id)
-    out = field(x, d, _per_sample(cond.audio, ray_id), _per_sample(cond.eye, ray_id), app, with_uncertainty)
+def termination_mask(sigma: Tensor, delta: Tensor, t_thresh: float) -> Tensor:
+    """(R, M) bool: samples reached while the transmittance before them is still >= t_thresh (the
+    reference's compositing stops a ray there; ``t_thresh`` 0 keeps every sample)."""
+    if t_thresh <= 0:
+        return torch.ones_like(sigma, dtype=torch.bool)
+    tau = (sigma * delta).detach().float()
+    before = torch.cumsum(tau, dim=1) - tau  # sum_{j<i}
+    return before <= -math.log(t_thresh)
 
-    def padded(v: Tensor) -> Tensor:  # (N, ...) -> (R, M, ...)
-        full = v.new_zeros((r, m) + v.shape[1:])
-        full[mask] = v
-        return full
 
-    weights = volume_weights(padded(out["sigma"]), mask.to(t.dtype) * cfg.step_size)  # (R, M)
+def composite_samples(sigma: Tensor, rgb: Tensor, ambient_aud: Tensor, ambient_eye: Tensor, uncertainty: Tensor,
+                      t: Tensor, mask: Tensor, step: float, t_thresh: float) -> dict[str, Tensor]:
+    """Per-sample (R, M) values (rgb (R, M, 3)) of the kept samples ``mask`` -> per-ray results.
+
+    As the reference's composite_rays_train_triplane: rgb, depth and uncertainty are weighted by
+    w_i; the ambient (attention) maps are plain sums over the ray's samples, without the weights;
+    a ray stops after the sample where its transmittance drops below ``t_thresh``."""
+    keep = mask.to(sigma.dtype)
+    sigma = torch.where(mask, sigma, torch.zeros_like(sigma))
+    delta = keep * step
+    keep = keep * termination_mask(sigma, delta, t_thresh).to(keep.dtype)
+    weights = volume_weights(sigma, delta) * keep  # (R, M)
     return {
-        "rgb": accumulate(weights, padded(out["rgb"])),
+        "rgb": accumulate(weights, rgb),
         "opacity": weights.sum(dim=1),
         "depth": accumulate(weights, t),
-        "ambient_aud": accumulate(weights, padded(out["ambient_aud"])),
-        "ambient_eye": accumulate(weights, padded(out["ambient_eye"])),
-        "uncertainty": accumulate(weights, padded(out["uncertainty"])),
+        "ambient_aud": accumulate(keep, ambient_aud),
+        "ambient_eye": accumulate(keep, ambient_eye),
+        "uncertainty": accumulate(weights, uncertainty),
         "num_samples": mask.sum(),
-        "samples": (x, d, ray_id),
     }
+
+
+def _per_sample_dense(value: Tensor, r: int, m: int) -> Tensor:
+    """(R, C) per-ray or (1, C) shared conditioning -> (R * M, C) per sample, without indexing."""
+    if value.shape[0] == 1:
+        return value
+    return value[:, None, :].expand(r, m, value.shape[1]).reshape(r * m, value.shape[1])
+
+
+def render_head(field: HeadField, origins: Tensor, dirs: Tensor, cond: HeadConditioning,
+                occupied: Callable[[Tensor], Tensor], cfg: RenderConfig, jitter: Tensor | None = None,
+                with_uncertainty: bool = True, fixed_shape: bool | None = None) -> dict[str, Tensor]:
+    """origins, dirs (R, 3) -> rgb (R, 3) premultiplied, opacity, depth, ambient_aud, ambient_eye,
+    uncertainty (R,), num_samples (), and the samples (x (N, 3), d (N, 3), valid (N,) bool) for
+    regularisers.
+
+    Two evaluations of the same maths: ``fixed_shape`` (default on CUDA) runs the field on all
+    R x M candidate slots and multiplies the mask in, so no shape depends on the data and the host
+    never waits for the device; otherwise only the occupied samples are gathered (boolean indexing:
+    fewer field evaluations, the faster choice on the CPU)."""
+    if fixed_shape is None:
+        fixed_shape = cfg.fixed_shape_for(origins.device)
+    with timed("sampling"):
+        aabb = _box(cfg.aabb, origins.device, origins.dtype)
+        near, far = ray_aabb(origins, dirs, aabb, cfg.min_near)
+        if jitter is None:
+            jitter = torch.zeros_like(near)
+        t, mask = sample_occupied(origins, dirs, near, far, occupied, cfg.step_size,
+                                  max_candidates(cfg.aabb, cfg.step_size), cfg.max_samples, jitter)
+        r, m = t.shape
+        if fixed_shape:
+            x = (origins[:, None, :] + t[..., None] * dirs[:, None, :]).reshape(r * m, 3)
+            d = dirs[:, None, :].expand(r, m, 3).reshape(r * m, 3)
+            valid = mask.reshape(-1)
+
+            def per_sample(v: Tensor) -> Tensor:
+                return _per_sample_dense(v, r, m)
+
+            def padded(v: Tensor) -> Tensor:  # (R * M, ...) -> (R, M, ...)
+                return v.reshape((r, m) + v.shape[1:])
+        else:
+            ray_id = torch.arange(r, device=t.device)[:, None].expand(r, m)[mask]  # (N,)
+            x = origins[ray_id] + t[mask][:, None] * dirs[ray_id]  # (N, 3)
+            d = dirs[ray_id]
+            valid = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+
+            def per_sample(v: Tensor) -> Tensor:
+                return _per_sample(v, ray_id)
+
+            def padded(v: Tensor) -> Tensor:  # (N, ...) -> (R, M, ...)
+                full = v.new_zeros((r, m) + v.shape[1:])
+                full[mask] = v
+                return full
+    app = None if cond.appearance is None else per_sample(cond.appearance)
+    with timed("mlp"):
+        out = field(x, d, per_sample(cond.audio), per_sample(cond.eye), app, with_uncertainty)
+    with timed("compositing"):
+        res = composite_samples(padded(out["sigma"]), padded(out["rgb"]), padded(out["ambient_aud"]),
+                                padded(out["ambient_eye"]), padded(out["uncertainty"]), t, mask,
+                                cfg.step_size, cfg.t_thresh)
+    res["samples"] = (x, d, valid)
+    return res
 
 
 def render_torso(field: TorsoField, coords: Tensor, pose_code: Tensor, appearance: Tensor | None,
                  background: Tensor) -> dict[str, Tensor]:
     """coords (R, 2) in [-1, 1], pose_code (R|1, 6), background (R, 3) ->
     alpha (R,), rgb (R, 3), image (R, 3) = torso over background, offset (R, 2)."""
-    out = field(coords, pose_code, appearance)
+    with timed("mlp"):
+        out = field(coords, pose_code, appearance)
     alpha = out["alpha"][:, None]
     out["image"] = out["rgb"] * alpha + background * (1 - alpha)
     return out

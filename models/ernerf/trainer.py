@@ -2,13 +2,24 @@
 
 - head: random rays over the frame, MSE + uncertainty weighting + regularisers, occupancy grid
   updated every 16 steps; the GT torso over bc.jpg is the background.
-- lips: fine-tunes the head; every other step renders the square around the lips as one patch and
-  adds the patch loss (LPIPS if registered, else the structural substitute); the steps between are
-  ordinary random-ray steps (the reference alternates the same way).
+- lips: fine-tunes the head; even steps render the square around the lips as one patch and add
+  the patch loss (LPIPS if registered, else the structural substitute) at weight 0.01; odd steps
+  render rays_per_batch / 32^2 random 32x32 patches (64 at the reference's 65,536 rays) with the
+  patch loss at weight 0.1 (the reference's --finetune_lips --patch_size 32).
 - torso: trains the torso field only (head frozen) on the GT torso composited over bc.jpg.
 
-``Trainer.state_dict()`` holds everything a resume needs (model with occupancy grid, optimiser,
-grad scaler, step, RNG state): all randomness comes from one CPU ``torch.Generator``.
+Every stage keeps an EMA of its trained weights (the reference's torch_ema, decay 0.95 with its
+warm-up min(decay, (1 + n) / (10 + n)), updated every 1,000 steps): the saved checkpoint holds both,
+``load_model`` and ``evaluate`` use the EMA once it has been updated, a resume restores both.
+
+GPU hot path: the training images, torso images and background live on the device (``DeviceData``)
+and a step gathers its rays there; pixels, jitter, eye noise and occupancy jitter are drawn by a
+generator on the device; losses stay on the device (``step`` returns tensors, ``train`` reads them
+back every ``sync_every`` steps); on CUDA the fused AdamW takes the grad scaler's inf check on the
+device. The frame index is drawn on the host (a CPU generator, no device round trip).
+
+``Trainer.state_dict()`` holds everything a resume needs (model with occupancy grid, EMA, optimiser,
+grad scaler, step, both generators' states).
 Checkpoints are written locally with ``save``; every ``checkpoint_every`` steps the trainer saves
 to ``checkpoint_dir/<stage>.pt`` and calls ``on_checkpoint(step, path)`` (the caller stores it).
 """
@@ -16,7 +27,9 @@ to ``checkpoint_dir/<stage>.pt`` and calls ``on_checkpoint(step, path)`` (the ca
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -42,7 +55,7 @@ from models.ernerf.model import ERNeRF, ModelConfig, autocast_for
 from models.ernerf.rendering import HeadConditioning, camera_rays, composite, image_plane_coords
 from talkflow.errors import InputError
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 OnCheckpoint = Callable[[int, Path], None]
 Landmarker = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 -> (68, 2) landmarks
 
@@ -71,7 +84,12 @@ class TrainConfig(BaseModel):
     eye_noise: float = 0.1  # training eye closure += U(-0.05, 0.05)
     patch_weight: float = 0.01  # lips patch loss weight (reference LPIPS weight)
     min_patch: int = 32  # lips patches are padded to at least this side
-    alternate_lips: bool = True  # lips stage: lips patch on even steps, random rays on odd ones
+    alternate_lips: bool = True  # lips stage: lips patch on even steps, random patches on odd ones
+    random_patch_size: int = Field(32, ge=0)  # lips stage odd steps: patches of this side (0: random rays)
+    random_patch_weight: float = 0.1  # patch loss weight of the random patches (reference LPIPS weight)
+    ema_decay: float = Field(0.95, ge=0, lt=1)  # EMA of the trained weights (reference torch_ema)
+    ema_every: int = Field(1000, ge=0)  # steps between EMA updates; 0: no EMA
+    sync_every: int = Field(16, ge=1)  # train() reads the step losses back every N steps
     lambda_anchor: float = 1.0  # torso: keeps the anchors' homogeneous w near 1
     mixed_precision: bool = True  # fp16 autocast + grad scaling on CUDA only
     checkpoint_every: int = Field(0, ge=0)  # 0: never
@@ -112,17 +130,108 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _rect_pixels(rect: Tensor) -> tuple[Tensor, int, int]:
-    """(row0, row1, col0, col1) -> pixel centres (h*w, 2) row-major, h, w."""
+def _rect_pixels(rect: Tensor, device: torch.device | str = "cpu") -> tuple[Tensor, int, int]:
+    """(row0, row1, col0, col1) -> pixel centres (h*w, 2) row-major (built on ``device``), h, w."""
     r0, r1, c0, c1 = (int(v) for v in rect)
-    rows, cols = torch.meshgrid(torch.arange(r0, r1), torch.arange(c0, c1), indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(r0, r1, device=device), torch.arange(c0, c1, device=device),
+                                indexing="ij")
     return torch.stack([cols, rows], dim=-1).view(-1, 2).float() + 0.5, r1 - r0, c1 - c0
+
+
+def _patch_pixels(corners: Tensor, side: int) -> Tensor:
+    """corners (P, 2) (col, row) of the top-left pixels -> (P * side^2, 2) pixel centres, each patch
+    row-major (the reference's random patches)."""
+    k = torch.arange(side, device=corners.device)
+    rows, cols = torch.meshgrid(k, k, indexing="ij")
+    offsets = torch.stack([cols, rows], dim=-1).view(1, -1, 2)  # (1, side^2, 2)
+    return (corners[:, None, :] + offsets).view(-1, 2).float() + 0.5
 
 
 def _in_rect(pixels: Tensor, rect: Tensor) -> Tensor:
     r0, r1, c0, c1 = (int(v) for v in rect)
     col, row = pixels[:, 0].long(), pixels[:, 1].long()
     return (row >= r0) & (row < r1) & (col >= c0) & (col < c1)
+
+
+@dataclass
+class DeviceData:
+    """The training split on the trainer's device (the reference's preload): a step gathers its rays'
+    targets there. On the CPU these are views of the dataset's tensors (no copy)."""
+
+    images: Tensor  # (N, H*W, 3) uint8
+    torso: Tensor  # (N, H*W, 4) uint8 RGBA
+    background: Tensor  # (H*W, 3) uint8
+    poses: Tensor  # (N, 4, 4) float32, the model's world (scaled translations)
+    eye: Tensor  # (N, 1) float32
+    audio: Tensor  # (T, 16, D) float32
+    aud_ids: Tensor  # (N,) int64
+
+    @classmethod
+    def load(cls, data: ERNeRFDataset, model: ERNeRF, device: torch.device) -> DeviceData:
+        n, hw = len(data), data.height * data.width
+        return cls(images=data.images.reshape(n, hw, 3).to(device), torso=data.torso.reshape(n, hw, 4).to(device),
+                   background=data.background.reshape(hw, 3).to(device),
+                   poses=model.world_pose(data.poses).to(device), eye=data.eye.float().to(device),
+                   audio=data.audio.float().to(device), aud_ids=data.aud_ids.long().to(device))
+
+    def target(self, i: int, flat: Tensor) -> Tensor:
+        """(R,) pixel indices of frame i -> (R, 3) gt_imgs colours in [0, 1]."""
+        return self.images[i][flat].float() / 255
+
+    def background_rgb(self, flat: Tensor) -> Tensor:
+        """(R,) pixel indices -> (R, 3) bc.jpg colours in [0, 1]."""
+        return self.background[flat].float() / 255
+
+    def torso_over_background(self, i: int, flat: Tensor) -> Tensor:
+        """(R,) pixel indices of frame i -> (R, 3): its torso_imgs over bc.jpg (the head stages'
+        background; ERNeRFDataset.torso_over_background's formula, per gathered pixel)."""
+        rgba = self.torso[i][flat].float() / 255
+        bg = self.background_rgb(flat)
+        return rgba[:, :3] * rgba[:, 3:] + bg * (1 - rgba[:, 3:])
+
+
+class WeightEMA:
+    """Exponential moving average of parameters (the reference's torch_ema.ExponentialMovingAverage):
+    shadow <- shadow - (1 - d) (shadow - param) with d = min(decay, (1 + n) / (10 + n)) at the n-th
+    update (n from 0). The shadow starts as the parameters' values when the EMA is made."""
+
+    def __init__(self, named: dict[str, Tensor], decay: float):
+        self.decay = decay
+        self.params = named
+        self.shadow = {k: p.detach().clone() for k, p in named.items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, p in self.params.items():
+            self.shadow[k].sub_((1 - d) * (self.shadow[k] - p.detach()))
+        self.updates += 1
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """Swap the shadow into the parameters for the duration (no-op before the first update)."""
+        if not self.updates:
+            yield
+            return
+        saved = {k: p.detach().clone() for k, p in self.params.items()}
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(self.shadow[k])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in self.params.items():
+                    p.copy_(saved[k])
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        for k, v in state["shadow"].items():
+            self.shadow[k].copy_(v)
 
 
 def _pad_patch(x: Tensor, side: int) -> Tensor:
@@ -155,10 +264,13 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.on_checkpoint = on_checkpoint
         self.step_count = 0
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)  # host draws (frame indices)
+        self.device_generator = torch.Generator(self.device).manual_seed(config.seed + 1)  # per-ray draws
         self.mp = config.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mp)
-        self.optimizer = torch.optim.AdamW(self._param_groups(), betas=config.betas, eps=config.eps)
+        cuda = self.device.type == "cuda"  # fused AdamW: the grad scaler's inf check stays on the device
+        self.optimizer = torch.optim.AdamW(self._param_groups(), betas=config.betas, eps=config.eps,
+                                           fused=True if cuda else None)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.patch_loss_kind, self.patch_loss = ("none", None)
         if config.stage == "lips":
@@ -170,7 +282,9 @@ class Trainer:
             self.model.eye_default.fill_(float(data.eye.mean()))
             if config.stage == "head" and int(self.model.grid.updates) == 0:
                 self.model.grid.mark_unseen(self.model.world_pose(data.poses), data.focal, data.cx, data.cy)
-        self._bg_cache: dict[int, Tensor] = {}
+        self.dev = DeviceData.load(data, self.model, self.device)
+        trained = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+        self.ema = WeightEMA(trained, config.ema_decay) if config.ema_every else None
 
     # ------------------------------------------------------------------------------ optimiser
     def _param_groups(self) -> list[dict]:
@@ -208,77 +322,93 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ sampling
     def _rand(self, *shape: int) -> Tensor:
-        return torch.rand(shape, generator=self.generator)
+        """U(0, 1) on the device."""
+        return torch.rand(shape, generator=self.device_generator, device=self.device)
 
     def _randint(self, high: int, *shape: int) -> Tensor:
-        return torch.randint(high, shape, generator=self.generator)
+        """Integers in [0, high) on the device."""
+        return torch.randint(high, shape, generator=self.device_generator, device=self.device)
 
-    def _background(self, i: int) -> Tensor:
-        """(H*W, 3) GT torso over bc.jpg for frame i (the head stages' background)."""
-        if i not in self._bg_cache:
-            if len(self._bg_cache) > 64:
-                self._bg_cache.clear()
-            self._bg_cache[i] = self.data.torso_over_background(i).view(-1, 3)
-        return self._bg_cache[i]
+    def _frame(self) -> int:
+        """A random training frame, drawn on the host."""
+        return int(torch.randint(len(self.data), (1,), generator=self.generator))
 
     def _frame_conditioning(self, i: int, train: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
         """audio (1, C), eye (1, E), head appearance (1, A) of training frame i."""
-        m, d = self.model, self.data
-        audio = m.audio_codes(d.audio, d.aud_ids[i:i + 1])
-        eye = d.eye[i:i + 1]
+        m, dev = self.model, self.dev
+        audio = m.audio_codes(dev.audio, dev.aud_ids[i:i + 1])
+        eye = dev.eye[i:i + 1]
         if train and self.cfg.eye_noise:
             eye = eye + (self._rand(1, 1) - 0.5) * self.cfg.eye_noise
-        index = torch.tensor([i])
+        index = torch.arange(i, i + 1, device=self.device)
         return audio, m.eye_codes(eye, 1), m.appearance(m.head_codes, index, 1)
 
     @torch.no_grad()
     def update_grid(self) -> None:
         """Re-query the head density (random training frame's audio and eye) into the occupancy grid."""
-        j = int(self._randint(len(self.data), 1))
+        j = self._frame()
         with autocast_for(self.device, self.mp):
             audio, eye, _ = self._frame_conditioning(j, train=False)
-            self.model.grid.update(lambda x: self.model.head.density(x, audio, eye), self.generator)
+            self.model.grid.update(lambda x: self.model.head.density(x, audio, eye), self.device_generator)
+
+    def _pixels(self, i: int, lips_step: bool, patch_step: bool) -> tuple[Tensor, tuple[int, ...] | None]:
+        """The step's pixel centres (R, 2) on the device and, for patch losses, the image shape
+        (patches, h, w) they form."""
+        c, d = self.cfg, self.data
+        if lips_step:
+            pixels, ph, pw = _rect_pixels(d.lips_rects[i], self.device)
+            return pixels, (1, ph, pw)
+        if patch_step:
+            side = min(c.random_patch_size, d.height, d.width)
+            count = max(1, c.rays_per_batch // side**2)
+            corners = torch.stack([self._randint(d.width - side + 1, count),
+                                   self._randint(d.height - side + 1, count)], dim=-1)
+            return _patch_pixels(corners, side), (count, side, side)
+        flat = self._randint(d.height * d.width, c.rays_per_batch)
+        return torch.stack([flat % d.width, flat // d.width], dim=-1).float() + 0.5, None
 
     # ----------------------------------------------------------------------------------- step
-    def step(self) -> dict[str, float]:
-        """One optimisation step; returns loss, psnr (of the batch), lr, samples_per_ray."""
+    def step(self) -> dict[str, Tensor | float]:
+        """One optimisation step; returns loss, psnr (of the batch), samples_per_ray (and
+        patch_loss) as 0-d tensors on the device (read them when needed: ``train`` does it every
+        ``sync_every`` steps), and lr as a float."""
         c, m, d = self.cfg, self.model, self.data
         m.train()
         if c.stage != "torso" and self.step_count % m.cfg.occupancy.update_every == 0:
             self.update_grid()
         lr = self._set_lr()
-        i = int(self._randint(len(d), 1))
+        i = self._frame()
         lips_step = c.stage == "lips" and (not c.alternate_lips or self.step_count % 2 == 0)
-        if lips_step:
-            pixels, ph, pw = _rect_pixels(d.lips_rects[i])
-        else:
-            pixels = self._randint(d.height * d.width, c.rays_per_batch)
-            pixels = torch.stack([pixels % d.width, pixels // d.width], dim=-1).float() + 0.5
-        flat = (pixels[:, 1].long() * d.width + pixels[:, 0].long())  # (R,)
+        patch_step = c.stage == "lips" and not lips_step and c.random_patch_size > 0
+        pixels, patch = self._pixels(i, lips_step, patch_step)
+        flat = pixels[:, 1].long() * d.width + pixels[:, 0].long()  # (R,)
         with autocast_for(self.device, self.mp):
             if c.stage == "torso":
                 loss, pred, target, extra = self._torso_loss(i, pixels, flat)
             else:
-                loss, pred, target, extra = self._head_loss(i, pixels, flat, (ph, pw) if lips_step else None)
+                weight = c.patch_weight if lips_step else c.random_patch_weight
+                loss, pred, target, extra = self._head_loss(i, pixels, flat, patch, weight)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step_count += 1
+        if self.ema is not None and self.step_count % c.ema_every == 0:
+            self.ema.update()
         if c.checkpoint_every and self.step_count % c.checkpoint_every == 0:
             self._checkpoint()
-        return {"loss": float(loss.detach()), "psnr": float(psnr(pred.detach(), target)), "lr": lr, **extra}
+        return {"loss": loss.detach(), "psnr": psnr(pred.detach(), target), "lr": lr, **extra}
 
-    def _head_loss(self, i: int, pixels: Tensor, flat: Tensor, patch: tuple[int, int] | None):
-        c, m, d, dev = self.cfg, self.model, self.data, self.device
+    def _head_loss(self, i: int, pixels: Tensor, flat: Tensor, patch: tuple[int, ...] | None,
+                   patch_weight: float = 0.0):
+        c, m, d = self.cfg, self.model, self.data
         audio, eye, app = self._frame_conditioning(i)
-        pose = m.world_pose(d.poses[i:i + 1].to(dev))
-        origins, dirs = camera_rays(pose, d.focal, d.cx, d.cy, pixels.to(dev)[None])
+        origins, dirs = camera_rays(self.dev.poses[i:i + 1], d.focal, d.cx, d.cy, pixels[None])
         origins, dirs = origins[0], dirs[0]  # (R, 3)
-        target = (d.images[i].view(-1, 3)[flat].float() / 255).to(dev)  # (R, 3)
-        bg = self._background(i)[flat].to(dev)
-        face = _in_rect(pixels, d.face_rects[i]).to(dev)
-        jitter = self._rand(origins.shape[0]).to(dev)
+        target = self.dev.target(i, flat)  # (R, 3)
+        bg = self.dev.torso_over_background(i, flat)
+        face = _in_rect(pixels, d.face_rects[i])
+        jitter = self._rand(origins.shape[0])
         unc = c.uncertainty_loss and patch is None
         out = m.render_head_rays(origins, dirs, HeadConditioning(audio, eye, app), jitter, with_uncertainty=unc)
         pred = composite(out["rgb"].float(), out["opacity"].float(), bg)
@@ -289,13 +419,13 @@ class Trainer:
         loss = err.mean() + c.lambda_entropy * opacity_entropy(out["opacity"])
         outside, overlap = ambient_losses(out["ambient_aud"], out["ambient_eye"], face, m.cfg.render.max_samples)
         loss = loss + sf * c.lambda_ambient * (outside + overlap)
-        extra = {"samples_per_ray": float(out["num_samples"]) / max(origins.shape[0], 1)}
+        extra = {"samples_per_ray": out["num_samples"] / max(origins.shape[0], 1)}
         if patch is not None:
-            h, w = patch
-            to_img = lambda x: _pad_patch(x.view(1, h, w, 3).permute(0, 3, 1, 2), c.min_patch)  # noqa: E731
+            n, h, w = patch
+            to_img = lambda x: _pad_patch(x.view(n, h, w, 3).permute(0, 3, 1, 2), c.min_patch)  # noqa: E731
             patch_loss = self.patch_loss(to_img(pred), to_img(target))
-            loss = loss + c.patch_weight * patch_loss
-            extra["patch_loss"] = float(patch_loss.detach())
+            loss = loss + patch_weight * patch_loss
+            extra["patch_loss"] = patch_loss.detach()
         if c.stage == "head" and c.lambda_smooth and self.step_count % c.smooth_every == 0:
             loss = loss + sf * c.lambda_smooth * self._smoothness(out["samples"], audio, eye, app)
         return loss, pred, target, extra
@@ -303,24 +433,25 @@ class Trainer:
     def _smoothness(self, samples: tuple[Tensor, Tensor, Tensor], audio: Tensor, eye: Tensor,
                     app: Tensor | None) -> Tensor:
         """Attention maps and uncertainty should not change under a 1e-3 jitter of the points."""
-        x, d, _ = samples
-        if x.shape[0] == 0:
-            return x.new_zeros(())
+        x, d, valid = samples  # (N, 3), (N, 3), (N,) bool: the mean runs over the valid samples
         head = self.model.head
-        delta = ((self._rand(*x.shape) * 2 - 1) * 1e-3).to(x.device)
+        delta = (self._rand(*x.shape) * 2 - 1) * 1e-3
         app = None if app is None else app.detach()
         with torch.no_grad():
             ref = head(x, d, audio.detach(), eye.detach(), app)
         moved = head(x + delta, d, audio.detach(), eye.detach(), app)
-        return sum(F.mse_loss(moved[k], ref[k]) for k in ("uncertainty", "ambient_aud", "ambient_eye"))
+        w = valid.to(x.dtype)
+        count = w.sum().clamp(min=1)
+        keys = ("uncertainty", "ambient_aud", "ambient_eye")
+        return sum(((moved[k] - ref[k]).pow(2) * w).sum() / count for k in keys)
 
     def _torso_loss(self, i: int, pixels: Tensor, flat: Tensor):
-        c, m, d, dev = self.cfg, self.model, self.data, self.device
-        pose = m.world_pose(d.poses[i:i + 1].to(dev))
-        coords = image_plane_coords(pixels, d.height, d.width).to(dev)
-        bg = (d.background.view(-1, 3)[flat].float() / 255).to(dev)
-        target = self._background(i)[flat].to(dev)  # GT torso over bc.jpg
-        app = m.appearance(m.torso_codes, torch.tensor([i]), 1)
+        c, m, d = self.cfg, self.model, self.data
+        pose = self.dev.poses[i:i + 1]
+        coords = image_plane_coords(pixels, d.height, d.width)
+        bg = self.dev.background_rgb(flat)
+        target = self.dev.torso_over_background(i, flat)  # GT torso over bc.jpg
+        app = m.appearance(m.torso_codes, torch.arange(i, i + 1, device=self.device), 1)
         out = m.render_torso_rays(coords, m.torso.pose_code(pose), app, bg)
         pred = out["image"].float()
         loss = (pred - target).pow(2).mean()
@@ -329,19 +460,28 @@ class Trainer:
         return loss, pred, target, {}
 
     def train(self, steps: int | None = None, progress: Callable[[int, dict], None] | None = None) -> list[dict]:
-        """Run until ``steps`` more steps (default: up to config.steps) are done; returns the step logs."""
+        """Run until ``steps`` more steps (default: up to config.steps) are done; returns the step
+        logs as floats. The device's figures are read back every ``sync_every`` steps (one host
+        synchronisation per block), and ``progress(step, log)`` is then called for each step of it."""
         end = self.cfg.steps if steps is None else self.step_count + steps
-        logs = []
+        logs: list[dict] = []
+        pending: list[tuple[int, dict]] = []
         while self.step_count < end:
-            logs.append(self.step())
-            if progress is not None:
-                progress(self.step_count, logs[-1])
+            pending.append((self.step_count + 1, self.step()))
+            if len(pending) >= self.cfg.sync_every or self.step_count >= end:
+                for step, log in read_logs(pending):
+                    logs.append(log)
+                    if progress is not None:
+                        progress(step, log)
+                pending = []
         return logs
 
     # --------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         return {
             "version": CHECKPOINT_VERSION,
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "device_rng": self.device_generator.get_state(),
             "stage": self.cfg.stage,
             "train_config": self.cfg.model_dump(mode="json"),
             "model_config": self.model.cfg.model_dump(mode="json"),
@@ -363,6 +503,9 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step_count = int(state["step"])
         self.generator.set_state(state["rng"])
+        self.device_generator.set_state(state["device_rng"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
 
     def save(self, path: Path) -> Path:
         """Write the trainer state to ``path`` atomically (temp file + rename)."""
@@ -379,16 +522,21 @@ class Trainer:
     # ---------------------------------------------------------------------------- evaluation
     def render_frames(self, aud_feats: Tensor, poses: Tensor, *, eye: Tensor | None = None,
                       aud_index: Tensor | None = None, background: Tensor | None = None,
-                      with_torso: bool | None = None, frames_per_batch: int = 4) -> np.ndarray:
+                      with_torso: bool | None = None, frames_per_batch: int | None = None) -> np.ndarray:
         """Render (F, H, W, 3) uint8 frames with the training camera intrinsics; background defaults
         to bc.jpg; the torso field is composited when the model has one (unless with_torso=False)."""
         d = self.data
-        return self.model.render_frames(
-            torch.as_tensor(aud_feats, dtype=torch.float32), torch.as_tensor(poses, dtype=torch.float32),
-            focal=d.focal, cx=d.cx, cy=d.cy, height=d.height, width=d.width,
-            background=d.background if background is None else background, aud_index=aud_index, eye=eye,
-            with_torso=with_torso, frames_per_batch=frames_per_batch, mixed_precision=self.mp,
-        )
+        with self.final_weights():
+            return self.model.render_frames(
+                torch.as_tensor(aud_feats, dtype=torch.float32), torch.as_tensor(poses, dtype=torch.float32),
+                focal=d.focal, cx=d.cx, cy=d.cy, height=d.height, width=d.width,
+                background=d.background if background is None else background, aud_index=aud_index, eye=eye,
+                with_torso=with_torso, frames_per_batch=frames_per_batch, mixed_precision=self.mp,
+            )
+
+    def final_weights(self):
+        """Context in which the model holds the EMA weights (once the EMA has been updated)."""
+        return self.ema.applied() if self.ema is not None else nullcontext()
 
     @torch.no_grad()
     def evaluate(self, val: ERNeRFDataset, *, max_frames: int | None = None,
@@ -405,11 +553,12 @@ class Trainer:
         n = len(val) if max_frames is None else min(max_frames, len(val))
         torso = self.cfg.stage == "torso"
         bgs = None if torso else torch.stack([val.torso_over_background(k) for k in range(n)])
-        frames = self.model.render_frames(
-            val.audio, val.poses[:n], focal=val.focal, cx=val.cx, cy=val.cy, height=val.height, width=val.width,
-            background=val.background if torso else bgs, aud_index=val.aud_ids[:n], eye=val.eye[:n],
-            with_torso=torso, mixed_precision=self.mp,
-        )
+        with self.final_weights():
+            frames = self.model.render_frames(
+                val.audio, val.poses[:n], focal=val.focal, cx=val.cx, cy=val.cy, height=val.height,
+                width=val.width, background=val.background if torso else bgs, aud_index=val.aud_ids[:n],
+                eye=val.eye[:n], with_torso=torso, mixed_precision=self.mp,
+            )
         pred = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
         gt = val.images[:n].permute(0, 3, 1, 2).float() / 255
         psnrs = [float(psnr(p, g)) for p, g in zip(pred, gt)]
@@ -427,8 +576,22 @@ class Trainer:
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> ERNeRF:
-    """Rebuild the model of a trainer checkpoint (e.g. the head stage's, to start the lips stage)."""
+    """Rebuild the final model of a trainer checkpoint (e.g. the head stage's, to start the lips
+    stage, or to render): its EMA weights where the EMA has been updated, else the trained ones."""
     state = torch.load(path, map_location=device, weights_only=True)
     model = ERNeRF(ModelConfig.model_validate(state["model_config"]))
-    model.load_state_dict(state["model"])
+    weights = dict(state["model"])
+    ema = state.get("ema")
+    if ema is not None and ema["updates"] > 0:
+        weights.update(ema["shadow"])
+    model.load_state_dict(weights)
     return model.to(device)
+
+
+def read_logs(pending: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+    """Step logs holding 0-d device tensors -> the same logs with floats, in one device-to-host copy."""
+    keys = [[k for k, v in log.items() if isinstance(v, Tensor)] for _, log in pending]
+    flat = [log[k].float().reshape(()) for (_, log), ks in zip(pending, keys) for k in ks]
+    values = iter(torch.stack(flat).tolist() if flat else [])
+    return [(step, {k: (next(values) if k in ks else v) for k, v in log.items()})
+            for (step, log), ks in zip(pending, keys)]

@@ -1,0 +1,323 @@
+"""ER-NeRF's fast paths, proven on the CPU against the reference maths.
+
+- fixed-shape rendering (the CUDA path: every candidate slot evaluated, the mask multiplied in)
+  equals the gathered one (the CPU path), values and gradients; a training step too;
+- the compositing equals a scalar re-statement of the reference's composite_rays_train_triplane
+  (unweighted ambient sums, a ray stops once its transmittance falls below T_thresh);
+- the fused Triton hash-grid kernels equal the torch lookup, values and gradients (Triton's
+  interpreter, TRITON_INTERPRET=1, in a subprocess: Triton reads it when imported);
+- the training terms: random 32x32 lips patches, the weights' EMA;
+- CUDA only (skipped here): a render chunk and a training step without host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.ernerf.encodings import HashGrid2D, HashGridConfig, TriPlaneHashEncoding, use_fused
+from models.ernerf.model import ERNeRF
+from models.ernerf.rendering import (
+    HeadConditioning,
+    RenderConfig,
+    composite_samples,
+    rays_for_memory,
+    render_head,
+)
+from models.ernerf.trainer import HeadTrainConfig, LipsTrainConfig, Trainer, WeightEMA, load_model
+from tests.test_ernerf import make_dataset, tiny_model_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def train_split(tmp_path_factory):
+    from models.ernerf.dataset import load_split
+
+    root = make_dataset(tmp_path_factory.mktemp("ernerf_fast") / "person")
+    return load_split(root, "train", 29)
+
+
+def _rays(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays from a sphere of radius 3 towards points near the origin (some miss the head)."""
+    g = torch.Generator().manual_seed(seed)
+    origins = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1) * 3
+    target = (torch.rand(n, 3, generator=g) * 2 - 1) * 0.9
+    return origins, torch.nn.functional.normalize(target - origins, dim=-1)
+
+
+# --------------------------------------------------------------------------- fixed shapes
+def test_fixed_shape_rendering_equals_gathered_samples():
+    torch.manual_seed(0)
+    model = ERNeRF(tiny_model_config())
+    model.grid.update(lambda x: torch.where(x.norm(dim=-1) < 0.5, 50.0, 0.0))  # a ball is occupied
+    r = 300
+    origins, dirs = _rays(r)
+    cond = HeadConditioning(torch.randn(r, 16), torch.rand(r, 1), torch.randn(r, 4))
+    jitter = torch.rand(r)
+    out, grads = {}, {}
+    for fixed in (False, True):
+        model.zero_grad(set_to_none=True)
+        res = render_head(model.head, origins, dirs, cond, model.grid.occupied, model.cfg.render, jitter,
+                          with_uncertainty=True, fixed_shape=fixed)
+        loss = sum((res[k] * (1 + torch.arange(r))).sum() for k in ("opacity", "ambient_aud", "ambient_eye"))
+        (loss + res["rgb"].sum() + res["uncertainty"].sum() + res["depth"].sum()).backward()
+        out[fixed] = res
+        grads[fixed] = {k: p.grad.clone() for k, p in model.head.named_parameters() if p.grad is not None}
+    assert 0 < int(out[False]["num_samples"]) < r * model.cfg.render.max_samples
+    assert int(out[True]["num_samples"]) == int(out[False]["num_samples"])
+    assert out[True]["samples"][0].shape[0] == r * model.cfg.render.max_samples  # every slot evaluated
+    for k in ("rgb", "opacity", "depth", "ambient_aud", "ambient_eye", "uncertainty"):
+        torch.testing.assert_close(out[True][k], out[False][k], rtol=1e-5, atol=1e-6, msg=k)
+    assert grads[True].keys() == grads[False].keys() and len(grads[True]) > 5
+    for k in grads[True]:
+        torch.testing.assert_close(grads[True][k], grads[False][k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_training_steps_equal_with_fixed_shapes(train_split):
+    """Same seeds, same rays: a fixed-shape (CUDA-style) trainer follows the gathered one."""
+    runs = {}
+    for fixed in (False, True):
+        cfg = tiny_model_config()
+        cfg = cfg.model_copy(update={"render": cfg.render.model_copy(update={"fixed_shape": fixed})})
+        torch.manual_seed(0)
+        trainer = Trainer(ERNeRF(cfg), train_split, HeadTrainConfig(steps=3, rays_per_batch=256, lambda_smooth=0.0),
+                          device="cpu")
+        logs = trainer.train()
+        runs[fixed] = (logs, trainer.model.state_dict())
+    for a, b in zip(runs[False][0], runs[True][0]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["samples_per_ray"] == b["samples_per_ray"]
+    for k, v in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][k], v, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_device_data_gathers_the_datasets_composite(train_split):
+    trainer = Trainer(ERNeRF(tiny_model_config()), train_split, HeadTrainConfig(steps=1), device="cpu")
+    flat = torch.randint(train_split.height * train_split.width, (500,))
+    for i in (0, 3):
+        old = train_split.torso_over_background(i).view(-1, 3)[flat]  # the former per-frame composite
+        torch.testing.assert_close(trainer.dev.torso_over_background(i, flat), old, rtol=0, atol=0)
+        torch.testing.assert_close(trainer.dev.target(i, flat), train_split.images[i].view(-1, 3)[flat].float() / 255)
+
+
+# ---------------------------------------------------------------------------- compositing
+def _reference_composite(sigma, rgb, amb_aud, amb_eye, unc, t, count, step, t_thresh):
+    """Scalar loop of the reference's composite_rays_train_triplane (per ray, its first ``count`` samples)."""
+    rows = []
+    for i in range(sigma.shape[0]):
+        big_t, acc = 1.0, dict(rgb=[0.0, 0.0, 0.0], opacity=0.0, depth=0.0, aud=0.0, eye=0.0, unc=0.0)
+        for j in range(int(count[i])):
+            alpha = 1 - math.exp(-float(sigma[i, j]) * step)
+            w = alpha * big_t
+            acc["rgb"] = [c + w * float(rgb[i, j, k]) for k, c in enumerate(acc["rgb"])]
+            acc["opacity"] += w
+            acc["depth"] += w * float(t[i, j])
+            acc["aud"] += float(amb_aud[i, j])  # no weight: the reference sums the raw attention
+            acc["eye"] += float(amb_eye[i, j])
+            acc["unc"] += w * float(unc[i, j])
+            big_t *= 1 - alpha
+            if big_t < t_thresh:
+                break
+        rows.append(acc)
+    return rows
+
+
+@pytest.mark.parametrize("t_thresh", [1e-4, 0.0])
+def test_compositing_matches_the_reference_loop(t_thresh):
+    g = torch.Generator().manual_seed(1)
+    r, m, step = 12, 10, 0.05
+    sigma = torch.rand(r, m, generator=g, dtype=torch.float64) * 40
+    sigma[0] = 0.0  # empty ray: opacity 0, ambient still summed
+    sigma[1, 2] = 1e6  # opaque sample: the ray stops after it
+    rgb = torch.rand(r, m, 3, generator=g, dtype=torch.float64)
+    amb_aud, amb_eye, unc = (torch.rand(r, m, generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.cumsum(torch.full((r, m), step, dtype=torch.float64), 1)
+    count = torch.randint(0, m + 1, (r,), generator=g)
+    count[:2] = m
+    mask = torch.arange(m)[None, :] < count[:, None]  # the sampler keeps a prefix of the slots
+    out = composite_samples(sigma, rgb, amb_aud, amb_eye, unc, t, mask, step, t_thresh)
+    ref = _reference_composite(sigma, rgb, amb_aud, amb_eye, unc, t, count, step, t_thresh)
+    for i, row in enumerate(ref):
+        torch.testing.assert_close(out["rgb"][i], torch.tensor(row["rgb"], dtype=torch.float64))
+        for k, key in (("opacity", "opacity"), ("depth", "depth"), ("ambient_aud", "aud"),
+                       ("ambient_eye", "eye"), ("uncertainty", "unc")):
+            assert float(out[k][i]) == pytest.approx(row[key], rel=1e-9, abs=1e-12), (i, k)
+    assert float(out["opacity"][0]) == 0 and float(out["ambient_aud"][0]) == pytest.approx(float(amb_aud[0].sum()))
+    stopped = 3 if t_thresh else m  # the opaque third sample ends the ray (with a threshold)
+    assert float(out["ambient_aud"][1]) == pytest.approx(float(amb_aud[1, :stopped].sum()))
+
+
+def test_memory_sized_chunks():
+    assert rays_for_memory(0, 16) == 4096  # never below the floor
+    assert rays_for_memory(10**15, 16) == 2**20  # never above the cap
+    rays = rays_for_memory(8 * 2**30, 16)  # 8 GiB free
+    assert rays & (rays - 1) == 0 and rays * 16 * 4096 <= 8 * 2**30 < rays * 2 * 16 * 4096
+    assert RenderConfig(chunk_rays=1234).chunk_for(torch.device("cpu")) == 1234
+    assert RenderConfig().chunk_for(torch.device("cpu")) == 4096
+
+
+# ---------------------------------------------------------------------------- Triton kernels
+def _compare_backends(module: torch.nn.Module, grids, x: torch.Tensor, label: str) -> None:
+    outs, grads = {}, {}
+    upstream = None
+    for backend in ("torch", "triton"):
+        for grid in grids:
+            grid.backend = backend
+        module.zero_grad(set_to_none=True)
+        y = module(x)
+        if upstream is None:
+            upstream = torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
+        (y * upstream).sum().backward()
+        outs[backend] = y.detach()
+        grads[backend] = [grid.table.grad.clone() for grid in grids]
+    assert outs["torch"].abs().max() > 0, label
+    torch.testing.assert_close(outs["triton"], outs["torch"], rtol=1e-4, atol=1e-6, msg=label)
+    for a, b in zip(grads["triton"], grads["torch"]):
+        assert b.abs().max() > 0, label
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=label)
+
+
+def check_kernels() -> None:
+    """The fused kernels against the torch lookup, values and table gradients (fp32); run in a
+    process started with TRITON_INTERPRET=1 (Triton reads it when it is imported)."""
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    for grid_type, features in (("hash", 1), ("hash", 2), ("tiled", 2)):
+        # levels 0-1 dense, 2-3 hashed or tiled (a table of 2^7 rows); points inside and outside [0, 1]^2
+        cfg = HashGridConfig(num_levels=4, features_per_level=features, base_resolution=4, desired_resolution=32,
+                             log2_hashmap_size=7, grid_type=grid_type, init_range=1.0)
+        grid = HashGrid2D(cfg)
+        assert grid.layout.hashed == (False, False, True, True)
+        x = torch.rand(70, 2, generator=torch.Generator().manual_seed(3)) * 1.2 - 0.1
+        x[0] = torch.tensor([1.0, 0.0])  # on the border
+        _compare_backends(grid, [grid], x, f"{grid_type} F={features}")
+    cfg = HashGridConfig(num_levels=3, features_per_level=1, base_resolution=4, desired_resolution=16,
+                         log2_hashmap_size=6, init_range=1.0)
+    enc = TriPlaneHashEncoding(cfg, bound=1.0)
+    xyz = torch.rand(60, 3, generator=torch.Generator().manual_seed(4)) * 2.2 - 1.1
+    _compare_backends(enc, [enc.xy, enc.yz, enc.xz], xyz, "tri-plane")
+    print("kernels equal")
+
+
+def test_triton_kernels_equal_the_torch_lookup():
+    """Values and gradients of the fused kernels, run by Triton's interpreter on the CPU."""
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    code = "import torch; torch.set_num_threads(1); from tests.test_ernerf_fast import check_kernels; check_kernels()"
+    res = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "kernels equal" in res.stdout, res.stderr[-4000:]
+
+
+def test_auto_backend_keeps_torch_on_the_cpu():
+    grid = HashGrid2D(HashGridConfig(num_levels=2, base_resolution=4, desired_resolution=8, log2_hashmap_size=6))
+    assert not use_fused(grid, torch.rand(3, 2))
+    grid.backend = "triton"
+    assert use_fused(grid, torch.rand(3, 2))
+
+
+# ---------------------------------------------------------------------------- training terms
+def test_lips_stage_alternates_the_lips_box_and_random_patches(train_split):
+    seen = []
+
+    def patch_loss(pred, target):
+        seen.append(tuple(pred.shape))
+        return (pred - target).abs().mean()
+
+    model = ERNeRF(tiny_model_config())
+    trainer = Trainer(model, train_split, LipsTrainConfig(steps=4, rays_per_batch=2048), device="cpu",
+                      patch_loss=patch_loss)
+    weights = []
+    head_loss = trainer._head_loss
+    trainer._head_loss = lambda *a, **k: (weights.append(a[4]), head_loss(*a, **k))[1]
+    pixels, shape = trainer._pixels(0, lips_step=False, patch_step=True)
+    assert shape == (2, 32, 32) and pixels.shape == (2 * 32 * 32, 2)  # 2048 rays / 32^2 patches
+    patches = pixels.view(2, 32, 32, 2)
+    assert (patches[:, :, 1:, 0] - patches[:, :, :-1, 0] == 1).all()  # contiguous columns
+    assert (patches[:, 1:, :, 1] - patches[:, :-1, :, 1] == 1).all()  # contiguous rows
+    assert pixels.min() >= 0.5 and pixels.max() <= train_split.width - 0.5
+    trainer.train()
+    assert weights == [0.01, 0.1, 0.01, 0.1]  # lips box at the reference's 0.01, random patches at 0.1
+    assert seen[1] == seen[3] == (2, 3, 32, 32) and seen[0][0] == 1 and min(seen[0][2:]) >= 32
+
+
+def test_weight_ema_follows_torch_emas_warm_up():
+    p = torch.nn.Parameter(torch.zeros(3))
+    ema = WeightEMA({"p": p}, decay=0.95)
+    with torch.no_grad():
+        p.fill_(1.0)
+    ema.update()  # d = min(0.95, 1/10)
+    torch.testing.assert_close(ema.shadow["p"], torch.full((3,), 0.9))
+    ema.update()  # d = 2/11
+    torch.testing.assert_close(ema.shadow["p"], torch.full((3,), 0.9 + (9 / 11) * 0.1))
+    for _ in range(500):
+        ema.update()
+    before = ema.shadow["p"].clone()
+    with torch.no_grad():
+        p.fill_(3.0)
+    ema.update()  # warmed up: d = 0.95
+    torch.testing.assert_close(ema.shadow["p"], 0.95 * before + 0.05 * 3.0)
+    with ema.applied():
+        torch.testing.assert_close(p.detach(), ema.shadow["p"])
+    torch.testing.assert_close(p.detach(), torch.full((3,), 3.0))  # restored
+
+
+def test_final_model_holds_the_ema_weights(train_split, tmp_path):
+    torch.manual_seed(0)
+    trainer = Trainer(ERNeRF(tiny_model_config()), train_split,
+                      HeadTrainConfig(steps=4, rays_per_batch=128, ema_every=2), device="cpu")
+    trainer.train()
+    assert trainer.ema.updates == 2
+    path = trainer.save(tmp_path / "head.pt")
+    final = load_model(path)
+    live = trainer.model.head.sigma_net.layers[0].weight
+    shadow = trainer.ema.shadow["head.sigma_net.layers.0.weight"]
+    assert not torch.equal(live, shadow)
+    torch.testing.assert_close(final.head.sigma_net.layers[0].weight, shadow, rtol=0, atol=0)
+    resumed = Trainer(ERNeRF(tiny_model_config()), train_split,
+                      HeadTrainConfig(steps=4, rays_per_batch=128, ema_every=2), device="cpu")
+    resumed.load(path)  # a resume keeps training the live weights and restores the EMA
+    torch.testing.assert_close(resumed.model.head.sigma_net.layers[0].weight, live, rtol=0, atol=0)
+    assert resumed.ema.updates == 2
+    torch.testing.assert_close(resumed.ema.shadow["head.sigma_net.layers.0.weight"], shadow, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------- CUDA only
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_hot_path_never_synchronises(train_split):
+    """A render chunk and training steps (with an occupancy update and the smoothness term) issue no
+    host synchronisation."""
+    from models.ernerf.occupancy import OccupancyConfig
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    cfg = tiny_model_config().model_copy(update={"occupancy": OccupancyConfig(resolution=32, update_every=2)})
+    trainer = Trainer(ERNeRF(cfg), train_split, HeadTrainConfig(steps=3, rays_per_batch=1024, smooth_every=2),
+                      device=dev)
+    model = trainer.model
+    origins, dirs = (t.to(dev) for t in _rays(2048))
+    cond = HeadConditioning(torch.randn(1, 16, device=dev), torch.rand(1, 1, device=dev), torch.randn(1, 4, device=dev))
+    trainer.step()  # warm-up: kernel compilation, lazy CUDA state
+    with torch.no_grad():
+        model.render_head_rays(origins, dirs, cond)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad():
+            out = model.render_head_rays(origins, dirs, cond)
+        logs = [trainer.step() for _ in range(2)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out["rgb"]).all() and all(torch.isfinite(x["loss"]) for x in logs)
