@@ -46,13 +46,14 @@ class Artifact(BaseModel):
 class StageResult(BaseModel):
     """What a stage task returns and Prefect caches: a small manifest, never the data."""
 
-    stage: str = ""  # stage, version, namespace and versions are filled in by `stage`
-    version: str = ""
-    namespace: str | None = None
-    artifacts: dict[str, Artifact] = Field(default_factory=dict)
-    meta: dict[str, Any] = Field(default_factory=dict)
-    created: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    versions: dict[str, str] = Field(default_factory=dict)
+    # stage, version, namespace and versions are filled in by `stage`
+    stage: str = Field("", description="The stage that made this result (e.g. dataset, train_head).")
+    version: str = Field("", description="That stage's version.")
+    namespace: str | None = Field(None, description="The person or character it belongs to.")
+    artifacts: dict[str, Artifact] = Field(default_factory=dict, description="Named files in the store.")
+    meta: dict[str, Any] = Field(default_factory=dict, description="Small facts about the result (counts, metrics).")
+    created: datetime = Field(default_factory=lambda: datetime.now(UTC), description="When it was computed.")
+    versions: dict[str, str] = Field(default_factory=dict, description="Versions of the code that computed it.")
 
     def __getitem__(self, name: str) -> Artifact:
         return self.artifacts[name]

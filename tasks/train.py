@@ -407,12 +407,12 @@ def train_torso(dataset: StageResult, lips: StageResult, config: TrainStageConfi
 class AvatarRecord(BaseModel):
     """`avatars/<person>.json`: what rendering needs to find a trained person by name."""
 
-    person: str
-    dataset: StageResult
-    head: StageResult
-    lips: StageResult | None = None
-    torso: StageResult | None = None
-    updated: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    person: str = Field(description="The person's name.")
+    dataset: StageResult = Field(description="The dataset it was trained on.")
+    head: StageResult = Field(description="The head stage's checkpoint.")
+    lips: StageResult | None = Field(None, description="The lips stage's checkpoint, if trained.")
+    torso: StageResult | None = Field(None, description="The torso stage's checkpoint, if trained.")
+    updated: datetime = Field(default_factory=lambda: datetime.now(UTC), description="When it was registered.")
 
     def latest(self, with_torso: bool) -> StageResult:
         """The checkpoint to render: torso when asked for (and trained), else lips, else head."""

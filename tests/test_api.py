@@ -124,7 +124,7 @@ def test_bad_inputs_fail_before_any_flow(tmp_path, monkeypatch):
         tf.train(tmp_path, tmp_path / "m")
     with pytest.raises(InputError, match="no person 'nobody' preprocessed"):
         tf.train("nobody", tmp_path / "m")
-    with pytest.raises(InputError, match="kind must be one of logmel, hubert, wav2vec2"):
+    with pytest.raises(InputError, match="kind must be one of logmel, phonemes, hubert, wav2vec2"):
         tf.extract_audio_features(clip, "deepspeech")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="exactly one of audio or text"):
         tf.infer(tmp_path, "a.wav", text="hi")

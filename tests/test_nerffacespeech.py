@@ -318,7 +318,7 @@ def test_deformation_moves_the_mouth_and_leaves_far_points_still(generic):
     moved_mm = (rig.to_head(res.points) - head_pts).norm(dim=-1)  # (2, 4)
     assert torch.all(moved_mm[0] < 1e-3)  # the fitted expression itself: nothing moves
     assert moved_mm[1, 0] > 5.0 and moved_mm[1, 1] > 3.0  # chin and lower lip go back up
-    assert moved_mm[1, 2] < 0.05 and moved_mm[1, 3] == 0  # forehead and a far point stay
+    assert moved_mm[1, 2] < 0.05 and moved_mm[1, 3] < 1e-3  # forehead and a far point stay (float round trip)
     # Moving back: the displaced chin lands near the fitted (closed-mouth) chin.
     fitted_chin = generic.vertices(coeffs["id"], exp[:1])[0, generic.lmk_idx[8]]
     assert (rig.to_head(res.points)[1, 0] - fitted_chin).norm() < 2.0

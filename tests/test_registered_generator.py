@@ -24,7 +24,7 @@ def test_registering_an_eg3d_pickle_is_refused_with_the_conversion_command(tmp_p
     pkl = tmp_path / "ffhqrebalanced512-128.pkl"
     pkl.write_bytes(b"\x80\x04not really")
     out = talkflow("assets", "add", "generator", str(pkl), data_root=tmp_path)
-    assert out.returncode == 2 and "convert_eg3d" in out.stdout and "EG3D pickle" in out.stdout
+    assert out.returncode == 2 and "convert_eg3d" in out.stderr and "EG3D pickle" in out.stderr
 
 
 def test_a_registered_generator_gets_ptis_own_settings():
@@ -42,5 +42,5 @@ def test_import_dataset_names_the_missing_parts(tmp_path):
     home = tmp_path / "prefect-home"
     out = talkflow("import-dataset", str(folder), "--person", "someone", data_root=tmp_path / "root",
                    env={"PREFECT_HOME": str(home)})
-    assert out.returncode == 2 and "missing transforms_val.json, parsing/, gt_imgs/" in " ".join(out.stdout.split())
+    assert out.returncode == 2 and "missing transforms_val.json, parsing/, gt_imgs/" in " ".join(out.stderr.split())
     assert not (home / "prefect.db").exists()  # refused before any Prefect server started
