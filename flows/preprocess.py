@@ -55,8 +55,9 @@ class PreprocessConfig(BaseModel):
     deepspeech_npy: Path | None = Field(None, description="Precomputed DeepSpeech features (T,16,29).")
 
 
-# the four branches after the landmarks, plus the parsing chain's later steps waiting on it
-BRANCH_WORKERS = 4
+# one thread per task submitted after the landmarks: a task waiting on its upstream future
+# holds a thread, so fewer would queue an independent branch (blinks) behind the parsing chain
+BRANCH_WORKERS = 6
 
 
 @flow(name="preprocess-video", task_runner=ThreadPoolTaskRunner(max_workers=BRANCH_WORKERS))
