@@ -40,7 +40,7 @@ def _predict(model, x: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    from lipsync import NEW_SENTENCE, PASSAGE
+    from lipsync import NEW_SENTENCE, passage
 
     from models.audio.features import extract_features, to_mono_16k
     from models.audio.tts import synthesize
@@ -53,8 +53,7 @@ def main() -> None:
     p.add_argument("--lam", type=float, default=100.0, help="ridge penalty on standardised features")
     args = p.parse_args()
 
-    text = "".join(PASSAGE[i % len(PASSAGE)] for i in range(max(1, round(args.seconds / 5.0))))
-    train_x, rate = synthesize(text, engine="piper")
+    train_x, rate = synthesize(passage(args.seconds), engine="piper")
     train_x = to_mono_16k(train_x, rate)
     target = speech_envelope(train_x, 16_000, fps=25)  # the sample clip's mouth signal
     new_x, rate = synthesize(NEW_SENTENCE, engine="espeak")
