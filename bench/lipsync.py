@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PERSON = "lipsync"
-PASSAGE = (  # about 5 s of speech per sentence
+PASSAGE = (
     "The morning light fell softly across the quiet harbour. ",
     "Fishermen pulled their boats onto the shore and mended the nets. ",
     "A small dog barked at the gulls, which laughed and flew away. ",
@@ -40,7 +41,13 @@ PASSAGE = (  # about 5 s of speech per sentence
     "By noon the market was full of voices, colours and the smell of bread. ",
     "Children ran between the stalls, looking for apples and sweets. ",
 )
+SENTENCE_S = 3.0  # piper speaks each PASSAGE sentence in 3.2-3.6 s: a lower bound
 NEW_SENTENCE = "Would you please open the window? It is much too warm in here, and I need some air."
+
+
+def passage(seconds: float) -> str:
+    """Enough PASSAGE sentences (cycled) for at least ``seconds`` of piper speech."""
+    return "".join(PASSAGE[i % len(PASSAGE)] for i in range(max(1, math.ceil(seconds / SENTENCE_S))))
 
 
 def _args() -> argparse.Namespace:
@@ -174,8 +181,7 @@ def main() -> None:
 
     times = {}
     t0 = time.perf_counter()
-    text = "".join(PASSAGE[i % len(PASSAGE)] for i in range(max(1, round(args.seconds / 5.0))))
-    sample = make_sample_clip(text, SampleClipConfig(size=args.size), SpeechConfig(engine="piper"))
+    sample = make_sample_clip(passage(args.seconds), SampleClipConfig(size=args.size), SpeechConfig(engine="piper"))
     clip = get_store().fetch(sample["video"])
     times["clip_s"] = round(time.perf_counter() - t0, 1)
 

@@ -69,8 +69,8 @@ class TrainStageConfig(BaseModel):
     checkpoint_every: int = Field(1000, ge=1, description="Steps between resumable checkpoints in the store.")
     log_every: int = Field(0, ge=0, description="Steps per loss-curve point and progress update; 0: 1 % of the steps.")
     val_frames: int | None = Field(None, ge=1, description="Held-out frames to evaluate; empty: all of them.")
-    val_downscale: int = Field(1, ge=1, le=8, description="Evaluate at 1/N resolution (faster); LMD is "
-                               "reported in px of a 512 px frame.")
+    val_downscale: int = Field(1, ge=1, le=8,
+                               description="Evaluate at 1/N resolution (faster); LMD is in px of a 512 px frame.")
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Any other models.ernerf TrainConfig field, e.g. {\"lambda_entropy\": 0}.")
 
