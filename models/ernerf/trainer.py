@@ -53,6 +53,7 @@ from models.ernerf.losses import (
 )
 from models.ernerf.model import ERNeRF, ModelConfig, autocast_for
 from models.ernerf.rendering import HeadConditioning, camera_rays, composite, image_plane_coords
+from models.ernerf.timing import timed
 from talkflow.errors import InputError
 
 CHECKPOINT_VERSION = 2
@@ -389,10 +390,11 @@ class Trainer:
             else:
                 weight = c.patch_weight if lips_step else c.random_patch_weight
                 loss, pred, target, extra = self._head_loss(i, pixels, flat, patch, weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        with timed("backward"):  # backward pass and optimiser update
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.step_count += 1
         if self.ema is not None and self.step_count % c.ema_every == 0:
             self.ema.update()
