@@ -31,6 +31,7 @@ from models.ernerf.rendering import (
     render_head,
 )
 from models.ernerf.trainer import HeadTrainConfig, LipsTrainConfig, Trainer, WeightEMA, load_model
+from talkflow.errors import InputError
 from tests.test_ernerf import make_dataset, tiny_model_config
 
 
@@ -321,3 +322,21 @@ def test_cuda_hot_path_never_synchronises(train_split):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out["rgb"]).all() and all(torch.isfinite(x["loss"]) for x in logs)
+
+
+def test_checkpoints_from_before_the_ema_still_resume(train_split, tmp_path):
+    trainer = Trainer(ERNeRF(tiny_model_config()), train_split, HeadTrainConfig(steps=2, rays_per_batch=64),
+                      device="cpu")
+    trainer.train(1)
+    state = trainer.state_dict()
+    del state["ema"], state["device_rng"]
+    state["version"] = 1
+    torch.save(state, tmp_path / "v1.pt")
+    resumed = Trainer(ERNeRF(tiny_model_config()), train_split, HeadTrainConfig(steps=2, rays_per_batch=64),
+                      device="cpu")
+    resumed.load(tmp_path / "v1.pt")
+    assert resumed.step_count == 1 and resumed.ema.updates == 0
+    state["version"] = 0
+    torch.save(state, tmp_path / "v0.pt")
+    with pytest.raises(InputError, match="checkpoint version 0"):
+        resumed.load(tmp_path / "v0.pt")

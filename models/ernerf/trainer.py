@@ -496,7 +496,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != CHECKPOINT_VERSION:
+        if state.get("version") not in (1, CHECKPOINT_VERSION):  # 1: before the EMA and the device generator
             raise InputError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
         if state["stage"] != self.cfg.stage:
             raise InputError(f"checkpoint is from the {state['stage']} stage, this trainer runs {self.cfg.stage}; "
@@ -506,7 +506,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step_count = int(state["step"])
         self.generator.set_state(state["rng"])
-        self.device_generator.set_state(state["device_rng"])
+        if "device_rng" in state:
+            self.device_generator.set_state(state["device_rng"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
 
