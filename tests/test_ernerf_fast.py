@@ -340,3 +340,17 @@ def test_checkpoints_from_before_the_ema_still_resume(train_split, tmp_path):
     torch.save(state, tmp_path / "v0.pt")
     with pytest.raises(InputError, match="checkpoint version 0"):
         resumed.load(tmp_path / "v0.pt")
+
+
+def test_progress_is_read_back_in_blocks_and_before_checkpoints(train_split, tmp_path):
+    reported, at_checkpoint = [], []
+
+    def on_checkpoint(step, path):
+        at_checkpoint.append((step, len(reported)))
+
+    trainer = Trainer(ERNeRF(tiny_model_config()), train_split,
+                      HeadTrainConfig(steps=7, rays_per_batch=64, checkpoint_every=3, sync_every=16), device="cpu",
+                      checkpoint_dir=tmp_path, on_checkpoint=on_checkpoint)
+    logs = trainer.train(progress=lambda step, log: reported.append((step, log["loss"])))
+    assert [s for s, _ in reported] == list(range(1, 8)) and all(isinstance(x["loss"], float) for x in logs)
+    assert at_checkpoint == [(3, 2), (6, 5)]  # every step before the checkpointing one was reported

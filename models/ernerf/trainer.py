@@ -465,13 +465,18 @@ class Trainer:
     def train(self, steps: int | None = None, progress: Callable[[int, dict], None] | None = None) -> list[dict]:
         """Run until ``steps`` more steps (default: up to config.steps) are done; returns the step
         logs as floats. The device's figures are read back every ``sync_every`` steps (one host
-        synchronisation per block), and ``progress(step, log)`` is then called for each step of it."""
-        end = self.cfg.steps if steps is None else self.step_count + steps
+        synchronisation per block) and before each checkpointing step, and ``progress(step, log)``
+        is then called for each step of the block (so a checkpoint sees the progress of every step
+        before it, as when logs were read every step)."""
+        c = self.cfg
+        end = c.steps if steps is None else self.step_count + steps
         logs: list[dict] = []
         pending: list[tuple[int, dict]] = []
         while self.step_count < end:
             pending.append((self.step_count + 1, self.step()))
-            if len(pending) >= self.cfg.sync_every or self.step_count >= end:
+            # the next step checkpoints: the caller's progress is brought up to date before it
+            before_checkpoint = c.checkpoint_every and (self.step_count + 1) % c.checkpoint_every == 0
+            if len(pending) >= c.sync_every or self.step_count >= end or before_checkpoint:
                 for step, log in read_logs(pending):
                     logs.append(log)
                     if progress is not None:
