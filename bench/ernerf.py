@@ -4,11 +4,18 @@ Builds ERNeRF(ModelConfig()) (tri-plane 3 x 12 levels, 128^3 occupancy grid, 16 
 log-mel audio D=80) and an in-memory dataset of a shaded sphere seen from an arc at 450x450, then
 times `Trainer.step()` (65536 rays per step, occupancy updates every 16 steps included) and
 `render_frames` (whole frames, head + torso, in chunks) on cuda when available, else the CPU.
+Then renders the frames once more and runs one more training step with a section timer
+(models/ernerf/timing.py; on CUDA each section is synchronised, so this pass is slower than the
+timed one) and prints where the time goes: sampling (ray/box test, occupancy lookups, sample
+selection), encoding (hash grids), mlp (the fields' networks), compositing (volume rendering and
+the background), backward (a training step's backward pass and optimiser update) and host
+(everything else: Python, data gathering, launches).
 Prints one JSON object as its last line:
   device, threads, side, rays_per_batch, train_steps, train_steps_per_s, samples_per_ray,
-  render_frames, chunk_rays, render_frames_per_s, peak_memory_mb (cuda: max_memory_allocated; cpu: max RSS)
+  render_frames, chunk_rays, render_frames_per_s, peak_memory_mb (cuda: max_memory_allocated; cpu: max RSS),
+  frame_ms {section: ms per rendered frame}, train_step_ms {section: ms per training step}
 Usage: python bench/ernerf.py [--steps N] [--frames N] [--rays N] [--side S] [--threads N] [--chunk N]
-       [--device D]
+       [--device D] [--no-breakdown]
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ sys.path.insert(0, str(ROOT))
 
 from models.ernerf.dataset import ERNeRFDataset, landmark_rects  # noqa: E402
 from models.ernerf.model import ERNeRF, ModelConfig  # noqa: E402
+from models.ernerf.timing import SectionTimer  # noqa: E402
 from models.ernerf.trainer import HeadTrainConfig, Trainer  # noqa: E402
+
+SECTIONS = ("sampling", "encoding", "mlp", "compositing", "backward")
 
 CAM_DIST, RADIUS, FRAMES = 0.84, 0.12, 8  # file units (the model scales translations by 4)
 
@@ -92,6 +102,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=450)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--chunk", type=int, default=None, help="rays per rendering chunk (default: RenderConfig's)")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the per-section timing pass")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -126,6 +137,23 @@ def main() -> None:
     render_s = time.perf_counter() - t0
     assert frames.shape == (n_frames, args.side, args.side, 3)
 
+    breakdown = {}
+    if not args.no_breakdown:
+        barrier = (lambda: torch.cuda.synchronize(device)) if cuda else None
+        for name, count, work in (("frame_ms", n_frames, lambda: trainer.render_frames(data.audio, poses,
+                                                                                       frames_per_batch=4)),
+                                  ("train_step_ms", 1, trainer.step)):
+            sync(device)
+            with SectionTimer(barrier) as timer:
+                t0 = time.perf_counter()
+                work()
+                sync(device)
+                total = time.perf_counter() - t0
+            ms = {k: 1000 * timer.seconds[k] / count for k in SECTIONS if k in timer.seconds}
+            ms["host"] = 1000 * total / count - sum(ms.values())
+            breakdown[name] = {k: round(v, 2) for k, v in ms.items()}
+            print(f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in breakdown[name].items()), file=sys.stderr)
+
     peak_mb = (torch.cuda.max_memory_allocated(device) if cuda
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
     print(json.dumps({
@@ -135,11 +163,12 @@ def main() -> None:
         "rays_per_batch": args.rays,
         "train_steps": steps,
         "train_steps_per_s": round(steps / train_s, 4),
-        "samples_per_ray": round(float(np.mean([x["samples_per_ray"] for x in logs])), 2),
+        "samples_per_ray": round(float(np.mean([float(x["samples_per_ray"]) for x in logs])), 2),
         "render_frames": n_frames,
         "chunk_rays": cfg.render.chunk_for(device),
         "render_frames_per_s": round(n_frames / render_s, 4),
         "peak_memory_mb": round(peak_mb, 1),
+        **breakdown,
     }))
 
 

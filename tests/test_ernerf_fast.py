@@ -31,6 +31,7 @@ from models.ernerf.rendering import (
     render_head,
 )
 from models.ernerf.trainer import HeadTrainConfig, LipsTrainConfig, Trainer, WeightEMA, load_model
+from talkflow.errors import InputError
 from tests.test_ernerf import make_dataset, tiny_model_config
 
 
@@ -321,3 +322,35 @@ def test_cuda_hot_path_never_synchronises(train_split):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(out["rgb"]).all() and all(torch.isfinite(x["loss"]) for x in logs)
+
+
+def test_checkpoints_from_before_the_ema_still_resume(train_split, tmp_path):
+    trainer = Trainer(ERNeRF(tiny_model_config()), train_split, HeadTrainConfig(steps=2, rays_per_batch=64),
+                      device="cpu")
+    trainer.train(1)
+    state = trainer.state_dict()
+    del state["ema"], state["device_rng"]
+    state["version"] = 1
+    torch.save(state, tmp_path / "v1.pt")
+    resumed = Trainer(ERNeRF(tiny_model_config()), train_split, HeadTrainConfig(steps=2, rays_per_batch=64),
+                      device="cpu")
+    resumed.load(tmp_path / "v1.pt")
+    assert resumed.step_count == 1 and resumed.ema.updates == 0
+    state["version"] = 0
+    torch.save(state, tmp_path / "v0.pt")
+    with pytest.raises(InputError, match="checkpoint version 0"):
+        resumed.load(tmp_path / "v0.pt")
+
+
+def test_progress_is_read_back_in_blocks_and_before_checkpoints(train_split, tmp_path):
+    reported, at_checkpoint = [], []
+
+    def on_checkpoint(step, path):
+        at_checkpoint.append((step, len(reported)))
+
+    trainer = Trainer(ERNeRF(tiny_model_config()), train_split,
+                      HeadTrainConfig(steps=7, rays_per_batch=64, checkpoint_every=3, sync_every=16), device="cpu",
+                      checkpoint_dir=tmp_path, on_checkpoint=on_checkpoint)
+    logs = trainer.train(progress=lambda step, log: reported.append((step, log["loss"])))
+    assert [s for s, _ in reported] == list(range(1, 8)) and all(isinstance(x["loss"], float) for x in logs)
+    assert at_checkpoint == [(3, 2), (6, 5)]  # every step before the checkpointing one was reported

@@ -53,6 +53,7 @@ from models.ernerf.losses import (
 )
 from models.ernerf.model import ERNeRF, ModelConfig, autocast_for
 from models.ernerf.rendering import HeadConditioning, camera_rays, composite, image_plane_coords
+from models.ernerf.timing import timed
 from talkflow.errors import InputError
 
 CHECKPOINT_VERSION = 2
@@ -388,10 +389,11 @@ class Trainer:
             else:
                 weight = c.patch_weight if lips_step else c.random_patch_weight
                 loss, pred, target, extra = self._head_loss(i, pixels, flat, patch, weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        with timed("backward"):  # backward pass and optimiser update
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.step_count += 1
         if self.ema is not None and self.step_count % c.ema_every == 0:
             self.ema.update()
@@ -462,13 +464,18 @@ class Trainer:
     def train(self, steps: int | None = None, progress: Callable[[int, dict], None] | None = None) -> list[dict]:
         """Run until ``steps`` more steps (default: up to config.steps) are done; returns the step
         logs as floats. The device's figures are read back every ``sync_every`` steps (one host
-        synchronisation per block), and ``progress(step, log)`` is then called for each step of it."""
-        end = self.cfg.steps if steps is None else self.step_count + steps
+        synchronisation per block) and before each checkpointing step, and ``progress(step, log)``
+        is then called for each step of the block (so a checkpoint sees the progress of every step
+        before it, as when logs were read every step)."""
+        c = self.cfg
+        end = c.steps if steps is None else self.step_count + steps
         logs: list[dict] = []
         pending: list[tuple[int, dict]] = []
         while self.step_count < end:
             pending.append((self.step_count + 1, self.step()))
-            if len(pending) >= self.cfg.sync_every or self.step_count >= end:
+            # the next step checkpoints: the caller's progress is brought up to date before it
+            before_checkpoint = c.checkpoint_every and (self.step_count + 1) % c.checkpoint_every == 0
+            if len(pending) >= c.sync_every or self.step_count >= end or before_checkpoint:
                 for step, log in read_logs(pending):
                     logs.append(log)
                     if progress is not None:
@@ -493,7 +500,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("version") != CHECKPOINT_VERSION:
+        if state.get("version") not in (1, CHECKPOINT_VERSION):  # 1: before the EMA and the device generator
             raise InputError(f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}")
         if state["stage"] != self.cfg.stage:
             raise InputError(f"checkpoint is from the {state['stage']} stage, this trainer runs {self.cfg.stage}; "
@@ -503,7 +510,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step_count = int(state["step"])
         self.generator.set_state(state["rng"])
-        self.device_generator.set_state(state["device_rng"])
+        if "device_rng" in state:
+            self.device_generator.set_state(state["device_rng"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
 
