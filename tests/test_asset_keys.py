@@ -34,7 +34,7 @@ TINY_G = GeneratorConfig.small(triplane_resolution=16, neural_rendering_resoluti
                                img_resolution=32, depth_resolution=12, depth_resolution_importance=6)
 PORTRAIT = PortraitConfig(fit=FaceFitConfig(photometric=False), pti=PTIConfig.tiny(w_avg_samples=256),
                           generator=GeneratorChoice(config=TINY_G))
-PORTRAIT_STAGES = ("portrait_fit", "pti", "tts", "audio2exp", "portrait_render", "mux")
+PORTRAIT_STAGES = ("portrait_fit", "pti", "warp_rig", "tts", "audio2exp", "portrait_render", "warp_render", "mux")
 PREPROCESS_STAGES = ("normalize", "frames", "landmarks", "audio_features", "parsing", "background", "composite",
                      "blinks", "tracking", "dataset")
 
@@ -85,19 +85,21 @@ def test_portrait_assets_lpips_generator_bfm(tmp_path, journal, registry):
         return result, computed(before)
 
     first, _ = run()
-    assert first.pti.meta["loss"] == "structural" and run()[1] == set()  # all hits
+    assert first.renderer == "warp" and first.pti is None and run()[1] == set()  # all hits
 
-    registry.register("lpips", lpips_weights(tmp_path / "lpips"))
-    with_lpips, changed = run()
-    assert changed == {"pti", "portrait_render", "mux"}  # PTI's loss, and what renders from its result
-    assert with_lpips.pti.meta["loss"] == "lpips"
+    lpips = lpips_weights(tmp_path / "lpips")
+    registry.register("lpips", lpips)
+    assert run()[1] == set()  # the warp path uses no LPIPS: nothing recomputes
 
     g = tmp_path / "generator.pt"
     save_generator(small_generator(1, TINY_G), g)
     registry.register("generator", g)
-    with_g, changed = run()
+    with_g, changed = run()  # "auto" now takes the registered generator; the fit and the driver are hits
     assert changed == {"pti", "portrait_render", "mux"} and with_g.pti.meta["generator"] == "registered"
+    assert with_g.pti.meta["loss"] == "lpips"
     save_generator(small_generator(2, TINY_G), g)  # the same path, new content
+    assert run()[1] == {"pti", "portrait_render", "mux"}
+    lpips_weights(tmp_path / "lpips", seed=1)  # LPIPS changed in place: PTI's loss changed
     assert run()[1] == {"pti", "portrait_render", "mux"}
 
     mat = tmp_path / "01_MorphableModel.mat"
@@ -130,11 +132,11 @@ def bisenet_reads_its_weights_and_parses_classically(monkeypatch):
 
     real = tasks.preprocess.parse_frames
 
-    def parse(frames, lms, config, weights, device):
+    def parse(frames, lms, config, weights, device, **kwargs):
         if weights is not None:
             load_bisenet(weights)
         return real(frames, lms, config=config.model_copy(update={"method": "classical"}), weights=None,
-                    device=device)
+                    device=device, **kwargs)
 
     monkeypatch.setattr(tasks.preprocess, "parse_frames", parse)
 

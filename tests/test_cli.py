@@ -96,7 +96,8 @@ def test_error_inside_a_flow_is_one_line_and_caches_nothing(tmp_path):
     """No face in the video: found by the landmarks stage, inside the flow."""
     clip = make_clip(tmp_path / "noface.mp4", duration=1.2, fps=25, size="96x96")
     out = talkflow("preprocess", str(clip), "--person", "bob", "--size", "96", data_root=tmp_path / "root")
-    assert "no usable face" in one_line_error(out)
+    message = one_line_error(out)  # dlib finds nothing; the mesh fallback's detector may see tiny "faces"
+    assert "no usable face" in message or "face is too small" in message
     assert "Failed to write result" not in out.stderr
     ls = talkflow("cache", "ls", data_root=tmp_path / "root")
     assert "landmarks" not in ls.stdout and "normalize" in ls.stdout  # the stages before it are kept

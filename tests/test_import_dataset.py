@@ -86,5 +86,5 @@ def test_import_a_reference_folder_then_train_on_it(tmp_path, journal):
     np.testing.assert_allclose(read_au45(out / "au.csv"), read_au45(root / "au.csv"))
 
     quick = TrainStageConfig(steps=5, rays_per_batch=256, val_frames=1, checkpoint_every=100)
-    record = train_avatar(None, "imported", TrainAvatarConfig(model="small", head=quick), stage="head")
+    record = train_avatar("imported", TrainAvatarConfig(model="small", head=quick), stage="head")
     assert record.dataset == dataset and record.head.meta["steps"] == 5

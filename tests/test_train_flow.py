@@ -158,7 +158,8 @@ def test_killed_stage_resumes_from_its_checkpoint(dataset, run_python, tmp_path,
             proc.kill()
     saved = json.loads(pointer.read_text())["step"]
     killed_steps = len(counter.read_text().split())
-    assert 5 <= saved < 30 and saved % 5 == 0 and killed_steps >= saved
+    # the checkpoint is written inside its step, so the kill may land before that step's counter line
+    assert 5 <= saved < 30 and saved % 5 == 0 and killed_steps >= saved - 1
 
     n = journal.count("train_head")
     result = train_head(dataset, config, "small", namespace="resumed")

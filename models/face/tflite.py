@@ -7,6 +7,9 @@ Image coordinates are (x, y) pixels with the centre of pixel (0, 0) at (0, 0), a
 from __future__ import annotations
 
 import math
+import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +24,27 @@ def load_interpreter(model_path: str | Path, num_threads: int = 2):
     path = Path(model_path)
     if not path.is_file():
         raise FileNotFoundError(f"network file {path} does not exist")
-    interp = Interpreter(model_path=str(path), num_threads=num_threads)
-    interp.allocate_tensors()
+    with _quiet_native_stderr():  # TFLite's C++ logger prints "INFO: Created ... XNNPACK delegate" on fd 2
+        interp = Interpreter(model_path=str(path), num_threads=num_threads)
+        interp.allocate_tensors()
     return interp
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _quiet_native_stderr():
+    """File descriptor 2 pointed at /dev/null for the block (native libraries write there directly)."""
+    with _STDERR_LOCK:
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def as_rgb_u8(image: np.ndarray) -> np.ndarray:
