@@ -207,7 +207,7 @@ def cluster(tmp_path_factory, s3_server) -> Iterator[Cluster]:
 
 
 # -- (b) scale-out -----------------------------------------------------------------------------
-GPU_DEPLOYMENTS = {"preprocess", "portrait", "train", "infer", "retrain"}
+GPU_DEPLOYMENTS = {"preprocess", "portrait", "train", "audio-features", "infer", "retrain"}
 
 
 def test_prefect_yaml_deploys_to_the_docker_pools(cluster):
