@@ -29,20 +29,12 @@ from tasks.speech import synthesize_speech
 from tasks.tracking import TrackingConfig
 from tasks.train import TrainAvatarConfig, TrainStageConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 TINY = dict(rays_per_batch=512, lr_net=5e-3, checkpoint_every=100, val_frames=1, val_downscale=4)
 QUICK = RenderVideoConfig(render=RenderConfig(downscale=4))  # 64x64 rays, upscaled to 256
 TRAIN = TrainAvatarConfig(model="small", head=TrainStageConfig(steps=20, **TINY),
                           lips=TrainStageConfig(steps=4, **TINY), torso=TrainStageConfig(steps=8, **TINY))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -34,13 +34,7 @@ from models.ernerf.trainer import HeadTrainConfig, LipsTrainConfig, Trainer, Wei
 from talkflow.errors import InputError
 from tests.test_ernerf import make_dataset, tiny_model_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from prefect.artifacts import Artifact
 
 from flows.preprocess import PreprocessConfig, preprocess_video
@@ -42,7 +41,7 @@ from tasks.train import (
     train_head,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 PERSON = "astro"
 QUICK = {"rays_per_batch": 1024, "lr_net": 5e-3, "checkpoint_every": 100, "val_downscale": 2}
@@ -54,15 +53,6 @@ CONFIG = TrainAvatarConfig(
 )
 RENDER = RenderVideoConfig(render=RenderConfig(downscale=2))
 NEW_SENTENCE = "Nice to meet you."
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared cores a second OpenMP thread made training 2x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
