@@ -86,7 +86,26 @@ def parse_key(key: str) -> dict[str, str] | None:
 class ContentCachePolicy(CachePolicy):
     def compute_key(self, task_ctx: TaskRunContext, inputs, flow_parameters, **kwargs) -> str:
         t = task_ctx.task
-        return cache_key(t.name, t.version or "0", inputs)
+        key = cache_key(t.name, t.version or "0", inputs)
+        _record_on_task_run(task_ctx, key)
+        return key
+
+
+def _record_on_task_run(task_ctx: TaskRunContext, key: str) -> None:
+    """Put the key on the task run record, so the UI's task run page shows it.
+
+    Prefect 3.8.8 never fills `TaskRun.cache_key` itself: its engine keeps the policy's key on
+    the transaction only. The server records the task run from the state-change events, whose
+    payload is the client's TaskRun object, and this context holds that very object: setting
+    the field here, before the run's terminal state, makes the server store it (Completed or
+    Cached). Lookups are unchanged: they go through the transaction's key in the result store.
+    """
+    run = getattr(task_ctx, "task_run", None)
+    if run is not None and getattr(run, "cache_key", None) != key:
+        try:
+            run.cache_key = key
+        except Exception:  # noqa: BLE001 - the record is for display; never fail a run over it
+            pass
 
 
 class ManifestSerializer(Serializer):

@@ -59,3 +59,11 @@ def reverse_twice_concurrently(src: Path, config: ReverseConfig):
     """Two identical requests at once, in two threads of one process."""
     futures = [reverse_bytes.submit(src, config) for _ in range(2)]
     return [f.result() for f in futures]
+
+
+@flow
+def reverse_then_again(src: Path, config: ReverseConfig = ReverseConfig(), namespace: str | None = None):
+    """The same stage twice in one flow run: the first computes, the second is a cache hit."""
+    first = reverse_bytes(src, config, namespace=namespace)
+    second = reverse_bytes(src, config, namespace=namespace)
+    return first, second
