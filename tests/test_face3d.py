@@ -18,7 +18,8 @@ from models.face3d import camera as C
 from models.face3d import fit as F
 from models.face3d.morphable import convert_bfm, generic_model, load_model
 from models.face3d.photometric import PhotoConfig, refine_photometric
-from models.face3d.render import default_light, rasterize, render_frames
+from models.face3d.raster import rasterize
+from models.face3d.render import default_light, render_frames
 from talkflow.errors import AssetMissing, InputError
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -243,7 +244,8 @@ def test_models_do_not_import_prefect():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_tiled_rasterization_matches_pytorch3d(model):
+@pytest.mark.parametrize("cull", [True, False])
+def test_rasterization_matches_pytorch3d(model, cull):
     from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
     from pytorch3d.structures import Meshes
 
@@ -252,15 +254,43 @@ def test_tiled_rasterization_matches_pytorch3d(model):
     px = C.project(cam, 550.0, 128.0, 128.0)
     size = 72
     lo = px.amin(1) - 5
-    uvz = torch.cat([(px - lo[:, None]) * (size / 150.0), cam[..., 2:]], -1)  # windows with empty tiles
-    tiled = rasterize(uvz, model.faces, size, tile=16)
+    uvz = torch.cat([(px - lo[:, None]) * (size / 150.0), cam[..., 2:]], -1)  # faces partly off the window
+    face, bary = rasterize(uvz, model.faces, size, size, cull_backfaces=cull)
     ndc = torch.stack([1 - 2 * uvz[..., 0] / size, 1 - 2 * uvz[..., 1] / size, uvz[..., 2]], -1)
-    ref, _, _, _ = rasterize_meshes(Meshes(verts=ndc, faces=model.faces[None].expand(4, -1, -1)), image_size=size,
-                                    blur_radius=0.0, faces_per_pixel=1, bin_size=0, cull_backfaces=True)
+    ref, _, ref_bary, _ = rasterize_meshes(Meshes(verts=ndc, faces=model.faces[None].expand(4, -1, -1)),
+                                           image_size=size, blur_radius=0.0, faces_per_pixel=1, bin_size=0,
+                                           perspective_correct=False, cull_backfaces=cull)
     ref = ref[..., 0]
     ref = torch.where(ref >= 0, ref - (torch.arange(4) * model.faces.shape[0])[:, None, None], ref)
-    assert (tiled >= 0).any() and (tiled < 0).any()
-    assert torch.equal(tiled, ref)
+    assert (face >= 0).any() and (face < 0).any()
+    assert torch.equal(face, ref)
+    hit = face >= 0
+    assert torch.allclose(bary[hit], ref_bary[..., 0, :][hit], atol=1e-4)
+    assert torch.all(bary[~hit] == 0)
+
+
+def test_rasterization_z_buffer_and_batches(model):
+    """The nearer of two overlapping triangles wins whatever their order; a batch split into
+    groups (few candidates allowed at once) gives the same result."""
+    import models.face3d.raster as R
+
+    square = torch.tensor([[2.0, 2.0], [30.0, 2.0], [2.0, 30.0]])
+    for near_first in (True, False):
+        z = torch.tensor([[1.0], [2.0]]) if near_first else torch.tensor([[2.0], [1.0]])
+        verts = torch.cat([torch.cat([square, z[0].expand(3, 1)], -1), torch.cat([square, z[1].expand(3, 1)], -1)])
+        face, _ = rasterize(verts, torch.tensor([[0, 1, 2], [3, 4, 5]]), 32, 32)
+        assert set(face[face >= 0].tolist()) == {0 if near_first else 1}
+    truth, _ = synthetic_clip(model, 3, size=256, focal=550.0)
+    cam = C.head_to_camera(model.vertices(truth["id"], truth["exp"]), truth["euler"], truth["trans"])
+    uvz = torch.cat([C.project(cam, 550.0, 128.0, 128.0) * 0.25, cam[..., 2:]], -1)
+    whole = rasterize(uvz, model.faces, 64, 64)
+    old = R._MAX_PAIRS
+    R._MAX_PAIRS = 1000
+    try:
+        split = rasterize(uvz, model.faces, 64, 64)
+    finally:
+        R._MAX_PAIRS = old
+    assert torch.equal(whole[0], split[0]) and torch.equal(whole[1], split[1])
 
 
 # ---------------------------------------------------------------------------------------------

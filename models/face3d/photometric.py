@@ -1,6 +1,6 @@
 """Photometric refinement of a landmark track (ER-NeRF's second tracking stage), CPU-capable.
 
-Rendering (`models.face3d.render`): pytorch3d's rasterizer for visibility, Lambertian shading
+Rendering (`models.face3d.render`): a batched torch rasterizer for visibility, Lambertian shading
 with 9 SH coefficients per colour channel and frame, the model's albedo (mean + texture modes).
 Each frame renders only a square window round its face at `render_size` px; the target frames
 are resampled into the same windows (area-averaged), so the cost does not grow with S.
@@ -37,7 +37,7 @@ from torch import Tensor
 from models.face3d.camera import head_to_camera, principal_point, project
 from models.face3d.fit import TrackResult, check_landmarks, cpu_threads
 from models.face3d.morphable import MorphableModel
-from models.face3d.render import Window, default_light, face_window, project_vertices, render_window
+from models.face3d.render import Window, default_light, face_window, project_vertices, render_window, visibility
 from talkflow.errors import InputError
 
 
@@ -70,9 +70,9 @@ class PhotoConfig:
 
 def frame_bytes(model: MorphableModel, render_size: int) -> int:
     """Rough peak memory of one frame in a refinement step (forward + backward): vertex-sized
-    tensors, window-sized pixel tensors, and the rasterizer's per-tile face lists."""
-    tiles = (-(-render_size // 24)) ** 2  # `rasterize`'s 24 px tiles
-    return int(4 * 40 * 3 * model.n_vertices + 4 * 80 * render_size**2 + 17 * tiles * model.faces.shape[0])
+    tensors, window-sized pixel tensors, and the rasterizer's (triangle, pixel) candidates
+    (about 4 per pixel, ~200 bytes each)."""
+    return int(4 * 40 * 3 * model.n_vertices + 4 * 80 * render_size**2 + 200 * 4 * render_size**2)
 
 
 def frames_per_chunk(config: PhotoConfig, model: MorphableModel, device: torch.device, n_frames: int) -> int:
@@ -151,15 +151,34 @@ def _landmark_sq(model: MorphableModel, id: Tensor, exp: Tensor, euler: Tensor, 
     return ((px - lms) ** 2).sum(-1).mean(-1)
 
 
-def _photo_l1(render, chunk: _Chunk) -> Tensor:
-    """-> (B,) mean robust RGB error over the face pixels (Charbonnier, ~absolute error)."""
-    mask = _erode(render.mask)
-    if chunk.user_mask is not None:
-        mask = mask & chunk.user_mask
-    m = mask[..., None].to(render.image.dtype)
-    diff = render.image - chunk.target
-    err = (torch.sqrt(diff * diff + _EPS**2) - _EPS) * m  # Charbonnier: L1 with a smooth bottom
-    return err.sum((1, 2, 3)) / (3.0 * m.sum((1, 2, 3)).clamp_min(1.0))
+@dataclass
+class _Pixels:
+    """The pixels the photometric term sees until the next visibility refresh: covered by the
+    face (eroded by one pixel) and inside the caller's mask."""
+
+    index: Tensor  # (S,) flat indices into (B, R, R)
+    frame: Tensor  # (S,) frame of each pixel
+    count: Tensor  # (B,) pixels per frame, at least 1
+    target: Tensor  # (S, 3) the frames' colours there
+
+    @staticmethod
+    def select(pix_to_face: Tensor, chunk: _Chunk) -> "_Pixels":
+        mask = _erode(pix_to_face >= 0)
+        if chunk.user_mask is not None:
+            mask = mask & chunk.user_mask
+        b, r = mask.shape[0], mask.shape[1]
+        index = mask.reshape(-1).nonzero()[:, 0]
+        frame = torch.div(index, r * r, rounding_mode="floor")
+        count = torch.bincount(frame, minlength=b).clamp_min(1).to(chunk.target.dtype)
+        return _Pixels(index, frame, count, chunk.target.reshape(-1, 3)[index])
+
+
+def _photo_l1(colour: Tensor, pixels: _Pixels) -> Tensor:
+    """(S, 3) rendered colours -> (B,) mean robust RGB error over each frame's pixels
+    (Charbonnier, ~absolute error)."""
+    diff = colour - pixels.target
+    err = (torch.sqrt(diff * diff + _EPS**2) - _EPS).sum(-1)  # Charbonnier: L1 with a smooth bottom
+    return err.new_zeros(pixels.count.shape).index_add(0, pixels.frame, err) / (3.0 * pixels.count)
 
 
 def _windows(model: MorphableModel, track: TrackResult, idx: Tensor, cfg: PhotoConfig) -> Window:
@@ -199,10 +218,12 @@ def _adam_frames(model: MorphableModel, track: TrackResult, chunk: _Chunk, confi
         tex = params.get("tex", track.tex) if model.n_tex else None
         e, tr, x = params["euler"], params["trans"], params["exp"]
         opt.zero_grad(set_to_none=True)
+        if k % config.raster_every == 0:  # visibility refresh
+            pix = visibility(model, id, x, e, tr, track.focal, track.image_size, chunk.window)
+            pixels = _Pixels.select(pix, chunk)
         out = render_window(model, id, x, e, tr, track.focal, track.image_size, chunk.window, tex=tex,
-                            light=params["light"], pix_to_face=None if k % config.raster_every == 0 else pix)
-        pix = out.pix_to_face
-        l1 = _photo_l1(out, chunk)
+                            light=params["light"], pix_to_face=pix, pixels=pixels.index)
+        l1 = _photo_l1(out.image, pixels)
         sq = _landmark_sq(model, id, x, e, tr, track.focal, track.image_size, chunk.lms)
         loss = (config.w_photo * l1 + config.w_lmk * sq).sum() + config.w_exp * (x**2).sum()
         loss = loss + _smooth_term(config, torch.cat([e, tr, x], -1), before)

@@ -1,13 +1,13 @@
-"""Differentiable rendering of a morphable model, with pytorch3d's mesh rasterizer (CPU or GPU).
+"""Differentiable rendering of a morphable model (CPU or GPU), in plain torch.
 
-pytorch3d's CPU rasterizer visits every face for every pixel (no coarse binning on the CPU), so
-the cost grows with pixels x faces. Two choices keep it small:
+Two choices keep it cheap:
 
 - a **window**: each frame renders only a square around the face (`Window`), at `size` px;
-- **visibility from the rasterizer, gradients from us**: `rasterize` (no gradient) says which
-  triangle covers each pixel; `barycentric` recomputes the perspective-correct barycentric
-  weights of the pixel centres from the projected vertices in plain torch, so gradients reach
-  the pose and the coefficients, and the visibility can be reused for a few optimiser steps.
+- **visibility from the rasterizer, gradients from us**: `models.face3d.raster.rasterize` (no
+  gradient; the same triangles as pytorch3d's rasterizer with back faces culled, tested) says
+  which triangle covers each pixel; `shade_pixels` recomputes the perspective-correct
+  barycentric weights of the pixel centres from the projected vertices, so gradients reach the
+  pose and the coefficients, and the visibility can be reused for a few optimiser steps.
 
 Shading is Lambertian with 9 spherical-harmonics coefficients per colour channel
 (`light (B, 9, 3)`), evaluated at the vertices (Gouraud) in the OpenCV camera frame.
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from models.face3d.camera import head_to_camera, principal_point, project, rotate_normals
 from models.face3d.morphable import MorphableModel
+from models.face3d.raster import rasterize
 
 
 @dataclass
@@ -57,105 +58,71 @@ def project_vertices(model: MorphableModel, id: Tensor, exp: Tensor, euler: Tens
     return verts, cam, project(cam, focal, cx, cy)
 
 
-def rasterize(uvz: Tensor, faces: Tensor, size: int, cull_backfaces: bool = True, tile: int = 24) -> Tensor:
-    """(B, N, 3) window px (u, v) + depth z, (F, 3) faces -> (B, size, size) face index, -1 empty.
-
-    No gradient. The window pixel (i, j) has its centre at (j + 0.5, i + 0.5); pytorch3d's NDC
-    has +x to the left and +y up, so x_ndc = 1 - 2u / size and y_ndc = 1 - 2v / size.
-    The window is cut into `tile` px tiles, each rasterized (in one batched call) with only the
-    faces whose bounding box meets it: the binning pytorch3d's CPU rasterizer does not do.
-    """
-    from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes
-    from pytorch3d.structures import Meshes
-
-    b, n = uvz.shape[:2]
-    g = max(1, -(-size // tile))  # tiles per side
-    t = -(-size // g)  # tile side, px
-    with torch.no_grad():
-        uvz = uvz.detach().float()
-        tri = uvz[:, faces]  # (B, F, 3, 3)
-        lo = tri[..., :2].amin(2)  # (B, F, 2)
-        hi = tri[..., :2].amax(2)
-        edges = torch.arange(g, device=uvz.device, dtype=uvz.dtype) * t
-        # (B, F, G) overlap of each face's bbox with each tile column / row (pixel centres).
-        col = (hi[..., None, 0] >= edges + 0.5) & (lo[..., None, 0] <= edges + t - 0.5)
-        row = (hi[..., None, 1] >= edges + 0.5) & (lo[..., None, 1] <= edges + t - 0.5)
-        hit = (row[:, :, :, None] & col[:, :, None, :]).permute(0, 2, 3, 1).reshape(b * g * g, -1)  # (M, F)
-        count = hit.sum(1)  # (M,)
-        fmax = max(int(count.max().item()), 1)
-        order = torch.argsort((~hit).to(torch.int8), dim=1, stable=True)[:, :fmax]  # hit faces first
-        valid = torch.arange(fmax, device=uvz.device)[None] < count[:, None]  # (M, Fmax)
-        tile_faces = torch.where(valid[..., None], faces[order], torch.full_like(faces[order], -1))
-        # A tile without faces would be an empty mesh, which pytorch3d's packing rejects: give it
-        # one degenerate triangle (zero area, never covers a pixel).
-        tile_faces[:, 0] = torch.where((count == 0)[:, None], torch.zeros_like(tile_faces[:, 0]), tile_faces[:, 0])
-        ty = torch.arange(g, device=uvz.device).repeat_interleave(g) * t  # (G*G,)
-        tx = torch.arange(g, device=uvz.device).repeat(g) * t
-        u = uvz[:, None, :, 0] - tx[None, :, None]  # (B, G*G, N)
-        v = uvz[:, None, :, 1] - ty[None, :, None]
-        z = uvz[:, None, :, 2].expand_as(u)
-        ndc = torch.stack([1.0 - 2.0 * u / t, 1.0 - 2.0 * v / t, z], -1).reshape(b * g * g, n, 3)
-        pix, _, _, _ = rasterize_meshes(
-            Meshes(verts=ndc, faces=tile_faces), image_size=t, blur_radius=0.0, faces_per_pixel=1,
-            bin_size=0, perspective_correct=False, cull_backfaces=cull_backfaces,
-        )
-        pix = pix[..., 0].view(b * g * g, t * t)  # packed index into the tiles' faces
-        m = torch.arange(b * g * g, device=uvz.device)[:, None]
-        packed = count.clamp_min(1)  # faces each tile mesh holds (the degenerate one included)
-        first = torch.cumsum(packed, 0) - packed  # packed offset of each tile's faces
-        local = (pix - first[:, None]).clamp(0, fmax - 1)
-        face = torch.where(pix >= 0, order[m, local], torch.full_like(pix, -1))  # (M, t*t)
-        face = face.view(b, g, g, t, t).permute(0, 1, 3, 2, 4).reshape(b, g * t, g * t)
-    return face[:, :size, :size].contiguous()
+def _per_corner(values: Tensor, faces: Tensor) -> Tensor:
+    """(B, N, C) per vertex -> (B, F, 3, C) per triangle corner (index_select: a cheap backward)."""
+    return values.index_select(1, faces.reshape(-1)).view(values.shape[0], faces.shape[0], 3, values.shape[-1])
 
 
-def barycentric(uvz: Tensor, faces: Tensor, pix_to_face: Tensor) -> Tensor:
-    """Perspective-correct barycentric weights of the pixel centres, differentiable in `uvz`.
+def _bary_planes(uvz: Tensor, faces: Tensor) -> Tensor:
+    """(B, N, 3) window px + depth -> (B, F, 12) per triangle: the screen-space barycentric
+    weights as planes over the pixel plane, w = ax * u + ay * v + c, laid out as
+    (ax_0..2, ay_0..2, c_0..2), then the inverse vertex depths (1/z_0..2).
 
-    uvz (B, N, 3) window px + depth, faces (F, 3), pix_to_face (B, R, R) -> (B, R, R, 3).
-    Pixels without a face get weights of face 0 (mask them with `pix_to_face >= 0`).
-    """
-    b, r = pix_to_face.shape[0], pix_to_face.shape[1]
-    face = pix_to_face.clamp_min(0).view(b, -1)  # (B, P)
-    vidx = faces[face]  # (B, P, 3)
-    tri = torch.gather(uvz, 1, vidx.view(b, -1, 1).expand(-1, -1, 3)).view(b, -1, 3, 3)  # (B, P, 3 verts, 3)
-    grid = torch.arange(r, dtype=uvz.dtype, device=uvz.device) + 0.5
-    py, px = torch.meshgrid(grid, grid, indexing="ij")
-    p = torch.stack([px, py], -1).view(1, -1, 2)  # (1, P, 2)
-    a, bb, c = tri[..., 0, :2], tri[..., 1, :2], tri[..., 2, :2]
-
-    def cross(u: Tensor, v: Tensor) -> Tensor:
-        return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
-
-    area = cross(bb - a, c - a)
-    # A triangle seen edge-on (possible while the visibility is reused for a few steps) gets the
-    # centroid, without gradient; other pixels may drift a little outside their triangle, so the
-    # weights are bounded to [-0.5, 1.5] before the perspective correction.
+    A triangle seen edge-on (possible while the visibility is reused for a few steps) gets the
+    centroid, without gradient."""
+    tri = _per_corner(uvz, faces)  # (B, F, 3, 3)
+    a, b, c = tri[..., 0, :2], tri[..., 1, :2], tri[..., 2, :2]
+    area = (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0])
     flat = area.abs() < 1e-4
     area = torch.where(flat, torch.ones_like(area), area)
-    wa = cross(bb - p, c - p) / area
-    wb = cross(c - p, a - p) / area
-    w = torch.stack([wa, wb, 1.0 - wa - wb], -1).clamp(-0.5, 1.5)  # (B, P, 3) screen space
-    w = torch.where(flat[..., None], torch.full_like(w, 1.0 / 3.0), w)
-    w = w / tri[..., 2].clamp_min(1e-6)  # perspective correction: divide by depth, renormalise
+
+    def plane(p: Tensor, q: Tensor) -> Tensor:  # cross(p - x, q - x) / area as (ax, ay, c)
+        return torch.stack([p[..., 1] - q[..., 1], q[..., 0] - p[..., 0],
+                            p[..., 0] * q[..., 1] - p[..., 1] * q[..., 0]], -1) / area[..., None]
+
+    wa, wb = plane(b, c), plane(c, a)  # (B, F, 3)
+    wc = -wa - wb + wa.new_tensor([0.0, 0.0, 1.0])
+    planes = torch.stack([wa, wb, wc], -1)  # (B, F, 3 terms, 3 weights)
+    centroid = planes.new_tensor([[0.0] * 3, [0.0] * 3, [1.0 / 3.0] * 3])
+    planes = torch.where(flat[..., None, None], centroid, planes)
+    return torch.cat([planes.flatten(-2), 1.0 / tri[..., 2].clamp_min(1e-6)], -1)
+
+
+def shade_pixels(uvz: Tensor, faces: Tensor, pix_to_face: Tensor, colors: Tensor,
+                 pixels: Tensor | None = None) -> Tensor:
+    """Per-vertex colours (B, N, C) -> (B, R, R, C) at the pixel centres (zeros where empty),
+    differentiable in `uvz` and `colors`; with `pixels` (S,) flat indices into (B, R, R), only
+    those pixels, as (S, C).
+
+    Perspective-correct barycentric weights of each pixel centre in its triangle (`pix_to_face`,
+    (B, R, R)): the screen-space weights, bounded to [-0.5, 1.5] (a pixel may drift a little
+    outside its triangle while the visibility is reused), divided by the vertex depths and
+    renormalised. Everything per triangle is computed once and gathered per pixel in one go.
+    """
+    b, r = pix_to_face.shape[0], pix_to_face.shape[1]
+    c = colors.shape[-1]
+    table = torch.cat([_bary_planes(uvz, faces), _per_corner(colors, faces).flatten(-2)], -1)  # (B, F, 12 + 3C)
+    f = table.shape[1]
+    every = pixels is None
+    if every:
+        pixels = torch.arange(b * r * r, device=uvz.device)
+    face = pix_to_face.reshape(-1)[pixels]  # (S,)
+    image, rest = torch.div(pixels, r * r, rounding_mode="floor"), pixels % (r * r)
+    ax, ay, c0, inv_z, col = table.reshape(b * f, -1).index_select(0, face.clamp_min(0) + f * image).split(
+        [3, 3, 3, 3, 3 * c], -1)
+    u = (rest % r).to(uvz.dtype)[:, None] + 0.5  # (S, 1) pixel centre
+    v = torch.div(rest, r, rounding_mode="floor").to(uvz.dtype)[:, None] + 0.5
+    w = torch.addcmul(torch.addcmul(c0, ax, u), ay, v).clamp(-0.5, 1.5) * inv_z  # (S, 3)
     total = w.sum(-1, keepdim=True)
     w = w / torch.where(total.abs() < 1e-12, torch.full_like(total, 1e-12), total)
-    return w.view(b, r, r, 3)
-
-
-def interpolate(values: Tensor, faces: Tensor, pix_to_face: Tensor, bary: Tensor) -> Tensor:
-    """values (B, N, C) per vertex -> (B, R, R, C) at the pixel centres (zeros where empty)."""
-    b, r = pix_to_face.shape[0], pix_to_face.shape[1]
-    c = values.shape[-1]
-    vidx = faces[pix_to_face.clamp_min(0).view(b, -1)]  # (B, P, 3)
-    vals = torch.gather(values, 1, vidx.view(b, -1, 1).expand(-1, -1, c)).view(b, -1, 3, c)
-    out = (vals * bary.view(b, -1, 3, 1)).sum(2).view(b, r, r, c)
-    return out * (pix_to_face >= 0)[..., None].to(out.dtype)
+    out = torch.addcmul(torch.addcmul(w[:, 0:1] * col[:, :c], w[:, 1:2], col[:, c:2 * c]), w[:, 2:3], col[:, 2 * c:])
+    out = out * (face >= 0)[:, None].to(out.dtype)
+    return out.view(b, r, r, c) if every else out
 
 
 def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
     """(B, N, 3), (F, 3) -> (B, N, 3) unit normals, area-weighted over the adjacent faces."""
-    v0, v1, v2 = verts[:, faces[:, 0]], verts[:, faces[:, 1]], verts[:, faces[:, 2]]
+    v0, v1, v2 = _per_corner(verts, faces).unbind(2)
     fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # (B, F, 3)
     normals = torch.zeros_like(verts)
     for k in range(3):
@@ -185,31 +152,46 @@ def shade(albedo: Tensor, normals_cam: Tensor, light: Tensor) -> Tensor:
 
 @dataclass
 class Rendered:
-    image: Tensor  # (B, R, R, 3) RGB, zeros where empty
+    image: Tensor  # (B, R, R, 3) RGB, zeros where empty; (S, 3) when rendered at chosen pixels
     mask: Tensor  # (B, R, R) bool, pixels covered by the face
     pix_to_face: Tensor  # (B, R, R) long
 
 
+def _window_uvz(px: Tensor, cam: Tensor, window: Window) -> Tensor:
+    """Projected vertices -> (B, N, 3) window px (u, v) and camera depth."""
+    return torch.cat([window.to_window(px), cam[..., 2:]], -1)
+
+
+def visibility(model: MorphableModel, id: Tensor, exp: Tensor, euler: Tensor, trans: Tensor,
+               focal: float | Tensor, image_size: int, window: Window) -> Tensor:
+    """(B, R, R) index of the front-facing triangle seen at each window pixel, -1 where empty."""
+    with torch.no_grad():
+        _, cam, px = project_vertices(model, id, exp, euler, trans, focal, image_size)
+        uvz = _window_uvz(px, cam, window)
+        return rasterize(uvz, model.faces, window.size, window.size, cull_backfaces=True, near=0.0)[0]
+
+
 def render_window(model: MorphableModel, id: Tensor, exp: Tensor, euler: Tensor, trans: Tensor,
                   focal: float | Tensor, image_size: int, window: Window, tex: Tensor | None = None,
-                  light: Tensor | None = None, pix_to_face: Tensor | None = None) -> Rendered:
+                  light: Tensor | None = None, pix_to_face: Tensor | None = None,
+                  pixels: Tensor | None = None) -> Rendered:
     """Render the model inside each frame's window (differentiable in everything but visibility).
 
     id (K_id,) or (B, K_id), exp (B, K_exp), euler / trans (B, 3), tex (K_tex,) or (B, K_tex),
-    light (B, 9, 3). Pass `pix_to_face` to reuse the visibility of an earlier call.
+    light (B, 9, 3). Pass `pix_to_face` to reuse the visibility of an earlier call, and
+    `pixels` (S,) flat indices into (B, R, R) to shade only those pixels (`image` is then (S, 3)).
     """
     verts, cam, px = project_vertices(model, id, exp, euler, trans, focal, image_size)
     b = verts.shape[0]
-    uvz = torch.cat([window.to_window(px), cam[..., 2:]], -1)
+    uvz = _window_uvz(px, cam, window)
     if pix_to_face is None:
-        pix_to_face = rasterize(uvz, model.faces, window.size)
-    bary = barycentric(uvz, model.faces, pix_to_face)
+        pix_to_face, _ = rasterize(uvz, model.faces, window.size, window.size, cull_backfaces=True, near=0.0)
     albedo = model.colors(tex).expand(b, -1, -1)
     if light is None:
         light = default_light(b, verts.dtype, verts.device)
     normals = rotate_normals(vertex_normals(verts, model.faces), euler)
     color = shade(albedo, normals, light)
-    return Rendered(interpolate(color, model.faces, pix_to_face, bary), pix_to_face >= 0, pix_to_face)
+    return Rendered(shade_pixels(uvz, model.faces, pix_to_face, color, pixels), pix_to_face >= 0, pix_to_face)
 
 
 def render_frames(model: MorphableModel, id: Tensor, exp: Tensor, euler: Tensor, trans: Tensor,

@@ -8,7 +8,7 @@
    default, the generator camera's (EG3D: 4.2647 x S px), so the fitted camera frame is the
    generator's camera frame up to a scale and the 3DMM can be placed in the generator's world
    (`portrait_camera`, `deform.FaceRig`). `focal="search"` runs face3d's focal search instead.
-4. Optionally `refine_photometric` (pytorch3d rasteriser): albedo (texture coefficients) and 9
+4. Optionally `refine_photometric` (models.face3d's rasterizer): albedo (texture coefficients) and 9
    SH lighting coefficients per colour, with pose and expression refined on the pixels.
 
 `fitted_coeffs`: id (K_id,), exp (K_exp,), euler (3,) rad, trans (3,) mm (OpenCV camera frame),

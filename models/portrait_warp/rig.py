@@ -23,7 +23,7 @@ from models.checkpoint_io import save_atomic
 from models.face.mouth import INNER_UPPER, MouthColours, profile, smoothstep, teeth_strength
 from models.face3d.camera import head_to_camera, principal_point, project
 from models.face3d.morphable import MorphableModel
-from models.portrait_warp.raster import rasterize
+from models.face3d.raster import rasterize
 from talkflow.errors import InputError
 
 RIG_FORMAT = "talkflow.portrait_warp.rig"
@@ -195,7 +195,8 @@ def build_rig(image: np.ndarray, landmarks: np.ndarray, coeffs: dict[str, Tensor
         uv = _align(uv, lmk, lm)
     verts = model.vertices(coeffs["id"], coeffs["exp"].reshape(1, -1))
     depth = head_to_camera(verts, coeffs["euler"][None], coeffs["trans"][None])[0, :, 2]
-    face, bary = rasterize(uv, depth, model.faces, s, s)
+    face, bary = rasterize(torch.cat([uv, depth[:, None]], -1).double(), model.faces, s, s)
+    bary = bary.float()
     on_face = (face >= 0).numpy()
     if on_face.sum() < 16:
         raise InputError("the fitted face covers almost no pixel of the portrait; check the fit")
