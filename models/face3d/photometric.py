@@ -27,6 +27,8 @@ recomputed barycentrics. Silhouettes give no gradient (hard rasterization).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -85,28 +87,56 @@ def frames_per_chunk(config: PhotoConfig, model: MorphableModel, device: torch.d
     return max(config.chunk, min(n_frames, fits))
 
 
-def _as_frames(images, idx: Tensor, size: int, device: torch.device) -> Tensor:
-    """Frames `idx` of (T, S, S, 3) uint8 / float images (tensor, array or sequence) -> float [0, 1]."""
-    if isinstance(images, (Tensor, np.ndarray)):
-        batch = torch.as_tensor(images[idx.numpy()] if isinstance(images, np.ndarray) else images[idx])
-    else:
-        batch = torch.stack([torch.from_numpy(np.array(images[int(i)])) for i in idx])
-    if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
-        raise InputError(f"frames must be {size}x{size} RGB, got shape {tuple(batch.shape[1:])}")
+def _crop_origins(window: Window, size: int) -> tuple[Tensor, int]:
+    """Integer top-left corners (B, 2) and one side of square crops of the image that hold every
+    bilinear tap of each frame's window (2 px of margin, kept inside the image)."""
+    lo = torch.floor(torch.stack([window.x0, window.y0], -1) - 2)  # (B, 2)
+    side = int(min(size, torch.ceil(window.side.max()).item() + 5))
+    return (lo.clamp(0, size - side)).long().cpu(), side
+
+
+def _read_ahead(images, chunks: list[Tensor]) -> Iterator[list]:
+    """The frames of each chunk of indices (from a tensor, an array or a sequence that decodes
+    each frame when read); the next chunk is read on a thread while the caller works."""
+    def read(idx: Tensor) -> list:
+        return [images[int(i)] for i in idx]
+
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(read, chunks[0]) if chunks else None
+        for k in range(len(chunks)):
+            frames = ahead.result()
+            if k + 1 < len(chunks):
+                ahead = pool.submit(read, chunks[k + 1])
+            yield frames
+
+
+def _as_frames(frames: list, size: int, device: torch.device, origins: Tensor, side: int) -> Tensor:
+    """Crops (B, side, side, 3) float [0, 1] at `origins` of (S, S, 3) uint8 / float frames."""
+    def crop(frame, o):
+        frame = torch.as_tensor(np.asarray(frame))
+        if frame.shape != (size, size, 3):
+            raise InputError(f"frames must be {size}x{size} RGB, got shape {tuple(frame.shape)}")
+        return frame[o[1]:o[1] + side, o[0]:o[0] + side]
+
+    batch = torch.stack([crop(frame, o.tolist()) for frame, o in zip(frames, origins)])
     if batch.dtype == torch.uint8:
         return batch.to(device).float() / 255.0
     return batch.to(device).float()
 
 
-def sample_windows(images: Tensor, window: Window) -> Tensor:
-    """(B, S, S, C) images -> (B, R, R, C) window contents, area-averaged (supersampled x k)."""
-    s = images.shape[1]
+def sample_windows(images: Tensor, window: Window, origins: Tensor | None = None) -> Tensor:
+    """(B, H, W, C) images -> (B, R, R, C) window contents, area-averaged (supersampled x k).
+    `origins` (B, 2): the image px of each image's top-left corner when they are crops."""
     r = window.size
     k = max(1, math.ceil(float(window.side.max()) / r))  # supersampling factor
     grid = (torch.arange(r * k, dtype=images.dtype, device=images.device) + 0.5) / (r * k)  # (Rk,) in [0, 1]
-    gx = window.x0[:, None] + grid[None] * window.side[:, None]  # (B, Rk) image px
-    gy = window.y0[:, None] + grid[None] * window.side[:, None]
-    nx, ny = 2 * gx / s - 1, 2 * gy / s - 1  # grid_sample coordinates (align_corners=False)
+    x0, y0 = window.x0, window.y0
+    if origins is not None:
+        o = origins.to(images.device, images.dtype)
+        x0, y0 = x0 - o[:, 0], y0 - o[:, 1]
+    gx = x0[:, None] + grid[None] * window.side[:, None]  # (B, Rk) px of the (cropped) images
+    gy = y0[:, None] + grid[None] * window.side[:, None]
+    nx, ny = 2 * gx / images.shape[2] - 1, 2 * gy / images.shape[1] - 1  # grid_sample coords (align_corners=False)
     coords = torch.stack(torch.broadcast_tensors(nx[:, None, :], ny[:, :, None]), -1)  # (B, Rk, Rk, 2)
     out = F.grid_sample(images.permute(0, 3, 1, 2), coords, mode="bilinear", padding_mode="border",
                         align_corners=False)
@@ -187,9 +217,10 @@ def _windows(model: MorphableModel, track: TrackResult, idx: Tensor, cfg: PhotoC
     return face_window(px, cfg.render_size, cfg.margin)
 
 
-def _load_chunk(images, masks, lms: Tensor, idx: Tensor, window: Window, size: int) -> _Chunk:
-    """Targets of frames `idx` (CPU indices) on the device of `lms`."""
-    target = sample_windows(_as_frames(images, idx, size, lms.device), window)
+def _load_chunk(frames: list, masks, lms: Tensor, idx: Tensor, window: Window, size: int) -> _Chunk:
+    """Targets of frames `idx` (CPU indices; `frames` their images) on the device of `lms`."""
+    origins, side = _crop_origins(window, size)
+    target = sample_windows(_as_frames(frames, size, lms.device, origins, side), window, origins)
     user = None
     if masks is not None:
         m = torch.as_tensor(masks[idx.numpy()] if isinstance(masks, np.ndarray) else masks[idx])
@@ -251,7 +282,8 @@ def fit_shared(images, model: MorphableModel, track: TrackResult, lms: Tensor, c
     t = track.n_frames
     idx = torch.linspace(0, t - 1, min(config.tex_frames, t)).round().long().unique()  # CPU: frames to read
     di = idx.to(lms.device)
-    chunk = _load_chunk(images, masks, lms, idx, _windows(model, track, di, config), track.image_size)
+    frames = [images[int(i)] for i in idx]
+    chunk = _load_chunk(frames, masks, lms, idx, _windows(model, track, di, config), track.image_size)
     params = {
         "euler": track.euler[di].clone(), "trans": track.trans[di].clone(), "exp": track.exp[di].clone(),
         "light": default_light(len(idx), device=lms.device), "tex": lms.new_zeros(model.n_tex),
@@ -295,11 +327,11 @@ def _refine(images, lms: Tensor, model: MorphableModel, track: TrackResult, conf
     photo = lms.new_zeros(t)
     before = None
     step = frames_per_chunk(config, model, lms.device, t)
-    for start in range(0, t, step):
-        idx = torch.arange(start, min(start + step, t))  # CPU: frames to read
+    chunks = [torch.arange(start, min(start + step, t)) for start in range(0, t, step)]  # CPU: frames to read
+    for idx, frames in zip(chunks, _read_ahead(images, chunks)):
         di = idx.to(lms.device)
         win = _windows(model, replace(track, euler=euler, trans=trans, exp=exp), di, config)
-        chunk = _load_chunk(images, masks, lms, idx, win, size)
+        chunk = _load_chunk(frames, masks, lms, idx, win, size)
         params = {"euler": euler[di].clone(), "trans": trans[di].clone(), "exp": exp[di].clone(),
                   "light": light[di].clone()}
         photo[di] = _adam_frames(model, track, chunk, config, params, config.iters, before)
