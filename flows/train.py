@@ -13,10 +13,13 @@ from talkflow import assets
 from talkflow.checks import TrainStage, choice, validate_name
 from talkflow.errors import InputError
 from tasks.dataset import DATASET_STAGES, registered_dataset
+from tasks.outputs import publish_output
 from tasks.train import (
     AvatarRecord,
     TrainAvatarConfig,
+    TrainPreset,
     TrainStageConfig,
+    avatar_key,
     train_head,
     train_lips,
     train_torso,
@@ -30,6 +33,7 @@ def train_avatar(
     person: str,
     config: TrainAvatarConfig = TrainAvatarConfig(),
     stage: TrainStage = "auto",
+    preset: TrainPreset = "reference",
 ) -> AvatarRecord:
     """Train a person's ER-NeRF avatar on the dataset preprocessing made for that person.
 
@@ -39,8 +43,13 @@ def train_avatar(
         config: the model size and each stage's settings (defaults: the reference schedule).
         stage: "auto" trains head, lips and torso; "head" or "lips" stop after that stage
             ("torso" is the same as "auto"). Stages already trained with the same inputs are cache hits.
+        preset: reference: the config as given (its defaults are ER-NeRF's model and schedule:
+            hours on a GPU); cpu-demo: the demo's small model and short schedule (minutes on a
+            CPU, a toy avatar), with any config field you changed from its default applied on top.
     """
     choice(stage, TrainStage, "stage")
+    choice(preset, TrainPreset, "preset")
+    config = config.on_preset(preset)
     ns = validate_name(person, "person")
     dataset = registered_dataset(ns)
     if dataset is None:
@@ -58,4 +67,6 @@ def train_avatar(
         torso = train_torso(dataset, lips, config.torso, namespace=ns)
     record = AvatarRecord(person=ns, dataset=dataset, head=head, lips=lips, torso=torso)
     write_avatar(record)
+    publish_output("train", avatar_key(ns), what="avatar", namespace=ns,
+                   stages={"head": head, "lips": lips, "torso": torso})
     return record

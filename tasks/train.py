@@ -54,6 +54,10 @@ RESUME_DIR = "resume"
 AVATARS_DIR = "avatars"
 
 ModelPreset = Literal["small", "reference"]
+TrainPreset = Literal["reference", "cpu-demo"]
+
+
+_MISSING = object()
 
 
 # ----------------------------------------------------------------------------------- configs
@@ -113,6 +117,38 @@ class TrainAvatarConfig(BaseModel):
         return cls(model="small", head=TrainStageConfig(steps=300, **quick),
                    lips=TrainStageConfig(steps=30, **{**quick, "rays_per_batch": 512, "lr_net": None}),
                    torso=TrainStageConfig(steps=600, **quick))
+
+    @classmethod
+    def preset(cls, name: TrainPreset) -> TrainAvatarConfig:
+        """reference: ER-NeRF's sizes and schedule (hours on a GPU); cpu-demo: the demo's small
+        model and short schedule (minutes on 2 CPU cores, a toy avatar)."""
+        if name == "reference":
+            return cls()
+        if name == "cpu-demo":
+            return cls.cpu_demo()
+        raise InputError(f"unknown training preset {name!r}; use 'reference' or 'cpu-demo'")
+
+    def on_preset(self, name: TrainPreset) -> TrainAvatarConfig:
+        """The preset `name`, with every field of this config that differs from the reference
+        default applied on top (a form sends the whole config: its untouched fields are the
+        reference's, and give way to the preset's). With "reference" this is the config itself."""
+        if name == "reference":
+            return self
+
+        def changed(value: Any, default: Any) -> Any:
+            if isinstance(value, dict) and isinstance(default, dict):
+                out = {k: changed(v, default.get(k, _MISSING)) for k, v in value.items()}
+                return {k: v for k, v in out.items() if v is not _MISSING}
+            return _MISSING if value == default else value
+
+        def merge(base: dict, top: dict) -> dict:
+            out = dict(base)
+            for k, v in top.items():
+                out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+            return out
+
+        edits = changed(self.model_dump(), type(self)().model_dump())
+        return type(self).model_validate(merge(type(self).preset(name).model_dump(), edits))
 
     def validate_stages(self) -> None:
         """Raise InputError for a bad override before any work starts."""

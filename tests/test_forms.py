@@ -85,3 +85,19 @@ def test_one_of_audio_or_text_is_stated_in_the_form(name):
     for param in ("audio", "text"):
         assert "exactly one of audio or text" in schema["properties"][param]["description"]
     assert "exactly one of audio or text" in deployment["description"]
+
+
+def test_train_form_offers_the_cpu_demo_preset():
+    from tasks.train import TrainAvatarConfig, TrainStageConfig
+
+    prop = form_schema("flows.train:train_avatar")["properties"]["preset"]
+    assert prop["default"] == "reference" and set(prop["enum"]) == {"reference", "cpu-demo"}
+    assert "minutes" in prop["description"]
+    # the form sends the whole config: untouched fields give way to the preset, changed ones win
+    demo = TrainAvatarConfig.cpu_demo()
+    assert TrainAvatarConfig().on_preset("cpu-demo") == demo
+    edited = TrainAvatarConfig(head=TrainStageConfig.reference("head").model_copy(update={"steps": 7}))
+    on_demo = edited.on_preset("cpu-demo")
+    assert on_demo.head.steps == 7 and on_demo.head.rays_per_batch == demo.head.rays_per_batch
+    assert on_demo.model == "small" and on_demo.torso == demo.torso
+    assert edited.on_preset("reference") == edited and demo.on_preset("reference") == demo

@@ -1,0 +1,169 @@
+"""One machine without Docker, end to end: a fresh Prefect server, the project's prefect.yaml
+deployed to a process pool, and a process worker started as the README says, running the
+sample-clip, preprocess, train and infer deployments one after the other with the forms'
+defaults plus the required fields (and a small size, so it fits on 2 CPU cores).
+
+The next run's input comes from the last run's artifacts, as a person in the UI would copy it:
+preprocess reads the video the sample-clip run's link artifact names; train and infer find the
+person by name. Each run must show its output artifacts (link, preview, stage table) and log
+where its output went. The run times are printed (`-s`) and written to the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.servers import api, clean_env, deploy_all, prefect_server, setup_server, start, stop, tail
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = "local"
+SMALL = 256  # px: dlib still finds the portrait's face (see flows/demo.py)
+TEXT = "Hello there, this is a short test."
+NEW_TEXT = "A new sentence."
+RUN_TIMEOUT_S = {"sample-clip": 300, "preprocess": 900, "train": 900, "infer": 600}
+
+
+def run(url: str, deployment: str, parameters: dict, timeout_s: float, logs) -> tuple:
+    from prefect.deployments import run_deployment
+
+    t0 = time.perf_counter()
+    with api(url):
+        flow_run = run_deployment(deployment, parameters=parameters, timeout=timeout_s, poll_interval=2)
+    seconds = time.perf_counter() - t0
+    assert flow_run.state is not None and flow_run.state.is_completed(), (deployment, flow_run.state, logs())
+    return flow_run, round(seconds, 1)
+
+
+def artifacts_of(url: str, flow_run_id) -> dict:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with api(url), get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in found if a.key}
+
+
+def run_logs(url: str, flow_run_id) -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with api(url), get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(entry.message for entry in logs)
+
+
+def task_runs(url: str, flow_run_id, timeout_s: float = 30.0) -> dict:
+    """The flow run's task runs by stage name, once the server has recorded them all as completed
+    (it records task runs from the worker's events, a moment after the run ends)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout_s
+    with api(url), get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            done = all(r.state_type is not None and r.state_type.value == "COMPLETED" for r in runs)
+            if (runs and done) or time.monotonic() > deadline:
+                return {r.name.rsplit("-", 1)[0]: r for r in runs}
+            time.sleep(1.0)
+
+
+def output_path(arts: dict, base: str) -> Path:
+    """The store path the run's link artifact names (its link text), checked against its link."""
+    link = arts[f"{base}-output"]
+    assert link.type == "markdown" and "file://" in link.data, link.data
+    path = Path(link.data.split("[", 1)[1].split("](", 1)[0])
+    assert path.as_uri() in link.data and path.exists(), link.data
+    return path
+
+
+def test_sample_clip_preprocess_train_infer_through_a_process_worker(tmp_path):
+    person = f"e2e-{uuid.uuid4().hex[:6]}"
+    root = tmp_path / "worker-root"
+    root.mkdir()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with prefect_server(tmp_path, "sqlite") as server:
+        env = clean_env(PREFECT_API_URL=server.url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+        setup_server(env, "--process-pool", POOL)
+        deploy_all(env)
+        timings["server_setup_deploy_s"] = round(time.perf_counter() - t0, 1)
+        log = tmp_path / "worker.log"
+        worker = start(["bash", str(ROOT / "docker" / "entrypoint.sh"), "worker"],
+                       {**env, "TALKFLOW_WORKER_POOL": POOL, "TALKFLOW_WORKER_TYPE": "process",
+                        "TALKFLOW_DATA_ROOT": str(root), "TALKFLOW_PYTHON": sys.executable,
+                        "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_WORKER_QUERY_SECONDS": "2",
+                        "TALKFLOW_API_WAIT_S": "30"}, log)
+
+        def logs() -> str:
+            return f"--- server\n{tail(server.log)}\n--- worker\n{tail(log, 120)}"
+
+        try:
+            clip_run, timings["sample_clip_s"] = run(
+                server.url, "sample-clip/sample-clip", {"text": TEXT, "config": {"size": SMALL}},
+                RUN_TIMEOUT_S["sample-clip"], logs)
+            arts = artifacts_of(server.url, clip_run.id)
+            assert {"sample-clip-output", "sample-clip-preview", "sample-clip-stages"} <= set(arts)
+            clip = output_path(arts, "sample-clip")
+            assert clip.suffix == ".mp4" and str(clip).startswith(str(root))
+
+            # the video path a person copies from the sample clip's artifact into preprocess's form
+            data_run, timings["preprocess_s"] = run(
+                server.url, "preprocess-video/preprocess",
+                {"video": str(clip), "person": person, "config": {"normalize": {"size": SMALL}}},
+                RUN_TIMEOUT_S["preprocess"], logs)
+            arts = artifacts_of(server.url, data_run.id)
+            base = f"preprocess-{person}"
+            assert {f"{base}-output", f"{base}-preview", f"{base}-stages"} <= set(arts)
+            assert json.loads(output_path(arts, base).read_text())  # the dataset manifest
+            assert "dataset written to" in run_logs(server.url, data_run.id)
+
+            train_run, timings["train_s"] = run(
+                server.url, "train-avatar/train", {"person": person, "preset": "cpu-demo"},
+                RUN_TIMEOUT_S["train"], logs)
+            arts = artifacts_of(server.url, train_run.id)
+            base = f"train-{person}"
+            assert {f"{base}-output", f"{base}-stages"} <= set(arts)
+            record = json.loads(output_path(arts, base).read_text())
+            assert record["person"] == person and record["torso"]["meta"]["steps"] == 600  # cpu-demo
+            table = json.loads(arts[f"{base}-stages"].data)
+            assert {r["stage"]: r["status"] for r in table} == {
+                "head": "computed", "lips": "computed", "torso": "computed"}
+
+            video_run, timings["infer_s"] = run(
+                server.url, "render-video/infer", {"person": person, "text": NEW_TEXT},
+                RUN_TIMEOUT_S["infer"], logs)
+            arts = artifacts_of(server.url, video_run.id)
+            base = f"render-{person}"
+            assert {f"{base}-output", f"{base}-preview", f"{base}-stages"} <= set(arts)
+            video = output_path(arts, base)
+            assert video.suffix == ".mp4"
+            assert "video written to" in run_logs(server.url, video_run.id)
+
+            # the same request again: every stage a hit, shown as such in the stage table and
+            # on the task run records (state Cached, talkflow's key), as the UI shows them
+            again, timings["infer_again_s"] = run(
+                server.url, "render-video/infer", {"person": person, "text": NEW_TEXT},
+                RUN_TIMEOUT_S["infer"], logs)
+            arts = artifacts_of(server.url, again.id)
+            assert output_path(arts, base) == video
+            assert {row["status"] for row in json.loads(arts[f"{base}-stages"].data)} == {"cached"}
+            first, second = task_runs(server.url, video_run.id), task_runs(server.url, again.id)
+            assert set(second) == set(first) and {"tts", "render_frames", "mux"} <= set(second)
+            for name, r in second.items():
+                assert (first[name].state_name, r.state_name) == ("Completed", "Cached"), name
+                assert r.cache_key == first[name].cache_key and f".{name}.v" in r.cache_key
+        finally:
+            stop(worker)
+    timings["total_s"] = round(time.perf_counter() - t0, 1)
+    (tmp_path / "timings.json").write_text(json.dumps(timings))
+    print(f"\nworker pipeline timings: {json.dumps(timings)}")
