@@ -107,6 +107,34 @@ def test_batched_classical_parsing_matches_the_per_frame_reference(studio, studi
     np.testing.assert_array_equal(whole, got)
 
 
+def test_batched_parsing_with_person_masks_matches_the_per_frame_reference(studio, studio_lms):  # noqa: F811
+    """The segmentation path (person masks in place of the plate) batched: the same labels as
+    per-frame `classical_parsing(..., person=)`; `parse_frames` with the network batches it."""
+    from talkflow import assets
+
+    frames, _, wall = studio
+    cfg = parsing.ClassicalParsingConfig()
+    person = np.abs(frames.astype(np.int16) - wall.astype(np.int16)).max(-1) > 30  # (T,S,S) masks
+    ref = np.stack([parsing.classical_parsing(f, lm, None, cfg, person=m)
+                    for f, lm, m in zip(frames, studio_lms, person)])
+    got = parsing.classical_parsing_batch(frames, studio_lms, None, cfg, person=person)
+    assert (got != ref).mean() < 1e-4
+    for part in (parsing.HEAD, parsing.NECK, parsing.TORSO):
+        assert min(_iou(ref[k] == part, got[k] == part) for k in range(len(ref))) > 0.98
+    with pytest.raises(parsing.InputError, match="person masks"):
+        parsing.classical_parsing_batch(frames[:2], studio_lms[:2], None, cfg, person=person[:1])
+    seg = assets.shipped("selfie_segmentation")
+    if seg is not None:
+        from models.face.selfie_segmentation import SelfieSegmenter
+
+        masks = np.stack([SelfieSegmenter(seg).mask(f) for f in frames[:4]])
+        each = np.stack([parsing.classical_parsing(f, lm, None, cfg, person=m)
+                         for f, lm, m in zip(frames[:4], studio_lms[:4], masks)])
+        whole = parsing.parse_frames(frames[:4], studio_lms[:4], segmentation=seg,
+                                     config=parsing.ParsingConfig(method="classical", batch_size=3))
+        assert (whole != each).mean() < 1e-4
+
+
 def test_batched_parsing_rejects_bad_shapes(studio, studio_lms):  # noqa: F811
     frames, _, wall = studio
     with pytest.raises(parsing.InputError):

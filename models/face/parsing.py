@@ -694,14 +694,20 @@ def _foreground_batch(frames: torch.Tensor, background: torch.Tensor, cfg: Class
 
 
 def classical_parsing_batch(
-    frames: np.ndarray, lms: np.ndarray, background: np.ndarray, config: ClassicalParsingConfig | None = None
+    frames: np.ndarray, lms: np.ndarray, background: np.ndarray | None, config: ClassicalParsingConfig | None = None,
+    person: np.ndarray | None = None,
 ) -> np.ndarray:
     """`classical_parsing` of a batch: frames (B,S,S,3) uint8, lms (B,68,2), the plate (S,S,3)
-    uint8 -> labels (B,S,S) uint8."""
+    uint8 or person masks (B,S,S) bool in its place -> labels (B,S,S) uint8."""
     cfg = config or ClassicalParsingConfig()
-    frames, background = np.asarray(frames), np.asarray(background)
-    if frames.ndim != 4 or frames.shape[1:] != background.shape or frames.shape[3] != 3:
-        raise InputError(f"frames {frames.shape} must be (B,S,S,3) over a background (S,S,3), got {background.shape}")
+    frames = np.asarray(frames)
+    if person is not None:
+        person = np.asarray(person, bool)
+        if frames.ndim != 4 or person.shape != frames.shape[:3]:
+            raise InputError(f"person masks {person.shape} do not match frames {frames.shape}")
+    elif background is None or frames.ndim != 4 or frames.shape[1:] != np.shape(background) or frames.shape[3] != 3:
+        raise InputError(f"frames {frames.shape} must be (B,S,S,3) over a background (S,S,3), "
+                         f"got {None if background is None else np.shape(background)}")
     b, shape = frames.shape[0], frames.shape[1:3]
     g = _BatchGeometry(np.asarray(lms), shape, cfg)
     core = g.polygon("core")
@@ -709,13 +715,16 @@ def classical_parsing_batch(
     near_head = g.ellipse("near_head")
     below_jaw = g.below_jaw()
     seed = (core | g.person_prior(cfg, skull)).numpy()
-    fg_t = _foreground_batch(torch.from_numpy(frames), torch.from_numpy(background.copy())[None], cfg).numpy()
+    if person is None:  # the background difference, its holes filled (`foreground_mask`)
+        fg_t = _foreground_batch(torch.from_numpy(frames), torch.from_numpy(np.array(background))[None], cfg).numpy()
+    else:
+        fg_t = person
     core_n, skull_n, below_n = core.numpy(), skull.numpy(), below_jaw.numpy()
     fg = np.empty_like(fg_t)
     head = np.empty_like(fg_t)
     min_area = cfg.min_component_share * fg_t[0].size
     for i, p in enumerate(g.frames):  # components, holes and the head's closing: per frame
-        f = _keep_person_components(_fill_holes(fg_t[i]), seed[i], min_area) | core_n[i]
+        f = _keep_person_components(_fill_holes(fg_t[i]) if person is None else fg_t[i], seed[i], min_area) | core_n[i]
         hd = core_n[i] | (f & skull_n[i] & ~below_n[i])
         if cfg.head_close > 0:
             r = max(int(round(cfg.head_close * p.face_h)), 1)
@@ -864,11 +873,13 @@ def parse_frames(
         from models.face.selfie_segmentation import SelfieSegmenter
 
         segmenter = SelfieSegmenter(segmentation)
-        for i in range(t):
-            frame = np.asarray(frames[i])
-            out[i] = classical_parsing(frame, lms[i], None, cfg.classical, person=segmenter.mask(frame))
+        for s in range(0, t, cfg.batch_size):
+            e = min(s + cfg.batch_size, t)
+            batch = np.stack([np.asarray(frames[i]) for i in range(s, e)])
+            person = np.stack([segmenter.mask(frame) for frame in batch])
+            out[s:e] = classical_parsing_batch(batch, lms[s:e], None, cfg.classical, person=person)
             if progress is not None:
-                progress(i + 1, t)
+                progress(e, t)
         return out
 
     passes = 2 if background is None and cfg.refine_background else 1
