@@ -60,6 +60,12 @@ class PreprocessConfig(BaseModel):
 BRANCH_WORKERS = 6
 
 
+def _on_thread(stage_task):
+    """`stage_task` for a worker thread of the flow: Prefect cannot interrupt a task there, so
+    it runs without the stage timeout (Prefect would only warn about it on every run)."""
+    return stage_task.with_options(timeout_seconds=None)
+
+
 @flow(name="preprocess-video", task_runner=ThreadPoolTaskRunner(max_workers=BRANCH_WORKERS))
 def preprocess_video(video: Path, person: str, config: PreprocessConfig = PreprocessConfig()) -> StageResult:
     """Turn a talking-head video into an ER-NeRF dataset (a manifest; see docs/dataset.md).
@@ -82,19 +88,20 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     if config.audio.kind in MODEL_KINDS and model_dir is None:
         assets.require(config.audio.kind)  # raises with what to register
     # Independent branches, submitted together; a future passed on is awaited by its consumer.
-    features = audio_features.submit(normalized["audio"], frames.meta["n_frames"], config.audio,
-                                     model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns)
-    tracking = track_faces.submit(frames, landmarks, config.tracking, bfm=assets.locate("bfm"), namespace=ns)
+    features = _on_thread(audio_features).submit(normalized["audio"], frames.meta["n_frames"], config.audio,
+                                                 model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns)
+    tracking = _on_thread(track_faces).submit(frames, landmarks, config.tracking, bfm=assets.locate("bfm"),
+                                              namespace=ns)
     bisenet = assets.locate("bisenet") if config.parsing.method != "classical" else None
     if config.parsing.method == "bisenet" and bisenet is None:
         assets.require("bisenet")  # raises with what to register
     segmentation = (assets.shipped("selfie_segmentation") if config.parsing.person_mask == "segmentation"
                     and resolve_method(config.parsing.method, bisenet) == "classical" else None)
-    parsing = parse_faces.submit(frames, landmarks, config.parsing, weights=bisenet, segmentation=segmentation,
-                                 namespace=ns)
-    background = estimate_plate.submit(frames, parsing, config.background, namespace=ns)
-    composite = composite_images.submit(frames, parsing, background, config.torso, namespace=ns)
-    blinks = detect_blinks.submit(landmarks, config.blinks, fps=normalized.meta["fps"], namespace=ns)
+    parsing = _on_thread(parse_faces).submit(frames, landmarks, config.parsing, weights=bisenet,
+                                             segmentation=segmentation, namespace=ns)
+    background = _on_thread(estimate_plate).submit(frames, parsing, config.background, namespace=ns)
+    composite = _on_thread(composite_images).submit(frames, parsing, background, config.torso, namespace=ns)
+    blinks = _on_thread(detect_blinks).submit(landmarks, config.blinks, fps=normalized.meta["fps"], namespace=ns)
     features, parsing, background, composite, blinks, tracking = (
         f.result() for f in (features, parsing, background, composite, blinks, tracking))
     dataset = assemble_dataset(normalized, frames, landmarks, features, parsing, background, composite,

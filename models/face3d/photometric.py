@@ -192,7 +192,7 @@ class _Pixels:
     target: Tensor  # (S, 3) the frames' colours there
 
     @staticmethod
-    def select(pix_to_face: Tensor, chunk: _Chunk) -> "_Pixels":
+    def select(pix_to_face: Tensor, chunk: _Chunk) -> _Pixels:
         mask = _erode(pix_to_face >= 0)
         if chunk.user_mask is not None:
             mask = mask & chunk.user_mask
