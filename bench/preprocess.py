@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -64,7 +65,7 @@ def make_clip(seconds: float, size: int) -> Path:
     from flows.sample_clip import SampleClipConfig, make_sample_clip
     from talkflow.store import get_store
 
-    text = SENTENCE * max(1, round(seconds / 5.0))  # about 5 s of speech per sentence
+    text = SENTENCE * max(1, math.ceil(seconds / 4.0))  # piper speaks a sentence in ~4.4 s: at least `seconds`
     clip = make_sample_clip(text, SampleClipConfig(size=size))
     return get_store().fetch(clip["video"])
 
