@@ -293,6 +293,31 @@ def test_rasterization_z_buffer_and_batches(model):
     assert torch.equal(whole[0], split[0]) and torch.equal(whole[1], split[1])
 
 
+def test_rendering_chosen_pixels_equals_the_full_window(model):
+    """Shading only some pixels (what the photometric term counts) gives those pixels of the
+    full window, and the same gradients for a loss on them."""
+    from models.face3d.render import face_window, project_vertices, render_window
+
+    truth, _ = synthetic_clip(model, 3, size=256, focal=550.0)
+    _, _, px = project_vertices(model, truth["id"], truth["exp"], truth["euler"], truth["trans"], 550.0, 256)
+    win = face_window(px, 48)
+    grads = []
+    for chosen in (False, True):
+        euler = truth["euler"].clone().requires_grad_()
+        full = render_window(model, truth["id"], truth["exp"], euler, truth["trans"], 550.0, 256, win)
+        sel = full.mask.reshape(-1).nonzero()[:, 0][::3]
+        if chosen:
+            out = render_window(model, truth["id"], truth["exp"], euler, truth["trans"], 550.0, 256, win,
+                                pix_to_face=full.pix_to_face, pixels=sel).image
+            torch.testing.assert_close(out, full.image.reshape(-1, 3)[sel].detach())
+        else:
+            out = full.image.reshape(-1, 3)[sel]
+        (out * torch.linspace(0.5, 1.5, 3)).sum().backward()
+        grads.append(euler.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Landmark fitting
 # ---------------------------------------------------------------------------------------------
