@@ -192,7 +192,7 @@ def main() -> None:
     times["preprocess_s"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
-    avatar = train_avatar(dataset, PERSON, _train_config(args), stage="lips")
+    avatar = train_avatar(PERSON, _train_config(args), stage="lips")  # the dataset preprocess registered
     times["train_s"] = round(time.perf_counter() - t0, 1)
 
     with tempfile.TemporaryDirectory(prefix="lipsync-") as tmp:

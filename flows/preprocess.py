@@ -63,7 +63,9 @@ BRANCH_WORKERS = 6
 def _on_thread(stage_task):
     """`stage_task` for a worker thread of the flow: Prefect cannot interrupt a task there, so
     it runs without the stage timeout (Prefect would only warn about it on every run)."""
-    return stage_task.with_options(timeout_seconds=None)
+    on_thread = stage_task.with_options()  # a copy (with_options reads None as "unchanged")
+    on_thread.timeout_seconds = None
+    return on_thread
 
 
 @flow(name="preprocess-video", task_runner=ThreadPoolTaskRunner(max_workers=BRANCH_WORKERS))

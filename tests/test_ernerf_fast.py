@@ -216,6 +216,29 @@ def test_triton_kernels_equal_the_torch_lookup():
     assert res.returncode == 0 and "kernels equal" in res.stdout, res.stderr[-4000:]
 
 
+@pytest.mark.parametrize("cfg", [
+    HashGridConfig(num_levels=6, features_per_level=2, base_resolution=8, desired_resolution=96, log2_hashmap_size=11),
+    HashGridConfig(num_levels=4, features_per_level=2, base_resolution=8, desired_resolution=64, log2_hashmap_size=10,
+                   grid_type="tiled"),
+    HashGridConfig(),  # the reference: 12 dense levels, 4 hashed
+], ids=["small-hash", "small-tiled", "reference"])
+def test_inference_lookup_equals_the_autograd_lookup(cfg):
+    """Without autograd the dense levels are read by grid_sample: the same features (points
+    outside [0, 1]^2 included) as the lookup training uses, to float rounding."""
+    grid = HashGrid2D(cfg)
+    with torch.no_grad():
+        grid.table.uniform_(-1e-2, 1e-2)
+    x = torch.rand(5000, 2, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1
+    ref = grid.lookup(x)  # grad enabled and the table requires grad: the autograd function
+    assert ref.requires_grad
+    with torch.no_grad():
+        fast = grid.lookup(x)
+    assert grid.num_dense > 0 and fast.shape == ref.shape
+    torch.testing.assert_close(fast, ref.detach(), rtol=0, atol=2e-6)
+    outside = ((x < 0) | (x > 1)).any(-1)
+    assert outside.any() and torch.all(fast[outside] == 0)
+
+
 def test_auto_backend_keeps_torch_on_the_cpu():
     grid = HashGrid2D(HashGridConfig(num_levels=2, base_resolution=4, desired_resolution=8, log2_hashmap_size=6))
     assert not use_fused(grid, torch.rand(3, 2))

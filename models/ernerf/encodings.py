@@ -177,9 +177,36 @@ class HashGrid2D(nn.Module):
         return encode_planes(x01, ((0, 1),), (self,))
 
     def lookup(self, x01: Tensor) -> Tensor:
-        """The pure-torch lookup (the reference): x01 (N, 2) -> (N, L * F)."""
-        out = _HashGridInterp.apply(x01.detach().to(self.table.dtype), self.table, self)
-        return out.reshape(x01.shape[0], self.output_dim)
+        """The pure-torch lookup (the reference): x01 (N, 2) -> (N, L * F). Without autograd
+        (rendering) the dense levels are read by `grid_sample` (`_lookup_no_grad`)."""
+        if torch.is_grad_enabled() and self.table.requires_grad:
+            out = _HashGridInterp.apply(x01.detach().to(self.table.dtype), self.table, self)
+            return out.reshape(x01.shape[0], self.output_dim)
+        return self._lookup_no_grad(x01.detach().to(self.table.dtype))
+
+    @torch.no_grad()
+    def _lookup_no_grad(self, x01: Tensor) -> Tensor:
+        """The same lookup for inference: each dense level is its (V, V) vertex grid read by
+        `F.grid_sample` (bilinear, align_corners: vertex k sits at k), the hashed levels as in
+        `corners`; equal to `_HashGridInterp` to float rounding (tested)."""
+        n, f, d = x01.shape[0], self.cfg.features_per_level, self.num_dense
+        inside = ((x01 >= 0) & (x01 <= 1)).all(dim=-1)  # (N,)
+        pos = x01.clamp(0, 1)[:, None, :] * self.scales.to(x01.dtype)[None, :, None] + 0.5  # (N, L, 2)
+        out = x01.new_empty(n, self.cfg.num_levels, f)
+        lay = self.layout
+        for level in range(d):
+            v, start = lay.vertices[level], lay.offsets[level]
+            image = self.table[start:start + v * v].view(v, v, f).permute(2, 0, 1)[None]  # (1, F, y, x)
+            grid = (pos[:, level] * (2.0 / (v - 1)) - 1.0).view(1, 1, n, 2)
+            out[:, level] = torch.nn.functional.grid_sample(image, grid, mode="bilinear", align_corners=True)[0, :, 0].T
+        if d < self.cfg.num_levels:
+            hashed = pos[:, d:]
+            cell = torch.floor(hashed)
+            index = _corner_indices(cell.long(), self.vertices[d:], self.offsets[d:], 0, self.hash_mask,
+                                    self.cfg.grid_type)
+            feats = self.table.index_select(0, index.view(-1)).view(*index.shape, f)  # (N, Lh, 4, F)
+            out[:, d:] = (_bilinear_weights(hashed - cell)[..., None] * feats).sum(dim=2)
+        return (out * inside[:, None, None].to(out.dtype)).reshape(n, self.output_dim)
 
 
 Backend = Literal["auto", "torch", "triton"]

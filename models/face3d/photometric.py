@@ -113,10 +113,10 @@ def _read_ahead(images, chunks: list[Tensor]) -> Iterator[list]:
 def _as_frames(frames: list, size: int, device: torch.device, origins: Tensor, side: int) -> Tensor:
     """Crops (B, side, side, 3) float [0, 1] at `origins` of (S, S, 3) uint8 / float frames."""
     def crop(frame, o):
-        frame = torch.as_tensor(np.asarray(frame))
         if frame.shape != (size, size, 3):
             raise InputError(f"frames must be {size}x{size} RGB, got shape {tuple(frame.shape)}")
-        return frame[o[1]:o[1] + side, o[0]:o[0] + side]
+        part = frame[o[1]:o[1] + side, o[0]:o[0] + side]
+        return part if isinstance(part, Tensor) else torch.from_numpy(np.array(part))  # a writable copy
 
     batch = torch.stack([crop(frame, o.tolist()) for frame, o in zip(frames, origins)])
     if batch.dtype == torch.uint8:
