@@ -424,6 +424,25 @@ def test_extract_logmel_features_and_files(tmp_path):
     assert info2 == info
 
 
+def test_logmel_features_are_standardised_per_band_and_ignore_the_gain():
+    """Each band has mean 0 and variance 1 over the clip, so the same speech 4x louder gives the
+    same features; `normalize=False` keeps the raw log-mel (which shifts by log 16)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 16000
+    x = 0.1 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t)) + 0.05 * rng.normal(size=t.size)
+    x = x.astype(np.float32)
+    feats, _ = af.extract_features(x, 16000, 50)
+    loud, _ = af.extract_features(4 * x, 16000, 50)
+    np.testing.assert_allclose(loud, feats, atol=1e-3)
+    steps = af.normalize_bands(af.log_mel(x))
+    np.testing.assert_allclose(steps.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(steps.std(0), 1, atol=1e-3)
+    raw = af.AudioFeatureConfig(logmel=af.LogMelConfig(normalize=False))
+    a, _ = af.extract_features(x, 16000, 50, config=raw)
+    b, _ = af.extract_features(4 * x, 16000, 50, config=raw)
+    assert abs(float((b - a).mean()) - np.log(16)) < 0.05
+
+
 def test_hubert_from_local_folder(tmp_path):
     from transformers import HubertConfig, HubertModel
 

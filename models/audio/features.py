@@ -5,7 +5,8 @@ Kinds (``FeatureInfo.kind``):
 * ``logmel`` (default, no weights): 80-band log-mel spectrogram in pure torch: 16 kHz,
   400-sample Hann window (zero-padded to n_fft 512), hop 320 (50 Hz), centred frames with
   zero padding, power spectrum, Slaney mel scale and Slaney area normalisation (librosa's
-  defaults), natural log with a floor (``log_floor``).
+  defaults), natural log with a floor (``log_floor``), then each band standardised over the
+  clip (``normalize``, on by default: a louder or quieter recording gives the same features).
 * ``hubert``: last hidden state of a transformers ``HubertModel`` (1024 for HuBERT large,
   ``hubert-large-ls960-ft`` as in ER-NeRF), loaded from a LOCAL folder only.
 * ``wav2vec2``: logits of a transformers ``Wav2Vec2ForCTC`` (44 for the esperanto model
@@ -71,6 +72,17 @@ class LogMelConfig(pydantic.BaseModel):
     fmin: float = pydantic.Field(0.0, description="Lowest mel frequency, Hz.")
     fmax: float | None = pydantic.Field(None, description="Highest mel frequency, Hz; empty: half the sample rate.")
     log_floor: float = pydantic.Field(1e-5, gt=0, description="Mel power floor before the log.")
+    normalize: bool = pydantic.Field(
+        True, description="Standardise each band over the clip (mean 0, variance 1), as speech recognisers' "
+        "CMVN: the loudness, microphone and part of the voice drop out, and the network sees unit-scale inputs.")
+
+
+def normalize_bands(steps: np.ndarray) -> np.ndarray:
+    """(L, M) features -> each column (band) at mean 0 and standard deviation 1 over the clip
+    (a band constant over the clip becomes 0)."""
+    mean = steps.mean(0, keepdims=True)
+    std = steps.std(0, keepdims=True)
+    return ((steps - mean) / np.maximum(std, 1e-3)).astype(np.float32)
 
 
 class AudioFeatureConfig(pydantic.BaseModel):
@@ -360,6 +372,7 @@ def extract_features(
         n_frames = max(int(round(x.size / SAMPLE_RATE * VIDEO_FPS)), 1)
     if cfg.kind == "logmel":
         steps = log_mel(x, cfg.logmel)
+        steps = normalize_bands(steps) if cfg.logmel.normalize else steps
     elif cfg.kind == "phonemes":
         from models.audio.phonemes import phone_features
 
