@@ -45,18 +45,24 @@ def _corner(x, y, scale, verts, offset, level, num_dense, hash_mask, c: tl.const
 
 
 @triton.jit
-def _forward_kernel(x_ptr, table_ptr, out_ptr, scales_ptr, verts_ptr, offsets_ptr, n_points, x_stride,
-                    ax, ay, out_stride, out_col, num_dense, hash_mask,
-                    F: tl.constexpr, HASH: tl.constexpr, BLOCK: tl.constexpr):
+def _points(x_ptr, scales_ptr, verts_ptr, offsets_ptr, n_points, x_stride, ax, ay, BLOCK: tl.constexpr):
+    """This program's level and block of points: (level, n64, valid, x, y, scale, verts, offset)."""
     level = tl.program_id(1)
     n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = n < n_points
     n64 = n.to(tl.int64)
     x = tl.load(x_ptr + n64 * x_stride + ax, mask=valid, other=0.0)
     y = tl.load(x_ptr + n64 * x_stride + ay, mask=valid, other=0.0)
-    scale = tl.load(scales_ptr + level)
-    verts = tl.load(verts_ptr + level)
-    offset = tl.load(offsets_ptr + level)
+    scale, verts, offset = tl.load(scales_ptr + level), tl.load(verts_ptr + level), tl.load(offsets_ptr + level)
+    return level, n64, valid, x, y, scale, verts, offset
+
+
+@triton.jit
+def _forward_kernel(x_ptr, table_ptr, out_ptr, scales_ptr, verts_ptr, offsets_ptr, n_points, x_stride,
+                    ax, ay, out_stride, out_col, num_dense, hash_mask,
+                    F: tl.constexpr, HASH: tl.constexpr, BLOCK: tl.constexpr):
+    level, n64, valid, x, y, scale, verts, offset = _points(x_ptr, scales_ptr, verts_ptr, offsets_ptr, n_points,
+                                                            x_stride, ax, ay, BLOCK)
     for f in tl.static_range(F):
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for c in tl.static_range(4):
@@ -69,15 +75,8 @@ def _forward_kernel(x_ptr, table_ptr, out_ptr, scales_ptr, verts_ptr, offsets_pt
 def _backward_kernel(x_ptr, grad_ptr, grad_table_ptr, scales_ptr, verts_ptr, offsets_ptr, n_points, x_stride,
                      ax, ay, grad_stride, grad_col, num_dense, hash_mask,
                      F: tl.constexpr, HASH: tl.constexpr, BLOCK: tl.constexpr):
-    level = tl.program_id(1)
-    n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    valid = n < n_points
-    n64 = n.to(tl.int64)
-    x = tl.load(x_ptr + n64 * x_stride + ax, mask=valid, other=0.0)
-    y = tl.load(x_ptr + n64 * x_stride + ay, mask=valid, other=0.0)
-    scale = tl.load(scales_ptr + level)
-    verts = tl.load(verts_ptr + level)
-    offset = tl.load(offsets_ptr + level)
+    level, n64, valid, x, y, scale, verts, offset = _points(x_ptr, scales_ptr, verts_ptr, offsets_ptr, n_points,
+                                                            x_stride, ax, ay, BLOCK)
     for f in tl.static_range(F):
         g = tl.load(grad_ptr + n64 * grad_stride + grad_col + level * F + f, mask=valid, other=0.0)
         for c in tl.static_range(4):
