@@ -52,13 +52,24 @@ def artifacts_of(url: str, flow_run_id) -> dict:
     return {a.key: a for a in found if a.key}
 
 
-def run_logs(url: str, flow_run_id) -> str:
+def run_logs(url: str, flow_run_id, expect: str, timeout_s: float = 30.0) -> str:
+    """The flow run's log messages, once one contains `expect` (the run's processes ship their
+    logs in batches, which may reach the server a moment after the run has ended) or the time is up."""
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    deadline = time.monotonic() + timeout_s
     with api(url), get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return "\n".join(entry.message for entry in logs)
+        while True:
+            logs, page = [], None
+            while page is None or len(page) == 200:  # the API returns at most 200 per call
+                page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                        limit=200, offset=len(logs))
+                logs += page
+            text = "\n".join(entry.message for entry in logs)
+            if expect in text or time.monotonic() > deadline:
+                return text
+            time.sleep(1.0)
 
 
 def task_runs(url: str, flow_run_id, timeout_s: float = 30.0) -> dict:
@@ -125,7 +136,7 @@ def test_sample_clip_preprocess_train_infer_through_a_process_worker(tmp_path):
             base = f"preprocess-{person}"
             assert {f"{base}-output", f"{base}-preview", f"{base}-stages"} <= set(arts)
             assert json.loads(output_path(arts, base).read_text())  # the dataset manifest
-            assert "dataset written to" in run_logs(server.url, data_run.id)
+            assert "dataset written to" in run_logs(server.url, data_run.id, "dataset written to")
 
             train_run, timings["train_s"] = run(
                 server.url, "train-avatar/train", {"person": person, "preset": "cpu-demo"},
@@ -147,7 +158,7 @@ def test_sample_clip_preprocess_train_infer_through_a_process_worker(tmp_path):
             assert {f"{base}-output", f"{base}-preview", f"{base}-stages"} <= set(arts)
             video = output_path(arts, base)
             assert video.suffix == ".mp4"
-            assert "video written to" in run_logs(server.url, video_run.id)
+            assert "video written to" in run_logs(server.url, video_run.id, "video written to")
 
             # the same request again: every stage a hit, shown as such in the stage table and
             # on the task run records (state Cached, talkflow's key), as the UI shows them
