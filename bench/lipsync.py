@@ -59,6 +59,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--head-steps", type=int, default=None, help="default: 2000 small, 5000 reference")
     p.add_argument("--lips-steps", type=int, default=None, help="default: head-steps / 10")
     p.add_argument("--rays", type=int, default=None, help="rays per step; default 2048 small, 65536 reference")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training's ray sampling (run-to-run spread)")
     p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True,
                    help="photometric refinement of the 3DMM tracking")
     p.add_argument("--max-offset", type=int, default=5, help="audio-video offsets searched, frames")
@@ -73,10 +74,10 @@ def _train_config(args: argparse.Namespace):
     lips = args.lips_steps or max(head // 10, 1)
     if args.preset == "reference":
         rays = args.rays or 65536
-        return TrainAvatarConfig(head=TrainStageConfig(steps=head, rays_per_batch=rays),
-                                 lips=TrainStageConfig(steps=lips, rays_per_batch=rays))
+        return TrainAvatarConfig(head=TrainStageConfig(steps=head, rays_per_batch=rays, seed=args.seed),
+                                 lips=TrainStageConfig(steps=lips, rays_per_batch=rays, seed=args.seed))
     rays = args.rays or 2048
-    quick = {"rays_per_batch": rays, "checkpoint_every": 500, "val_frames": 4, "val_downscale": 2}
+    quick = {"rays_per_batch": rays, "checkpoint_every": 500, "val_frames": 4, "val_downscale": 2, "seed": args.seed}
     return TrainAvatarConfig(model="small", head=TrainStageConfig(steps=head, lr_net=5e-3, **quick),
                              lips=TrainStageConfig(steps=lips, **quick))
 
@@ -205,7 +206,7 @@ def main() -> None:
         times["new_voice_s"] = round(time.perf_counter() - t0, 1)
 
     print(json.dumps({
-        "bench": "lipsync", "features": args.features, "preset": args.preset, "size": args.size,
+        "bench": "lipsync", "features": args.features, "preset": args.preset, "size": args.size, "seed": args.seed,
         "clip_s": round(sample.meta["duration_s"], 2), "frames": dataset.meta["n_frames"],
         "n_train": dataset.meta["n_train"], "n_val": dataset.meta["n_val"],
         "head_steps": avatar.head.meta["steps"], "lips_steps": avatar.lips.meta["steps"],

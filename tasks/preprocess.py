@@ -151,7 +151,7 @@ def audio_features(
                            meta=info.model_dump())
 
 
-@stage("parsing", "1")
+@stage("parsing", "2")
 def parse_faces(
     frames: StageResult,
     landmarks: StageResult,

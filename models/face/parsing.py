@@ -11,9 +11,9 @@ Two methods:
   morphology; head = the face from the landmarks (convex hull of the jaw and of the brows
   raised over the forehead) plus the foreground inside an ellipse fitted to the skull outline
   and above the jaw line; neck = foreground under the jaw inside a band about the jaw's width,
-  down to the shoulders (where the foreground widens); torso = the remaining foreground
-  below the chin. Foreground above the chin that
-  is not in the head yet but near it (long hair, a hat) is head too, as BiSeNet labels hair.
+  down to the shoulders (where the foreground widens); torso = the rest of the person
+  (shoulders, a collar rising beside the neck). Foreground near the head and above the mouth's
+  level that is not in the head yet (long hair, a hat) is head too, as BiSeNet labels hair.
   Without a background plate, one is bootstrapped: the temporal median outside a generous
   landmark-based person prior, refined once from the first parsing. Pixels the person never
   uncovers are guessed from the nearest visible background, so a busy background right
@@ -274,7 +274,10 @@ class ClassicalParsingConfig(pydantic.BaseModel):
     neck_core: float = pydantic.Field(0.5, ge=0, description="Width under the chin always labelled neck, x jaw width.")
     head_close: float = pydantic.Field(0.08, ge=0, description="Closing radius inside the skull, x face height.")
     stray_hair_scale: float = pydantic.Field(
-        1.5, ge=1, description="Foreground above the chin within this skull scale counts as head.")
+        1.5, ge=1, description="Foreground within this skull scale and above stray_hair_low counts as head.")
+    stray_hair_low: float = pydantic.Field(
+        0.35, ge=0, description="Lowest stray hair, x face height above the chin (about the mouth); "
+                                "the person below it is torso.")
     body_slope: float = pydantic.Field(
         1.2, ge=0, description="Person prior: the body's half-width grows by this per px below the chin.")
 
@@ -503,11 +506,11 @@ def classical_parsing(
     neck = ((fg & band) | neck_core) & ~head & under
 
     rest = fg & ~head & ~neck
-    lower = below_jaw | (g.v > 0)
+    hair_zone = ~below_jaw & (g.v < -cfg.stray_hair_low * g.face_h)
     labels = np.zeros(shape, np.uint8)
-    labels[rest & lower] = TORSO
+    labels[rest] = TORSO
     near_head = _ellipse_mask(skull_pts, shape, cfg.stray_hair_scale)
-    labels[rest & ~lower & near_head] = HEAD  # hair, hats beside/above the head
+    labels[rest & hair_zone & near_head] = HEAD  # hair, hats beside/above the head
     labels[neck] = NECK
     labels[head] = HEAD
     return labels
@@ -755,10 +758,10 @@ def classical_parsing_batch(
     neck = ((fg_t & band) | neck_core) & ~head_t & under
 
     rest = fg_t & ~head_t & ~neck
-    lower = below_jaw | (v > 0)
+    hair_zone = ~below_jaw & (v < (-cfg.stray_hair_low * face_h).float())
     labels = torch.zeros(b, *shape, dtype=torch.uint8)
-    labels[rest & lower] = TORSO
-    labels[rest & ~lower & near_head] = HEAD
+    labels[rest] = TORSO
+    labels[rest & hair_zone & near_head] = HEAD
     labels[neck] = NECK
     labels[head_t] = HEAD
     return labels.numpy()
