@@ -236,16 +236,18 @@ def test_classical_parsing_with_known_background(studio, studio_lms):
 
 
 def test_classical_parsing_body_above_the_chin_is_torso_and_stray_hair_head(studio, studio_lms):
-    """A collar rising beside the neck to just under the mouth is torso (not background, not
-    head), a tuft of hair beside the temple is head, in the per-frame and the batched parser."""
+    """A collar rising beside the neck, from the jaw's side outwards, to just under the mouth
+    (`hair_low`) is torso (not background, not head), a tuft of hair beside the temple is head, in the per-frame
+    and the batched parser."""
     frames, _, wall = studio
     lm = studio_lms[0]
     person = np.abs(frames[0].astype(np.int16) - wall.astype(np.int16)).max(-1) > 30
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     jaw_w, chin_y, cx = lm[16, 0] - lm[0, 0], lm[8, 1], lm[:17, 0].mean()
-    mouth_y = lm[48:68, 1].mean()
-    collar = ((yy >= mouth_y + 0.2 * (chin_y - mouth_y)) & (yy <= chin_y + 0.3 * jaw_w)
-              & (np.abs(xx - cx) >= 0.75 * jaw_w) & (np.abs(xx - cx) <= 1.1 * jaw_w))
+    face_h = chin_y - lm[17:27, 1].mean()
+    top = chin_y - 0.8 * parsing.ClassicalParsingConfig().hair_low * face_h  # just under the mouth
+    collar = ((yy >= top) & (yy <= chin_y + 0.3 * jaw_w)
+              & (np.abs(xx - cx) >= 0.6 * jaw_w) & (np.abs(xx - cx) <= 1.1 * jaw_w))
     brow_y = lm[17:27, 1].mean()
     tuft = (yy >= brow_y - 0.1 * jaw_w) & (yy <= brow_y + 0.1 * jaw_w) & (xx >= lm[16, 0] + 0.1 * jaw_w) \
         & (xx <= lm[16, 0] + 0.25 * jaw_w)
@@ -256,7 +258,7 @@ def test_classical_parsing_body_above_the_chin_is_torso_and_stray_hair_head(stud
     one = parsing.classical_parsing(frame, lm, None, person=person)
     batch = parsing.classical_parsing_batch(frame[None], lm[None], None, person=person[None])[0]
     for labels in (one, batch):
-        assert (labels[collar] == parsing.TORSO).mean() > 0.97
+        assert (labels[collar] == parsing.TORSO).mean() > 0.995, np.bincount(labels[collar], minlength=4)
         assert (labels[tuft] == parsing.HEAD).mean() > 0.97
         assert not (labels[~person] == parsing.TORSO).any()  # torso only where the person is
 

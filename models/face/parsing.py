@@ -9,11 +9,12 @@ Two methods:
 * **classical** (no weights): foreground = MediaPipe's selfie segmentation when its network is
   given, else (static camera) pixels that differ from the background plate, cleaned by
   morphology; head = the face from the landmarks (convex hull of the jaw and of the brows
-  raised over the forehead) plus the foreground inside an ellipse fitted to the skull outline
-  and above the jaw line; neck = foreground under the jaw inside a band about the jaw's width,
-  down to the shoulders (where the foreground widens); torso = the rest of the person
-  (shoulders, a collar rising beside the neck). Foreground near the head and above the mouth's
-  level that is not in the head yet (long hair, a hat) is head too, as BiSeNet labels hair.
+  raised over the forehead) plus the foreground inside an ellipse fitted to the skull outline,
+  above the jaw line and, beside the jaw, above the mouth's level; neck = foreground under the
+  jaw inside a band about the jaw's width, down to the shoulders (where the foreground widens);
+  torso = the rest of the person (shoulders, a collar rising beside the neck). Foreground near
+  the head and above the mouth's level that is not in the head yet (long hair, a hat) is head
+  too, as BiSeNet labels hair.
   Without a background plate, one is bootstrapped: the temporal median outside a generous
   landmark-based person prior, refined once from the first parsing. Pixels the person never
   uncovers are guessed from the nearest visible background, so a busy background right
@@ -274,10 +275,10 @@ class ClassicalParsingConfig(pydantic.BaseModel):
     neck_core: float = pydantic.Field(0.5, ge=0, description="Width under the chin always labelled neck, x jaw width.")
     head_close: float = pydantic.Field(0.08, ge=0, description="Closing radius inside the skull, x face height.")
     stray_hair_scale: float = pydantic.Field(
-        1.5, ge=1, description="Foreground within this skull scale and above stray_hair_low counts as head.")
-    stray_hair_low: float = pydantic.Field(
-        0.35, ge=0, description="Lowest stray hair, x face height above the chin (about the mouth); "
-                                "the person below it is torso.")
+        1.5, ge=1, description="Foreground within this skull scale (and where hair can be) counts as head.")
+    hair_low: float = pydantic.Field(
+        0.35, ge=0, description="Hair and ears beside the jaw reach down to this x face height above the chin "
+                                "(about the mouth); the person lower beside the neck is neck or torso.")
     body_slope: float = pydantic.Field(
         1.2, ge=0, description="Person prior: the body's half-width grows by this per px below the chin.")
 
@@ -318,6 +319,12 @@ class _FaceGeometry:
         """(H,W) bool: under the jaw line, within its horizontal extent."""
         inside = (self.h >= self.jaw_h[0]) & (self.h <= self.jaw_h[-1])
         return inside & (self.v > np.interp(self.h, self.jaw_h, self.jaw_v))
+
+    def hair_zone(self, below_jaw: np.ndarray, low: float) -> np.ndarray:
+        """(H,W) bool: where hair can be: not under the jaw, and not beside it lower than ``low``
+        face heights above the chin (there the person is the neck or a collar)."""
+        beside = (self.h < self.jaw_h[0]) | (self.h > self.jaw_h[-1])
+        return ~below_jaw & ~(beside & (self.v > -low * self.face_h))
 
 
 @functools.lru_cache(maxsize=4)
@@ -480,16 +487,17 @@ def classical_parsing(
     skull_pts = np.concatenate([g.lm[:17], g.raised_brows(cfg.crown)])
     skull = _ellipse_mask(skull_pts, shape, cfg.hair_scale)
     below_jaw = g.below_jaw()
+    hair = g.hair_zone(below_jaw, cfg.hair_low)
 
     fg = foreground_mask(frame, background, cfg) if person is None else np.asarray(person, bool)
     seed = core | _person_prior(g, cfg)
     fg = _keep_person_components(fg, seed, cfg.min_component_share * fg.size) | core
 
-    head = core | (fg & skull & ~below_jaw)
+    head = core | (fg & skull & hair)
     if cfg.head_close > 0:  # bridge gaps where hair matches the background, within the skull
         r = max(int(round(cfg.head_close * g.face_h)), 1)
         box = _bbox(skull, r + 1)  # the closing only matters inside the skull ellipse
-        head[box] |= _close(head[box], r) & skull[box] & ~below_jaw[box]
+        head[box] |= _close(head[box], r) & skull[box] & hair[box]
     head = ndimage.binary_fill_holes(head)
 
     # Neck: foreground under the jaw inside the band, down to where the foreground widens.
@@ -506,11 +514,10 @@ def classical_parsing(
     neck = ((fg & band) | neck_core) & ~head & under
 
     rest = fg & ~head & ~neck
-    hair_zone = ~below_jaw & (g.v < -cfg.stray_hair_low * g.face_h)
     labels = np.zeros(shape, np.uint8)
     labels[rest] = TORSO
     near_head = _ellipse_mask(skull_pts, shape, cfg.stray_hair_scale)
-    labels[rest & hair_zone & near_head] = HEAD  # hair, hats beside/above the head
+    labels[rest & hair & near_head] = HEAD  # hair, hats beside/above the head
     labels[neck] = NECK
     labels[head] = HEAD
     return labels
@@ -604,6 +611,13 @@ class _BatchGeometry:
             inside = (h[i] >= g.jaw_h[0]) & (h[i] <= g.jaw_h[-1])
             out[i] = inside & (v[i] > np.interp(h[i], g.jaw_h, g.jaw_v))
         return torch.from_numpy(out)
+
+    def hair_zone(self, below_jaw: torch.Tensor, low: float) -> torch.Tensor:
+        """`_FaceGeometry.hair_zone` of every frame: (B,H,W) bool."""
+        ends = torch.tensor([[g.jaw_h[0], g.jaw_h[-1]] for g in self.frames], dtype=torch.float64)[:, :, None, None]
+        h = self.h.double()
+        beside = (h < ends[:, 0]) | (h > ends[:, 1])
+        return ~below_jaw & ~(beside & (self.v > (-low * self.face_h).float()))
 
     def polygon(self, which: str) -> torch.Tensor:
         """(B,H,W) bool: pixel centres inside each frame's convex hull ``which`` (counter-clockwise).
@@ -717,24 +731,25 @@ def classical_parsing_batch(
     skull = g.ellipse("skull")
     near_head = g.ellipse("near_head")
     below_jaw = g.below_jaw()
+    hair = g.hair_zone(below_jaw, cfg.hair_low)
     seed = (core | g.person_prior(cfg, skull)).numpy()
     if person is None:  # the background difference, its holes filled (`foreground_mask`)
         fg_t = _foreground_batch(torch.from_numpy(frames), torch.from_numpy(np.array(background))[None], cfg).numpy()
     else:
         fg_t = person
-    core_n, skull_n, below_n = core.numpy(), skull.numpy(), below_jaw.numpy()
+    core_n, skull_n, hair_n = core.numpy(), skull.numpy(), hair.numpy()
     fg = np.empty_like(fg_t)
     head = np.empty_like(fg_t)
     min_area = cfg.min_component_share * fg_t[0].size
     for i, p in enumerate(g.frames):  # components, holes and the head's closing: per frame
         f = _keep_person_components(_fill_holes(fg_t[i]) if person is None else fg_t[i], seed[i], min_area) | core_n[i]
-        hd = core_n[i] | (f & skull_n[i] & ~below_n[i])
+        hd = core_n[i] | (f & skull_n[i] & hair_n[i])
         if cfg.head_close > 0:
             r = max(int(round(cfg.head_close * p.face_h)), 1)
             box = _bbox(skull_n[i], r + 1)
             crop = torch.from_numpy(np.ascontiguousarray(hd[box]))[None]
             closed = _erode_batch(_dilate_batch(crop, r), r)[0].numpy()  # `_close` on the crop
-            hd[box] |= closed & skull_n[i][box] & ~below_n[i][box]
+            hd[box] |= closed & skull_n[i][box] & hair_n[i][box]
         box = _bbox(hd, 1)  # holes lie inside the head's box: fill there
         hd[box] = _fill_holes_padded(hd[box])
         fg[i], head[i] = f, hd
@@ -758,10 +773,9 @@ def classical_parsing_batch(
     neck = ((fg_t & band) | neck_core) & ~head_t & under
 
     rest = fg_t & ~head_t & ~neck
-    hair_zone = ~below_jaw & (v < (-cfg.stray_hair_low * face_h).float())
     labels = torch.zeros(b, *shape, dtype=torch.uint8)
     labels[rest] = TORSO
-    labels[rest & hair_zone & near_head] = HEAD
+    labels[rest & hair & near_head] = HEAD
     labels[neck] = NECK
     labels[head_t] = HEAD
     return labels.numpy()
