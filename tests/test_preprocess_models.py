@@ -237,18 +237,18 @@ def test_classical_parsing_with_known_background(studio, studio_lms):
 
 def test_classical_parsing_body_above_the_chin_is_torso_and_stray_hair_head(studio, studio_lms):
     """A collar rising beside the neck, from the jaw's side outwards, to just under the mouth
-    (`hair_low`) is torso (not background, not head), a tuft of hair beside the temple is head, in the per-frame
-    and the batched parser."""
+    (`hair_low`) is torso (not background, not head), a tuft of hair beside the temple is head,
+    in the per-frame and the batched parser."""
     frames, _, wall = studio
     lm = studio_lms[0]
     person = np.abs(frames[0].astype(np.int16) - wall.astype(np.int16)).max(-1) > 30
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     jaw_w, chin_y, cx = lm[16, 0] - lm[0, 0], lm[8, 1], lm[:17, 0].mean()
-    face_h = chin_y - lm[17:27, 1].mean()
+    brow_y = lm[17:27, 1].mean()
+    face_h = chin_y - brow_y
     top = chin_y - 0.8 * parsing.ClassicalParsingConfig().hair_low * face_h  # just under the mouth
     collar = ((yy >= top) & (yy <= chin_y + 0.3 * jaw_w)
               & (np.abs(xx - cx) >= 0.6 * jaw_w) & (np.abs(xx - cx) <= 1.1 * jaw_w))
-    brow_y = lm[17:27, 1].mean()
     tuft = (yy >= brow_y - 0.1 * jaw_w) & (yy <= brow_y + 0.1 * jaw_w) & (xx >= lm[16, 0] + 0.1 * jaw_w) \
         & (xx <= lm[16, 0] + 0.25 * jaw_w)
     extra = collar | tuft
