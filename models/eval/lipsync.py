@@ -9,7 +9,15 @@
 * ``lmd_at``: the mouth landmark distance (models.ernerf.losses.mouth_landmark_distance) in pixels
   of a ``reference`` px frame (512), whatever the frames' size.
 * ``image_scores``: PSNR (dB) and SSIM of uint8 frames (models.ernerf.losses).
-* ``face_landmarks``: dlib's 68 points of the largest face, small frames upscaled for the detector.
+* ``face_landmarks``: dlib's 68 points of the largest face, small frames upscaled for the detector;
+  ``landmarks_per_frame``: the same per frame, None where no face is found (a gap, never closed up).
+* ``phonetic_sync``: the measure that loudness alone cannot pass. The rendered mouth (inner-lip
+  opening and outer lip width, over the distance between the outer eye corners) against the viseme
+  targets (``models.audio.visemes``, loudness ignored) of the speech's phone timeline (forced
+  alignment when the text is known): correlation of opening and of width, the share of /p b m/
+  phones whose middle frame shows closed lips, and the audio-video offset. A mouth that opens with
+  loudness keeps the lips apart on voiced /m/ and barely changes width; a frozen mouth correlates
+  with nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ import math
 
 import numpy as np
 
-from talkflow.errors import InputError
+from pydantic import BaseModel, ConfigDict, Field
+
+from talkflow.errors import FaceNotFound, InputError
 
 REFERENCE_SIZE = 512  # LMD is reported in pixels of a frame this size
 _EPS = 1e-9
@@ -140,5 +150,80 @@ def face_landmarks(image: np.ndarray, detect_size: int = REFERENCE_SIZE) -> np.n
     return largest_face_landmarks(img)
 
 
-__all__ = ["REFERENCE_SIZE", "best_offset", "face_landmarks", "image_scores", "lmd_at", "mouth_opening",
-           "pearson", "shifted_pearson", "speech_rms"]
+def landmarks_per_frame(frames) -> list[np.ndarray | None]:
+    """dlib's 68 points (68, 2) of every frame, None where no face is found."""
+    out: list[np.ndarray | None] = []
+    for f in frames:
+        try:
+            out.append(face_landmarks(np.asarray(f)))
+        except FaceNotFound:
+            out.append(None)
+    return out
+
+
+class PhoneticSyncConfig(BaseModel):
+    """How the rendered mouth is scored against the phones of the speech."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    closed_gap: float = Field(0.04, gt=0, description="Lips count as closed when the inner-lip gap "
+                              "(|lm66 - lm62|) is at most this share of the outer-eye-corner distance.")
+    max_offset: int = Field(3, ge=0, description="Audio-video offsets searched, frames (positive: the mouth "
+                            "moves after the sound).")
+
+
+def mouth_shape(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., 68, 2) -> inner-lip opening (...) and outer lip width (...), each over the distance
+    between the outer eye corners (36, 45): a scale that the mouth's own shape does not change."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape[-2:] != (68, 2):
+        raise InputError(f"expected (..., 68, 2) landmarks, got shape {lm.shape}")
+    eyes = np.maximum(np.linalg.norm(lm[..., 45, :] - lm[..., 36, :], axis=-1), _EPS)
+    gap = np.linalg.norm(lm[..., 66, :] - lm[..., 62, :], axis=-1)
+    width = np.linalg.norm(lm[..., 54, :] - lm[..., 48, :], axis=-1)
+    return gap / eyes, width / eyes
+
+
+def _gapped_pearson(video: np.ndarray, target: np.ndarray, offset: int = 0) -> float:
+    """Correlation of video[t] (NaN: no face) with target[t - offset] over frames where both exist."""
+    n = min(video.size, target.size)
+    v, a = video[:n], target[:n]
+    if offset >= 0:
+        v, a = v[offset:], a[: n - offset]
+    else:
+        v, a = v[: n + offset], a[-offset:]
+    ok = np.isfinite(v) & np.isfinite(a)
+    return pearson(v[ok], a[ok])
+
+
+def phonetic_sync(landmarks: list[np.ndarray | None], timeline, fps: float = 25.0,
+                  config: PhoneticSyncConfig = PhoneticSyncConfig()) -> dict:
+    """Score a rendered mouth, landmarks per frame (None: no face), against the viseme targets of
+    ``timeline`` (a ``models.audio.alignment.PhoneTimeline`` of the frames' speech)."""
+    from models.audio.visemes import VisemeConfig, bilabial_frames, viseme_tracks
+
+    n = len(landmarks)
+    found = np.array([lm is not None for lm in landmarks], bool)
+    opening = np.full(n, np.nan)
+    width = np.full(n, np.nan)
+    if found.any():
+        o, w = mouth_shape(np.stack([lm for lm in landmarks if lm is not None]))
+        opening[found], width[found] = o, w
+    target = viseme_tracks(timeline, n, fps, config=VisemeConfig(loudness_weight=0.0))
+    offsets = [0] + [s * d for d in range(1, config.max_offset + 1) for s in (1, -1)]
+    corr = {off: _gapped_pearson(opening, target["opening"], off) for off in offsets}
+    best = max(offsets, key=lambda off: (round(corr[off], 9), -abs(off)))
+    bilabial = bilabial_frames(timeline, n, fps)
+    closed = [bool(found[k] and opening[k] <= config.closed_gap) for k in bilabial]
+    return {
+        "frames": n, "frames_without_face": int((~found).sum()), "phones_source": timeline.source,
+        "opening_corr": round(corr[0], 4), "width_corr": round(_gapped_pearson(width, target["width"]), 4),
+        "bilabials": len(bilabial), "bilabial_closure": round(float(np.mean(closed)), 4) if closed else 0.0,
+        "offset": best, "offset_corr": round(corr[best], 4),
+        "opening_std": round(float(np.nanstd(opening)), 4) if found.any() else 0.0,
+    }
+
+
+__all__ = ["REFERENCE_SIZE", "PhoneticSyncConfig", "best_offset", "face_landmarks", "image_scores",
+           "landmarks_per_frame", "lmd_at", "mouth_opening", "mouth_shape", "pearson", "phonetic_sync",
+           "shifted_pearson", "speech_rms"]

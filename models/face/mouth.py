@@ -62,3 +62,34 @@ def teeth_strength(lm: np.ndarray) -> float:
     already apart (its own teeth or cavity show)."""
     inner_gap = float(np.mean(lm[[65, 66, 67], 1] - lm[[63, 62, 61], 1]))  # >0: lips apart
     return 1.0 - float(smoothstep(np.asarray(inner_gap / (0.08 * mouth_width(lm)))))
+
+
+def lip_press(qx: np.ndarray, qy: np.ndarray, lm: np.ndarray, amount: float) -> np.ndarray:
+    """Backward vertical displacement (N,) at points (N,) that presses the lips together.
+
+    ``lm`` (68, 2): the lips where they stand now. Per column the upper inner lip moves down and
+    the lower inner lip moves up by ``amount`` x half their gap (``amount`` 1: they meet on the
+    midline and hide the teeth); the shift is full at the lips and fades out over one outer-lip
+    height above and below. A point q samples the unpressed picture at q - returned value."""
+    upper, lower = profile(lm[INNER_UPPER]), profile(lm[INNER_LOWER])
+    x = np.clip(qx, float(lm[60, 0]), float(lm[64, 0]))
+    yu, yl = np.interp(x, *upper), np.interp(x, *lower)
+    half = 0.5 * np.maximum(yl - yu, 0.0)
+    mid = yu + half
+    inside = (qx >= lm[60, 0]) & (qx <= lm[64, 0])
+    shift = float(np.clip(amount, 0.0, 1.0)) * half * inside  # (N,) px each lip moves
+    reach = max(float(lm[57, 1] - lm[51, 1]), 2.0)  # outer lip height
+    away = np.abs(qy - mid) - half  # px beyond the lip edge, < 0 between the lips
+    fade = 1.0 - smoothstep(away / reach)
+    return np.where(qy < mid, shift, -shift) * fade
+
+
+def pressed_landmarks(lm: np.ndarray, amount: float) -> np.ndarray:
+    """(68, 2) landmarks with the inner lips moved as `lip_press` moves them."""
+    out = np.array(lm, dtype=np.float64, copy=True)
+    upper, lower = profile(lm[INNER_UPPER]), profile(lm[INNER_LOWER])
+    for i in (61, 62, 63, 65, 66, 67):
+        x = lm[i, 0]
+        half = 0.5 * max(float(np.interp(x, *lower) - np.interp(x, *upper)), 0.0)
+        out[i, 1] += float(np.clip(amount, 0.0, 1.0)) * half * (1.0 if i in (61, 62, 63) else -1.0)
+    return out

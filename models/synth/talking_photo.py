@@ -1,5 +1,6 @@
-"""Animate a still portrait into a talking clip: a mouth that opens with the speech
-loudness, plus slight seeded head motion. Pure numpy/scipy, deterministic for a seed.
+"""Animate a still portrait into a talking clip: a mouth that follows mouth-shape tracks (an
+opening and a lip width per frame, as `models.audio.visemes` makes from the speech's phones),
+plus slight seeded head motion. Pure numpy/scipy, deterministic for a seed.
 
 Coordinates are (x, y) pixels with y pointing down; landmarks are dlib's 68 points.
 """
@@ -12,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter1d, map_coordinates
 
-from models.face.mouth import INNER_LOWER, INNER_UPPER, interior_colour, profile, smoothstep, teeth_strength
+from models.face.mouth import INNER_LOWER, INNER_UPPER, interior_colour, lip_press, profile, smoothstep, teeth_strength
 from talkflow.errors import FaceNotFound, InputError
 
 _JAW = list(range(3, 14))  # lower face contour, left to right
+_WIDTH_REACH = (1.0, 0.8)  # x, y support of the lip-width warp, in mouth widths
 
 
 def speech_envelope(samples: np.ndarray, sample_rate: int, fps: float = 25) -> np.ndarray:
@@ -69,6 +71,7 @@ class _MouthRig:
     teeth: float  # 0..1 strength of painted upper teeth; 0 when the photo already shows teeth
     ramp_len: float  # lip line -> chin distance over which the jaw drop ramps in
     fall_len: float  # below-chin distance over which the drop fades out
+    lip_y: float  # lip line height at the mouth centre
     bbox: tuple[float, float, float, float]  # x0, y0, x1, y1 of the region the warp touches
 
     @staticmethod
@@ -85,17 +88,30 @@ class _MouthRig:
         fall_len = max(0.6 * mouth_h, 2.0 * max_drop, 1.0)
         jaw_cx = 0.5 * float(lm[5, 0] + lm[11, 0])
         jaw_half = max(0.5 * float(lm[11, 0] - lm[5, 0]), 1.0)
-        y0 = float(split_y.min()) - 2.0
-        y1 = float(jaw_y.max()) + fall_len + 2.0
-        x0, x1 = jaw_cx - 1.1 * jaw_half, jaw_cx + 1.1 * jaw_half
+        mouth_cx = 0.5 * float(lm[60, 0] + lm[64, 0])
+        lip_y = float(np.interp(mouth_cx, split_x, split_y))
+        reach_x, reach_y = (r * mouth_w for r in _WIDTH_REACH)  # the lip-width warp's support
+        y0 = min(float(split_y.min()) - 2.0, lip_y - reach_y)
+        y1 = max(float(jaw_y.max()) + fall_len + 2.0, lip_y + reach_y)
+        x0 = min(jaw_cx - 1.1 * jaw_half, mouth_cx - reach_x)
+        x1 = max(jaw_cx + 1.1 * jaw_half, mouth_cx + reach_x)
         return _MouthRig(
             split_x, split_y, jaw_x, jaw_y,
-            mouth_cx=0.5 * float(lm[60, 0] + lm[64, 0]),
+            mouth_cx=mouth_cx, lip_y=lip_y,
             mouth_half=max(0.46 * float(lm[64, 0] - lm[60, 0]), 1.0),
             teeth=teeth_strength(lm),
             jaw_cx=jaw_cx, jaw_half=jaw_half, mouth_w=mouth_w, mouth_h=mouth_h,
             ramp_len=ramp_len, fall_len=fall_len, bbox=(x0, y0, x1, y1),
         )
+
+    def widen(self, qx: np.ndarray, qy: np.ndarray, scale: float) -> np.ndarray:
+        """Backward horizontal warp at face points (N,): source x when the lips are ``scale`` x
+        their width (> 1 spread, < 1 rounded), fading to no change over ``_WIDTH_REACH``."""
+        reach_x, reach_y = (r * self.mouth_w for r in _WIDTH_REACH)
+        dx = qx - self.mouth_cx
+        wx = 1.0 - smoothstep((np.abs(dx) / reach_x - 0.5) / 0.5)  # 1 out to the corners, 0 at reach_x
+        wy = 1.0 - smoothstep((np.abs(qy - self.lip_y) / reach_y - 0.3) / 0.7)
+        return self.mouth_cx + dx / (1.0 + (scale - 1.0) * wx * wy)
 
     def warp(self, qx: np.ndarray, qy: np.ndarray, drop: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Backward vertical warp at face points (N,): (source y (N,), interior alpha (N,), depth (N,)).
@@ -140,20 +156,27 @@ def _head_noise(rng: np.random.Generator, t: int, fps: float) -> np.ndarray:
 def animate_portrait(
     image: np.ndarray,
     landmarks: np.ndarray,
-    envelope: np.ndarray,
+    opening: np.ndarray,
+    width: np.ndarray | None = None,
+    closure: np.ndarray | None = None,
     *,
     seed: int = 0,
     head_motion_px: float = 3.0,
     head_rotation_deg: float = 2.0,
-    max_mouth_open: float = 0.6,
+    max_mouth_open: float = 1.0,
+    spread: float = 0.12,
+    rounding: float = 0.25,
     fps: float = 25,
 ) -> np.ndarray:
-    """Frames (T,H,W,3) uint8 of ``image`` (H,W,3) uint8 talking along ``envelope`` (T,) in [0,1].
+    """Frames (T,H,W,3) uint8 of ``image`` (H,W,3) uint8 talking along mouth tracks.
 
-    The lower lip and jaw drop by envelope * max_mouth_open * mouth height, the
-    opening is painted as a mouth interior, and the whole image rotates/translates
-    slightly about the face centre (seeded smooth noise). ``fps`` sets the head-motion
-    time scale only.
+    ``opening`` (T,) in [0, 1]: the lower lip and jaw drop by opening * max_mouth_open * mouth
+    height and the gap is painted as a mouth interior. ``width`` (T,) in [-1, 1] (None: 0): the lips
+    widen by up to ``spread`` (x mouth width) at +1 and narrow by up to ``rounding`` at -1.
+    ``closure`` (T,) in [0, 1] (None: 0) presses the lips together over the photo's own gap (its
+    teeth, in a smiling portrait): 1 closes them. The
+    whole image rotates/translates slightly about the face centre (seeded smooth noise); ``fps``
+    sets the head-motion time scale only.
     """
     img = np.asarray(image)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
@@ -161,16 +184,21 @@ def animate_portrait(
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.shape != (68, 2) or not np.isfinite(lm).all():
         raise InputError(f"expected 68 finite (x, y) face landmarks, got shape {lm.shape}")
-    if max_mouth_open < 0 or head_motion_px < 0:
-        raise InputError("max_mouth_open and head_motion_px must be >= 0")
-    env = np.clip(np.nan_to_num(np.asarray(envelope, dtype=np.float64).reshape(-1)), 0.0, 1.0)  # (T,)
-    h, w, _ = img.shape
+    if max_mouth_open < 0 or head_motion_px < 0 or not 0 <= spread < 1 or not 0 <= rounding < 1:
+        raise InputError("max_mouth_open and head_motion_px must be >= 0, spread and rounding in [0, 1)")
+    env = np.clip(np.nan_to_num(np.asarray(opening, dtype=np.float64).reshape(-1)), 0.0, 1.0)  # (T,)
     t = env.shape[0]
+    wid = np.zeros(t) if width is None else np.clip(np.nan_to_num(np.asarray(width, np.float64).reshape(-1)), -1, 1)
+    press = np.zeros(t) if closure is None else np.clip(np.nan_to_num(np.asarray(closure, np.float64).reshape(-1)), 0, 1)
+    if wid.shape[0] != t or press.shape[0] != t:
+        raise InputError(f"width has {wid.shape[0]} frames and closure {press.shape[0]}, opening {t}")
+    h, w, _ = img.shape
     frames = np.empty((t, h, w, 3), np.uint8)
     if t == 0:
         return frames
 
     drops = env * max_mouth_open * _mouth_height(lm)  # (T,) px
+    scales = 1.0 + np.where(wid > 0, spread, rounding) * wid  # (T,) lip width factor
     rig = _MouthRig.from_landmarks(lm, max_drop=float(drops.max()))
     noise = _head_noise(np.random.default_rng(seed), t, fps)  # (3,T)
     angles = np.deg2rad(head_rotation_deg) * noise[0]
@@ -191,10 +219,15 @@ def animate_portrait(
         qy = (-sa * px + ca * py + cy).astype(np.float32)
         src_y = qy.copy()
         alpha = None
+        if abs(scales[i] - 1.0) > 1e-3 and r1 > r0 and c1 > c0:
+            qx[r0:r1, c0:c1] = rig.widen(qx[r0:r1, c0:c1], qy[r0:r1, c0:c1], float(scales[i]))
         if drops[i] > 0.05 and r1 > r0 and c1 > c0:
             rqx, rqy = qx[r0:r1, c0:c1].ravel(), qy[r0:r1, c0:c1].ravel()  # (N,) region of interest
             sy, a, depth = rig.warp(rqx, rqy, float(drops[i]))
             src_y[r0:r1, c0:c1] = sy.reshape(r1 - r0, c1 - c0)
+        if press[i] > 1e-3 and r1 > r0 and c1 > c0:
+            px_roi, sy_roi = qx[r0:r1, c0:c1], src_y[r0:r1, c0:c1]
+            src_y[r0:r1, c0:c1] = sy_roi - lip_press(px_roi, sy_roi, lm, float(press[i]))
             hit = a > 0.0
             if hit.any():
                 alpha = (hit, a[hit], depth[hit], (rqx[hit] - rig.mouth_cx) / rig.mouth_half)
