@@ -225,12 +225,12 @@ def animate_portrait(
             rqx, rqy = qx[r0:r1, c0:c1].ravel(), qy[r0:r1, c0:c1].ravel()  # (N,) region of interest
             sy, a, depth = rig.warp(rqx, rqy, float(drops[i]))
             src_y[r0:r1, c0:c1] = sy.reshape(r1 - r0, c1 - c0)
-        if press[i] > 1e-3 and r1 > r0 and c1 > c0:
-            px_roi, sy_roi = qx[r0:r1, c0:c1], src_y[r0:r1, c0:c1]
-            src_y[r0:r1, c0:c1] = sy_roi - lip_press(px_roi, sy_roi, lm, float(press[i]))
             hit = a > 0.0
             if hit.any():
                 alpha = (hit, a[hit], depth[hit], (rqx[hit] - rig.mouth_cx) / rig.mouth_half)
+        if press[i] > 1e-3 and r1 > r0 and c1 > c0:
+            px_roi, sy_roi = qx[r0:r1, c0:c1], src_y[r0:r1, c0:c1]
+            src_y[r0:r1, c0:c1] = sy_roi - lip_press(px_roi, sy_roi, lm, float(press[i]))
         coords = np.stack([src_y, qx])  # (2,H,W) row, col
         out = np.stack([map_coordinates(p, coords, order=1, mode="nearest", output=np.float32) for p in planes], -1)
         if alpha is not None:
