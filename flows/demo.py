@@ -12,6 +12,7 @@ from flows.render import RenderResult, RenderVideoConfig, render_video
 from flows.sample_clip import SampleClipConfig, make_sample_clip
 from flows.train import train_avatar
 from talkflow.store import StageResult, get_store
+from tasks.evaluation import score_lip_sync
 from tasks.media import NormalizeConfig
 from tasks.outputs import publish_output
 from tasks.render import RenderConfig
@@ -29,6 +30,7 @@ class DemoResult(BaseModel):
     dataset: StageResult
     avatar: AvatarRecord
     rendered: RenderResult
+    lip_sync: StageResult  # the new sentence's phonetic lip-sync figures (meta)
 
 
 DEMO_TEXT = "Hello! This short clip was made from one photo and a synthetic voice."
@@ -52,7 +54,9 @@ def demo(text: str = DEMO_TEXT, new_text: str = DEMO_NEW_TEXT, config: MediaConf
     avatar = train_avatar(PERSON, TrainAvatarConfig.cpu_demo())  # finds the dataset by name
     rendered = render_video(PERSON, text=new_text,
                             config=RenderVideoConfig(render=RenderConfig(downscale=2, with_torso=False)))
+    lip_sync = score_lip_sync(rendered.video["video"], new_text, namespace=PERSON)
     publish_output("demo", rendered.video["video"], namespace=PERSON, stages={
         "sample clip": sample, "media": media.video, "dataset": dataset, "train head": avatar.head,
-        "train lips": avatar.lips, "train torso": avatar.torso, "render": rendered.video})
-    return DemoResult(sample=sample, media=media, dataset=dataset, avatar=avatar, rendered=rendered)
+        "train lips": avatar.lips, "train torso": avatar.torso, "render": rendered.video, "lip sync": lip_sync})
+    return DemoResult(sample=sample, media=media, dataset=dataset, avatar=avatar, rendered=rendered,
+                      lip_sync=lip_sync)

@@ -17,7 +17,7 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from models.audio.features import SAMPLE_RATE
-from models.nerffacespeech.audio2exp import EnvelopeConfig
+from models.nerffacespeech.audio2exp import PhoneticDriverConfig
 from models.nerffacespeech.face_fit import FaceFitConfig
 from models.nerffacespeech.pti import PTIConfig
 from models.nerffacespeech.render import RenderConfig
@@ -55,8 +55,9 @@ class PortraitConfig(BaseModel):
     render: RenderConfig = Field(default_factory=RenderConfig, description="Generator rendering.")
     warp_rig: WarpRigConfig = Field(default_factory=WarpRigConfig, description="Warp path: the per-character rig.")
     warp: WarpRenderConfig = Field(default_factory=WarpRenderConfig, description="Warp path: frame rendering.")
-    driver: EnvelopeConfig = Field(default_factory=EnvelopeConfig, description="Audio -> expression mapping used "
-                                   "by both renderers when no audio2exp network is registered.")
+    driver: PhoneticDriverConfig = Field(default_factory=PhoneticDriverConfig, description="Audio -> expression "
+                                         "mapping (phones -> visemes -> mouth modes) used by both renderers when no "
+                                         "audio2exp network is registered.")
     speech: SpeechConfig = Field(default_factory=SpeechConfig, description="The TTS voice (when text is given).")
     fps: int = Field(25, ge=1, le=60, description="Frame rate of the video, frames per second.")
 
@@ -95,6 +96,7 @@ def generate_from_portrait(
     audio: Path | None = None,
     text: str | None = None,
     config: PortraitConfig = PortraitConfig(),
+    transcript: str | None = None,
 ) -> PortraitResult:
     """A video of the portrait `image` speaking `audio` (or `text` through TTS).
 
@@ -103,6 +105,8 @@ def generate_from_portrait(
         image: the portrait (a path the run can read); its content, not its name, keys the fit.
         audio: a speech recording (give exactly one of audio or text).
         text: what to say, spoken by the offline TTS (give exactly one of audio or text).
+        transcript: what the audio says, when known: its phones are then aligned to the words
+            (exact lip closures) instead of recognised from the sound.
         config: renderer choice, fit, PTI or warp rig, rendering and speech settings.
     """
     ns = validate_name(character, "character")
@@ -122,7 +126,7 @@ def generate_from_portrait(
     else:
         speech = prepare_audio(audio, fps=config.fps, sample_rate=SAMPLE_RATE)
     expressions = audio_to_expressions(speech, fit, fps=config.fps, weights=assets.locate("audio2exp"), bfm=bfm,
-                                       driver=config.driver)
+                                       driver=config.driver, text=text or transcript)
     if renderer == "generator":
         frames = render_portrait(pti, fit, expressions, config.render, bfm=bfm, namespace=ns)
     else:

@@ -89,8 +89,13 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     model_dir = assets.locate(config.audio.kind) if config.audio.kind in MODEL_KINDS else None
     if config.audio.kind in MODEL_KINDS and model_dir is None:
         assets.require(config.audio.kind)  # raises with what to register
+    # Band statistics from the training frames only: the held-out end (tracking.val_fraction) never leaks.
+    n_frames = frames.meta["n_frames"]
+    n_train = n_frames - max(1, round(n_frames * config.tracking.val_fraction))
+    audio_cfg = config.audio.model_copy(update={"logmel": config.audio.logmel.model_copy(
+        update={"stats_fraction": max(n_train, 1) / n_frames})})
     # Independent branches, submitted together; a future passed on is awaited by its consumer.
-    features = _on_thread(audio_features).submit(normalized["audio"], frames.meta["n_frames"], config.audio,
+    features = _on_thread(audio_features).submit(normalized["audio"], n_frames, audio_cfg,
                                                  model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns)
     tracking = _on_thread(track_faces).submit(frames, landmarks, config.tracking, bfm=assets.locate("bfm"),
                                               namespace=ns)

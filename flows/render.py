@@ -46,18 +46,22 @@ class RenderResult(BaseModel):
 
 
 def _feature_config(avatar: AvatarRecord, config: AudioFeatureConfig | None) -> AudioFeatureConfig:
-    """The avatar's feature kind; InputError (naming both kinds and dims) when the config asks for another."""
+    """The feature config the avatar was trained with (as its preprocessing recorded it), for new
+    audio: its band statistics over all of itself. InputError when `config` asks for other features."""
     want = avatar.features
     kind, dim = want.get("kind"), want.get("dim")
     if kind not in COMPUTED_KINDS:
         raise InputError(f"the avatar {avatar.person!r} was trained on {kind} features (D={dim}), which talkflow "
                          f"cannot compute for new audio; preprocess the video with {', '.join(COMPUTED_KINDS)}")
-    if config is None:
-        return AudioFeatureConfig(kind=kind)
+    recorded = AudioFeatureConfig.model_validate(want["config"]) if "config" in want else AudioFeatureConfig(kind=kind)
+    recorded = recorded.model_copy(update={"logmel": recorded.logmel.model_copy(update={"stats_fraction": 1.0})})
+    if config is None or config == recorded:
+        return recorded
     if config.kind != kind:
         raise InputError(f"{config.kind} features have D={FEATURE_DIMS.get(config.kind)} but the avatar "
                          f"{avatar.person!r} was trained on {kind} features with D={dim}; use kind={kind!r}")
-    return config
+    raise InputError(f"the avatar {avatar.person!r} was trained on {kind} features computed with other settings "
+                     f"({recorded.model_dump_json(exclude={'kind'})}); leave the feature config empty to use them")
 
 
 def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVideoConfig,

@@ -227,6 +227,10 @@ def demo(
     console.print(f"held-out PSNR: {val['psnr']:.2f} dB (SSIM {val['ssim']:.3f}) after "
                   f"{r.avatar.head.meta['steps']} head steps")
     console.print(f"new sentence : {d.avatar_new_sentence} ({r.rendered.video.meta['duration_s']:.2f} s)")
+    ls = r.lip_sync.meta
+    console.print(f"lip sync     : opening corr {ls['opening_corr']:.2f}, width corr {ls['width_corr']:.2f}, "
+                  f"/p b m/ closed {ls['bilabial_closure']:.0%} of {ls['bilabials']}, offset {ls['offset']} frames, "
+                  f"{ls['frames_without_face']} of {ls['frames']} frames without a face")
 
 
 # -- ER-NeRF -------------------------------------------------------------------------------

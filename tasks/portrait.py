@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from models.nerffacespeech.audio2exp import EnvelopeAudioToExpression, EnvelopeConfig, load_audio2exp
+from models.nerffacespeech.audio2exp import PhoneticAudioToExpression, PhoneticDriverConfig, load_audio2exp
 from models.nerffacespeech.deform import FaceRig
 from models.nerffacespeech.face_fit import FaceFitConfig, crop_portrait, fit_portrait, load_portrait, portrait_camera
 from models.nerffacespeech.generator import GeneratorConfig, load_generator, small_generator
@@ -101,29 +101,37 @@ def invert_portrait(fit: StageResult, config: PTIConfig, generator: Path | None 
         "generator": "registered" if generator is not None else f"small (seed {fallback.seed})"})
 
 
-@stage("audio2exp", "2")
+@stage("audio2exp", "3")
 def audio_to_expressions(audio: StageResult, fit: StageResult, fps: int = 25, weights: Path | None = None,
-                         bfm: Path | None = None, driver: EnvelopeConfig = EnvelopeConfig(),
-                         namespace: str | None = None) -> StageResult:
+                         bfm: Path | None = None, driver: PhoneticDriverConfig = PhoneticDriverConfig(),
+                         text: str | None = None, namespace: str | None = None) -> StageResult:
     """Per-frame expression coefficients (T, K) from speech, around the portrait's own expression:
-    the one driver of both renderers. Without network weights, the envelope mapping (`driver`)."""
+    the one driver of both renderers. Without network weights, the phonetic driver (`driver`): the
+    phones aligned to `text` (what is said, when known) or recognised, with the lip closure of
+    /p b m/ kept beside the coefficients (``closure``) and the phone timeline (``phones``)."""
     samples, rate = media.read_wav(local_file(audio["audio"]))
     model = morphable_model(bfm)
-    meta = {"fps": fps, "predictor": "network" if weights else "envelope"}
-    if weights is not None:
-        delta = load_audio2exp(weights).predict(samples, rate, fps=fps)
-    else:
-        predictor = EnvelopeAudioToExpression(model.exp_names, driver)
-        curves = predictor.curves(samples, rate, fps=fps)
-        delta = predictor.predict(samples, rate, fps=fps)
-        if len(curves["envelope"]):
-            meta |= {"speech_rate_hz": round(float(curves["rate_hz"][0]), 2),
-                     "voiced_share": round(float((curves["envelope"] > driver.voiced).mean()), 3)}
-    exp = delta + load_coeffs(fit)["exp"].reshape(1, -1).numpy()
+    meta = {"fps": fps, "predictor": "network" if weights else "phonetic"}
     with scratch("a2e") as work:
+        files = {}
+        if weights is not None:
+            delta = load_audio2exp(weights).predict(samples, rate, fps=fps, text=text)
+        else:
+            predictor = PhoneticAudioToExpression(model.exp_names, driver)
+            curves = predictor.curves(samples, rate, fps=fps, text=text)
+            delta = predictor.expressions(curves)
+            np.save(work / "closure.npy", curves["closure"])
+            files["closure"] = work / "closure.npy"
+            if curves["timeline"] is not None:
+                (work / "phones.json").write_text(curves["timeline"].to_json())
+                files["phones"] = work / "phones.json"
+                meta["phones"] = curves["timeline"].source
+        exp = delta + load_coeffs(fit)["exp"].reshape(1, -1).numpy()
         np.save(work / "exp.npy", exp.astype(np.float32))
-        art = get_store().put_file(work / "exp.npy")
-    return StageResult(artifacts={"exp": art}, meta={"n_frames": int(exp.shape[0]), **meta})
+        files["exp"] = work / "exp.npy"
+        store = get_store()
+        artifacts = {name: store.put_file(path) for name, path in files.items()}
+    return StageResult(artifacts=artifacts, meta={"n_frames": int(exp.shape[0]), **meta})
 
 
 @stage("portrait_render", "1")
@@ -157,12 +165,14 @@ def rig_portrait(fit: StageResult, config: WarpRigConfig, bfm: Path | None = Non
                                                      "teeth_strength": round(float(rig.teeth_strength), 3)})
 
 
-@stage("warp_render", "1")
+@stage("warp_render", "2")
 def render_warped_portrait(rig: StageResult, expressions: StageResult, config: WarpRenderConfig,
                            bfm: Path | None = None, namespace: str | None = None) -> StageResult:
     """Frames of the portrait itself, warped by the expression sequence (JPEG, the portrait's size)."""
     warp_rig = load_rig(local_file(rig["rig"]))
-    frames = render_warp(warp_rig, morphable_model(bfm), np.load(local_file(expressions["exp"])), config)
+    closure = np.load(local_file(expressions["closure"])) if "closure" in expressions.artifacts else None
+    frames = render_warp(warp_rig, morphable_model(bfm), np.load(local_file(expressions["exp"])), config,
+                         closure=closure)
     with scratch("warp-frames") as work:
         media.write_frames(frames, work / "frames", ext="jpg")
         art = get_store().put_dir(work / "frames")

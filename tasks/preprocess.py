@@ -124,7 +124,7 @@ def detect_landmarks(frames: StageResult, config: LandmarkConfig, fps: float, me
     )
 
 
-@stage("audio_features", "1")
+@stage("audio_features", "2")
 def audio_features(
     audio: Artifact,
     n_frames: int,
@@ -147,8 +147,9 @@ def audio_features(
                                            device=get_settings().torch_device(), config=config)
         npy, meta = save_features(work, feats, info)
         store = get_store()
+        recorded = {} if deepspeech is not None else {"config": config.model_dump(mode="json")}
         return StageResult(artifacts={"feats": store.put_file(npy), "info": store.put_file(meta)},
-                           meta=info.model_dump())
+                           meta=info.model_dump() | recorded)
 
 
 @stage("parsing", "2")

@@ -121,3 +121,71 @@ def test_dlib_mouth_opening_follows_the_talking_photo():
     opening = ls.mouth_opening(np.stack([ls.face_landmarks(f) for f in frames]))
     assert ls.pearson(opening, env) > 0.8
     assert ls.best_offset(opening, env, 3)[0] == 0
+
+
+# ----------------------------------------------------------------- the phonetic measure
+def _mouths(gap: np.ndarray, width: np.ndarray) -> list[np.ndarray]:
+    """Landmarks (68, 2) per frame of a face whose eye corners are 100 px apart, whose inner lips
+    part by gap x 100 px and whose mouth is (1 + 0.15 width) x 50 px wide."""
+    from models.face3d.morphable import landmarks_2d
+
+    base = landmarks_2d() * np.array([100 / 90, -100 / 90]) + 256  # eye corners 36, 45 at x -45, 45 mm
+    out = []
+    for g, w in zip(gap, width):
+        lm = base.copy()
+        centre = 0.5 * (lm[48] + lm[54])
+        lm[48:68, 0] = centre[0] + (lm[48:68, 0] - centre[0]) * (50 * (1 + 0.15 * w)) / (lm[54, 0] - lm[48, 0])
+        lm[[61, 62, 63], 1] = centre[1] - 50 * g
+        lm[[65, 66, 67], 1] = centre[1] + 50 * g
+        out.append(lm)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sentence():
+    """The scoring sentence in espeak-ng's voice, its forced alignment and its loudness per frame."""
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng")
+    from models.audio.alignment import align_phones
+    from models.audio.tts import synthesize
+    from models.synth.talking_photo import speech_envelope
+
+    samples, rate = synthesize(ls.SCORING_SENTENCE, engine="espeak")
+    return align_phones(samples, rate, ls.SCORING_SENTENCE), speech_envelope(samples, rate, FPS)
+
+
+def test_phonetic_measure_ranks_phones_over_loudness_over_a_frozen_mouth(sentence):
+    from models.audio.visemes import viseme_tracks
+
+    timeline, env = sentence
+    n = len(env)
+    v = viseme_tracks(timeline, n, FPS, loudness=env)  # what a phonetic driver draws (loudness as intensity)
+    phonetic = ls.phonetic_sync(_mouths(0.35 * v["opening"], v["width"]), timeline, FPS)
+    loudness = ls.phonetic_sync(_mouths(0.35 * env, np.zeros(n)), timeline, FPS)  # lips meet in silence
+    frozen = ls.phonetic_sync(_mouths(np.full(n, 0.05), np.zeros(n)), timeline, FPS)
+    assert phonetic["bilabials"] == 13 and phonetic["frames_without_face"] == 0
+    assert phonetic["opening_corr"] > 0.9 and phonetic["width_corr"] > 0.9
+    assert phonetic["bilabial_closure"] >= 0.9 and phonetic["offset"] == 0
+    assert loudness["bilabial_closure"] <= 0.4 and loudness["width_corr"] == 0.0
+    assert loudness["opening_corr"] < phonetic["opening_corr"] - 0.1
+    assert frozen["opening_corr"] == 0.0 and frozen["bilabial_closure"] == 0.0
+
+
+def test_phonetic_measure_counts_frames_without_a_face_and_keeps_time(sentence):
+    from models.audio.visemes import bilabial_frames, viseme_tracks
+
+    timeline, env = sentence
+    n = len(env)
+    v = viseme_tracks(timeline, n, FPS)
+    lms = _mouths(0.35 * v["opening"], v["width"])
+    late = ls.phonetic_sync([lms[0]] * 2 + lms[:-2], timeline, FPS)  # the mouth 2 frames after the sound
+    assert late["offset"] == 2 and late["offset_corr"] > 0.95 > late["opening_corr"]
+    gone = bilabial_frames(timeline, n, FPS)[:3]
+    for k in gone:
+        lms[k] = None
+    gapped = ls.phonetic_sync(lms, timeline, FPS)
+    assert gapped["frames_without_face"] == 3 and gapped["offset"] == 0
+    assert gapped["bilabial_closure"] == pytest.approx(10 / 13, abs=1e-3)  # a missing face is not a closed mouth
+    assert gapped["opening_corr"] > 0.99

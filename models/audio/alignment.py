@@ -31,8 +31,8 @@ SAMPLE_RATE = 16_000
 FRAME_S = 0.01  # pocketsphinx frames are 10 ms
 Source = Literal["aligned", "recognised"]
 _KNOWN = frozenset(PHONES)
-# Beams tried in order: the decoder's defaults, then the wide beams espeak-ng's voice needs.
-_BEAMS = ({}, {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80})
+# Beams tried in order: the decoder's defaults, then the wider beams some voices (espeak-ng) need.
+_BEAMS = ({}, {"beam": 1e-80, "wbeam": 1e-60, "pbeam": 1e-80}, {"beam": 1e-100, "wbeam": 1e-80, "pbeam": 1e-100})
 
 
 @dataclass(frozen=True)

@@ -75,13 +75,18 @@ class LogMelConfig(pydantic.BaseModel):
     normalize: bool = pydantic.Field(
         True, description="Standardise each band over the clip (mean 0, variance 1), as speech recognisers' "
         "CMVN: the loudness, microphone and part of the voice drop out, and the network sees unit-scale inputs.")
+    stats_fraction: float = pydantic.Field(
+        1.0, gt=0, le=1, description="Share of the clip, from its start, whose frames give the band statistics: "
+        "preprocessing sets it to the training part so that the held-out end never leaks into the features; "
+        "new audio uses all of itself (1).")
 
 
-def normalize_bands(steps: np.ndarray) -> np.ndarray:
-    """(L, M) features -> each column (band) at mean 0 and standard deviation 1 over the clip
-    (a band constant over the clip becomes 0)."""
-    mean = steps.mean(0, keepdims=True)
-    std = steps.std(0, keepdims=True)
+def normalize_bands(steps: np.ndarray, fraction: float = 1.0) -> np.ndarray:
+    """(L, M) features -> each column (band) standardised with the mean and standard deviation of
+    its first ``fraction`` of rows (all: mean 0, std 1 over the clip; a constant band becomes 0)."""
+    ref = steps[: max(int(round(steps.shape[0] * fraction)), 1)]
+    mean = ref.mean(0, keepdims=True)
+    std = ref.std(0, keepdims=True)
     return ((steps - mean) / np.maximum(std, 1e-3)).astype(np.float32)
 
 
@@ -372,7 +377,7 @@ def extract_features(
         n_frames = max(int(round(x.size / SAMPLE_RATE * VIDEO_FPS)), 1)
     if cfg.kind == "logmel":
         steps = log_mel(x, cfg.logmel)
-        steps = normalize_bands(steps) if cfg.logmel.normalize else steps
+        steps = normalize_bands(steps, cfg.logmel.stats_fraction) if cfg.logmel.normalize else steps
     elif cfg.kind == "phonemes":
         from models.audio.phonemes import phone_features
 

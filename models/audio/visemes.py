@@ -7,9 +7,9 @@ Each phone has a target mouth (``VISEMES``) in four channels:
 * ``rounding``: lip protrusion, 0 .. 1 (/uw/, /ow/, /w/, /sh/);
 * ``closure``: the lips pressed together, 1 on /p b m/, else 0.
 
-Coarticulation by dominance functions (Cohen and Massaro's model): phone i pulls channel c towards
-its target with a weight ``alpha[i, c] * exp(-max(|t - centre_i| - duration_i / 2, 0) / tau_c)``,
-full inside the phone and decaying outside it; the value at time t is the weighted mean of all
+Coarticulation by dominance functions (after Cohen and Massaro's model): phone i pulls channel c
+towards its target with a weight ``alpha[i, c] * exp(-(d / tau_c)^2)``, d the time outside the
+phone (``max(|t - centre_i| - duration_i / 2, 0)``): full inside the phone, falling off outside it; the value at time t is the weighted mean of all
 targets. Lips that must close (/p b m/) or touch the teeth (/f v/) dominate strongly, so they close
 between loud vowels; /h/ barely dominates and takes its neighbours' shape; rounding reaches further
 ahead (``tau_rounding``), as lips round before the /uw/ of "to". Silence closes the mouth.
@@ -78,9 +78,9 @@ class VisemeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tau_s: float = Field(0.035, gt=0, description="Decay of a phone's dominance outside its own time, seconds "
+    tau_s: float = Field(0.03, gt=0, description="Decay of a phone's dominance outside its own time, seconds "
                          "(opening, width, closure): how far a phone reaches into its neighbours.")
-    tau_rounding_s: float = Field(0.09, gt=0, description="Decay of the rounding dominance, seconds: lips "
+    tau_rounding_s: float = Field(0.08, gt=0, description="Decay of the rounding dominance, seconds: lips "
                                   "round ahead of a rounded vowel and stay rounded after it.")
     loudness_weight: float = Field(0.3, ge=0, le=1, description="How much quiet speech narrows the opening: "
                                    "opening x (1 - w (1 - loudness)); 0 ignores loudness.")
@@ -89,9 +89,9 @@ class VisemeConfig(BaseModel):
 
 
 def _dominance(t: np.ndarray, start: np.ndarray, end: np.ndarray, tau: float) -> np.ndarray:
-    """(T,) times, (P,) phone bounds -> (T, P) exp(-distance outside the phone / tau)."""
+    """(T,) times, (P,) phone bounds -> (T, P) exp(-(time outside the phone / tau)^2)."""
     outside = np.maximum(np.maximum(start[None] - t[:, None], t[:, None] - end[None]), 0.0)
-    return np.exp(-outside / tau)
+    return np.exp(-np.square(outside / tau))
 
 
 def viseme_tracks(timeline: PhoneTimeline, n_frames: int, fps: float, loudness: np.ndarray | None = None,

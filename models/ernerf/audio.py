@@ -4,7 +4,9 @@
   of strided 1D convolutions over the 16 feature frames then a small MLP (the reference AudioNet).
 - ``AudioAttention``: smooths the codes of ``att_window`` neighbouring video frames with learned
   softmax weights (the reference AudioAttNet, bidirectional mode): (B, W, C) -> (B, C).
-- ``audio_windows``: the zero-padded window of neighbouring frames around each frame index.
+- ``audio_windows``: the window of neighbouring frames around each frame index; past the clip's
+  ends it repeats the first / last frame (zeros there are codes no real frame has: they ghost the
+  first frames of every render).
 - ``eye_feature``: AU45 (OpenFace blink intensity, 0..5) -> eye closure in [0, 1];
   ``EyeEncoder`` -> the eye code fed to the head field (identity at dim 1, as the reference).
 """
@@ -85,7 +87,7 @@ class AudioAttention(nn.Module):
 
 
 def audio_windows(feats: Tensor, index: Tensor, att_window: int) -> Tensor:
-    """Neighbouring frames' feature windows, zero-padded at the clip ends.
+    """Neighbouring frames' feature windows, the first / last frame repeated past the clip ends.
 
     feats: (T, 16, D); index: (B,) frame indices -> (B, att_window, 16, D) covering frames
     [i - att_window // 2, i + att_window // 2) (the reference's bidirectional window);
@@ -95,9 +97,7 @@ def audio_windows(feats: Tensor, index: Tensor, att_window: int) -> Tensor:
     left = att_window // 2 if att_window > 1 else 0
     offsets = torch.arange(att_window, device=index.device) - left  # (W,)
     frames = index[:, None] + offsets[None, :]  # (B, W)
-    valid = (frames >= 0) & (frames < t)
-    out = feats[frames.clamp(0, t - 1)]  # (B, W, 16, D)
-    return out * valid[..., None, None].to(out.dtype)
+    return feats[frames.clamp(0, t - 1)]  # (B, W, 16, D)
 
 
 def eye_feature(au45: Tensor) -> Tensor:

@@ -31,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from talkflow.errors import FaceNotFound, InputError
 
 REFERENCE_SIZE = 512  # LMD is reported in pixels of a frame this size
+# The sentence new-voice lip sync is scored on: 13 /p b m/ between vowels, rounded and spread vowels.
+SCORING_SENTENCE = ("Would you please bring me a warm cup of coffee before the bus comes? "
+                    "Maybe some bread and butter too.")
 _EPS = 1e-9
 
 
@@ -224,6 +227,20 @@ def phonetic_sync(landmarks: list[np.ndarray | None], timeline, fps: float = 25.
     }
 
 
-__all__ = ["REFERENCE_SIZE", "PhoneticSyncConfig", "best_offset", "face_landmarks", "image_scores",
+def lip_sync_report(frames, samples: np.ndarray, sample_rate: int, text: str | None = None, fps: float = 25.0,
+                    config: PhoneticSyncConfig = PhoneticSyncConfig()) -> dict:
+    """`phonetic_sync` of rendered frames (T, H, W, 3) uint8 against their speech (phones aligned to
+    `text` when given, else recognised), plus the old loudness figure (``loudness_corr``: opening
+    against the RMS per frame), kept as a secondary number."""
+    from models.audio.alignment import speech_phones
+
+    lms = landmarks_per_frame(frames)
+    report = phonetic_sync(lms, speech_phones(samples, sample_rate, text), fps, config)
+    opening = np.array([mouth_shape(lm)[0] if lm is not None else np.nan for lm in lms], np.float64)
+    rms = speech_rms(samples, sample_rate, fps, n_frames=len(lms))
+    return report | {"loudness_corr": round(_gapped_pearson(opening, rms), 4)}
+
+
+__all__ = ["REFERENCE_SIZE", "SCORING_SENTENCE", "lip_sync_report", "PhoneticSyncConfig", "best_offset", "face_landmarks", "image_scores",
            "landmarks_per_frame", "lmd_at", "mouth_opening", "mouth_shape", "pearson", "phonetic_sync",
            "shifted_pearson", "speech_rms"]

@@ -15,14 +15,14 @@ render (frames). Pure PyTorch; never imports Prefect.
     depth = rig.depth_map(cam, G.cfg.neural_rendering_resolution)     # geometry prior, fallback G only
     pti = run_pti(G, image, cam, PTIConfig.fallback(), face_depth=depth)  # w_PTI, G_PTI, bg_PTI
                                                      # (PTIConfig() and no depth for a pretrained G)
-    exp = EnvelopeAudioToExpression().predict(samples, sr)            # (T, K_exp)
+    exp = PhoneticAudioToExpression().predict(samples, sr)            # (T, K_exp)
     frames = render_frames(pti.generator(), pti.w_pivot, fit.coeffs, exp, cam, background=pti.background)
 """
 
 from models.nerffacespeech.audio2exp import (
     AudioToExpression,
-    EnvelopeAudioToExpression,
-    EnvelopeConfig,
+    PhoneticAudioToExpression,
+    PhoneticDriverConfig,
     MelToExpression,
     load_audio2exp,
     save_audio2exp,
@@ -50,8 +50,8 @@ from models.nerffacespeech.pti import PTIConfig, PTIResult, load_pti, run_pti
 from models.nerffacespeech.render import RenderConfig, render_frames
 
 __all__ = [
-    "EG3D_FOCAL", "EG3D_FOV_DEG", "AudioToExpression", "Camera", "DeformConfig", "EnvelopeAudioToExpression",
-    "EnvelopeConfig", "ExpressionWarp", "FaceFit", "FaceFitConfig", "FaceRig", "GeneratorConfig", "GeneratorOutput",
+    "EG3D_FOCAL", "EG3D_FOV_DEG", "AudioToExpression", "Camera", "DeformConfig", "PhoneticAudioToExpression",
+    "PhoneticDriverConfig", "ExpressionWarp", "FaceFit", "FaceFitConfig", "FaceRig", "GeneratorConfig", "GeneratorOutput",
     "MelToExpression", "PTIConfig", "PTIResult", "RenderConfig", "TriplaneGenerator", "camera_rays", "crop_portrait",
     "default_generator", "fit_portrait", "fov_to_focal", "load_audio2exp", "load_generator", "load_portrait",
     "load_pti", "look_at", "portrait_camera", "render_frames", "run_pti", "save_audio2exp", "save_generator",

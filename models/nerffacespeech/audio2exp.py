@@ -9,20 +9,13 @@ NeRFFaceSpeech drives its 3DMM with SadTalker's audio-to-expression network (log
   (log-mel windows (T, 16, 80) from `models.audio.features`, normalised per band, three 1-D
   convolutions over the 16 steps (80 -> H -> H -> H, strides 1, 2, 2, leaky ReLU), mean over
   time, a linear layer -> K_exp), saved by `save_audio2exp` and read with weights_only=True.
-- `EnvelopeAudioToExpression` (built in, no weights): drives only the mouth modes of the face3d
-  expression basis (generic model and converted BFM share the names):
-    * loudness = `speech_envelope` (RMS per frame, 95th percentile = 1);
-    * vowel openness from the log-mel band energies: the first formant of open vowels (/a/) lies
-      at 600-1100 Hz, of close vowels (/i/, /u/) at 200-500 Hz, so log(E[500-1100] / E[150-500]);
-    * lip spreading vs rounding from the second formant: high for front vowels (/i/, /e/: lips
-      spread), low for rounded back vowels (/o/, /u/), so log(E[1700-3500] / E[150-1100]);
-    both are standardised over the voiced frames of the clip and squashed with a logistic, then
-      jaw_open     = jaw_gain * env * (jaw_floor + (1 - jaw_floor) * openness)
-      lips_stretch = stretch_gain * env * spread * (1 - openness)
-      lips_pucker  = pucker_gain * env * (1 - spread) * (1 - openness)
-    and every curve is smoothed over time with a Gaussian whose sigma (`smooth_frames`) shrinks
-    for fast speech: the speech rate (syllables/s, `speech_rate`: envelope peaks over the voiced
-    time) is measured per clip. Silence gives a closed, neutral mouth.
+- `PhoneticAudioToExpression` (built in, no weights): drives the mouth modes of the face3d
+  expression basis (generic model and converted BFM share the names) from the speech's phones:
+  the phone timeline (forced alignment when the text is known, else phone recognition;
+  `models.audio.alignment`) -> coarticulated visemes per frame (`models.audio.visemes`; loudness
+  only as intensity) -> jaw_open = jaw_gain x opening, lips_stretch = stretch_gain x spread,
+  lips_pucker = pucker_gain x rounding. The lip closure of /p b m/ is one of its curves, for the
+  warp renderer, which presses the portrait's lips together (a smiling photo shows its teeth).
   Both renderers (the generator's ray deformation and the portrait warp) take these coefficients.
 """
 
@@ -35,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from scipy.ndimage import gaussian_filter1d
 from torch import Tensor, nn
 
+from models.audio.visemes import VisemeConfig
 from models.checkpoint_io import save_atomic
 from talkflow.errors import AssetMissing, InputError
 
@@ -73,71 +66,32 @@ class AudioToExpression(ABC):
     n_exp: int
 
     @abstractmethod
-    def predict(self, samples: np.ndarray, sr: int, fps: float = 25) -> np.ndarray:
-        """samples (N,) or (N, C) float in [-1, 1] or int16 -> (T, n_exp) float32."""
+    def predict(self, samples: np.ndarray, sr: int, fps: float = 25, text: str | None = None) -> np.ndarray:
+        """samples (N,) or (N, C) float in [-1, 1] or int16 -> (T, n_exp) float32; `text`: what is
+        said, when known (a driver may use it)."""
 
 
-# ------------------------------------------------------------------------- envelope heuristic
-class EnvelopeConfig(BaseModel):
+# ----------------------------------------------------------------------- the phonetic driver
+class PhoneticDriverConfig(BaseModel):
+    """How the built-in driver turns the speech's mouth shapes (models.audio.visemes) into the
+    face3d mouth modes."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    jaw_gain: float = Field(0.45, ge=0, description="jaw_open at full loudness on an open vowel (1 = the basis' "
-                            "full 0.25 rad, a wide-open mouth; 0.45 opens about as far as conversational speech).")
-    jaw_floor: float = Field(0.5, ge=0, le=1, description="Share of the opening that follows loudness alone.")
-    stretch_gain: float = Field(0.4, ge=0, description="lips_stretch at full loudness on a front vowel.")
-    pucker_gain: float = Field(0.5, ge=0, description="lips_pucker at full loudness on a rounded vowel.")
-    voiced: float = Field(0.2, ge=0, le=1, description="Envelope above which a frame counts as voiced (statistics).")
-    slope: float = Field(1.5, gt=0, description="Logistic slope on the standardised band ratios.")
-    smooth_frames: float = Field(1.0, ge=0, description="Gaussian sigma of the temporal smoothing, in frames, at "
-                                 "the reference speech rate; scaled by reference / measured rate (x0.5 to x1.5) "
-                                 "so that fast speech still closes the mouth between syllables.")
-    reference_rate_hz: float = Field(4.0, gt=0, description="Syllables per second of ordinary speech.")
+    jaw_gain: float = Field(0.7, ge=0, description="jaw_open at a fully open viseme (/aa/); 1 is the basis' full "
+                            "0.25 rad, a wide-open mouth.")
+    stretch_gain: float = Field(0.5, ge=0, description="lips_stretch at a fully spread viseme (/iy/).")
+    pucker_gain: float = Field(0.8, ge=0, description="lips_pucker at a fully rounded viseme (/uw/).")
+    visemes: VisemeConfig = Field(default_factory=VisemeConfig, description="Phones -> mouth shapes: "
+                                  "coarticulation and loudness as intensity.")
 
 
-def _band_energies(x16: np.ndarray, t: int, fps: float) -> np.ndarray:
-    """Mono 16 kHz samples -> (T, 4) mean mel power per video frame in the bands
-    150-500, 500-1100, 1100-1700, 1700-3500 Hz."""
-    from models.audio.features import FEATURE_FPS, LogMelConfig, log_mel, mel_filterbank
+class PhoneticAudioToExpression(AudioToExpression):
+    """The built-in, weight-free driver: the speech's phone timeline (aligned to the text when it is
+    known, else recognised) -> visemes per frame -> jaw_open, lips_stretch and lips_pucker; the
+    lip closure (/p b m/) is returned beside them by `curves` for renderers that press the lips."""
 
-    cfg = LogMelConfig()
-    mel = np.exp(log_mel(x16, cfg).astype(np.float64))  # (L, 80) power
-    fb = np.asarray(mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax))  # (80, n_fft/2+1)
-    centre = fb.argmax(1) * cfg.sample_rate / cfg.n_fft  # (80,) peak frequency of each mel filter, Hz
-    bands = [(150, 500), (500, 1100), (1100, 1700), (1700, 3500)]
-    e = np.stack([mel[:, (centre >= lo) & (centre < hi)].mean(1) for lo, hi in bands], 1)  # (L, 4)
-    # Video frame k covers [k, k + 1) / fps s; mel row l is centred at l / FEATURE_FPS s.
-    rows = np.arange(e.shape[0]) / FEATURE_FPS
-    k = np.minimum((rows * fps).astype(np.int64), max(t - 1, 0))
-    out = np.zeros((t, 4))
-    np.add.at(out, k, e)
-    counts = np.bincount(k, minlength=t)[:, None]
-    return out / np.maximum(counts, 1) + 1e-10
-
-
-def speech_rate(envelope: np.ndarray, fps: float, voiced: float = 0.2) -> float:
-    """Syllables per second: peaks of the envelope (T,) that rise above `voiced` and stand out
-    from their neighbours by 0.1, over the time from the first to the last voiced frame
-    (0 for silence)."""
-    from scipy.signal import find_peaks
-
-    env = np.asarray(envelope, np.float64)
-    on = np.flatnonzero(env > voiced)
-    if len(on) == 0:
-        return 0.0
-    peaks, _ = find_peaks(env, height=voiced, prominence=0.1, distance=max(1, int(fps / 10)))
-    return float(len(peaks) * fps / max(on[-1] - on[0] + 1, fps / 4))
-
-
-def _standard_logistic(x: np.ndarray, mask: np.ndarray, slope: float) -> np.ndarray:
-    ref = x[mask] if mask.sum() >= 2 else x
-    z = (x - ref.mean()) / (ref.std() + 1e-6)
-    return 1.0 / (1.0 + np.exp(-slope * z))
-
-
-class EnvelopeAudioToExpression(AudioToExpression):
-    """The built-in, weight-free audio -> mouth expression mapping (see the module doc)."""
-
-    def __init__(self, exp_names: tuple[str, ...] | None = None, config: EnvelopeConfig = EnvelopeConfig()):
+    def __init__(self, exp_names: tuple[str, ...] | None = None, config: PhoneticDriverConfig = PhoneticDriverConfig()):
         if exp_names is None:
             from models.face3d.morphable import generic_model
 
@@ -145,47 +99,43 @@ class EnvelopeAudioToExpression(AudioToExpression):
         missing = [m for m in MOUTH_MODES if m not in exp_names]
         if missing:
             raise InputError(f"the expression basis has no {', '.join(missing)} mode (names: {list(exp_names)}); "
-                             "the envelope mapping needs the face3d mouth modes")
+                             "the phonetic driver needs the face3d mouth modes")
         self.exp_names = tuple(exp_names)
         self.n_exp = len(exp_names)
         self.index = {m: self.exp_names.index(m) for m in MOUTH_MODES}
         self.config = config
 
-    def curves(self, samples: np.ndarray, sr: int, fps: float = 25) -> dict[str, np.ndarray]:
-        """The intermediate (T,) curves: envelope, openness, spread, the three mode weights, and the
-        measured speech rate (rate_hz, syllables/s, constant over the clip)."""
-        from models.audio.features import to_mono_16k
+    def curves(self, samples: np.ndarray, sr: int, fps: float = 25, text: str | None = None) -> dict:
+        """The (T,) curves: loudness, the four viseme channels, the three mode weights, and the
+        phone timeline (``timeline``) they came from."""
+        from models.audio.alignment import speech_phones
+        from models.audio.visemes import viseme_tracks
         from models.synth.talking_photo import speech_envelope
 
         cfg = self.config
         x = _mono(samples, sr, fps)
         t = n_video_frames(x.shape[0], sr, fps)
-        if t == 0:
-            z = np.zeros(0, np.float32)
-            return {k: z for k in ("envelope", "openness", "spread", "rate_hz", *MOUTH_MODES)}
-        env = speech_envelope(x, sr, fps).astype(np.float64)[:t]  # (T,)
-        e = _band_energies(to_mono_16k(x, sr), t, fps)  # (T, 4)
-        voiced = env > cfg.voiced
-        openness = _standard_logistic(np.log(e[:, 1] / e[:, 0]), voiced, cfg.slope)
-        spread = _standard_logistic(np.log(e[:, 3] / (e[:, 0] + e[:, 1])), voiced, cfg.slope)
-        jaw = cfg.jaw_gain * env * (cfg.jaw_floor + (1.0 - cfg.jaw_floor) * openness)
-        stretch = cfg.stretch_gain * env * spread * (1.0 - openness)
-        pucker = cfg.pucker_gain * env * (1.0 - spread) * (1.0 - openness)
-        rate = speech_rate(env, fps, cfg.voiced)
-        out = {"envelope": env, "openness": openness, "spread": spread, "jaw_open": jaw, "lips_stretch": stretch,
-               "lips_pucker": pucker, "rate_hz": np.full(t, rate)}
-        if cfg.smooth_frames > 0 and t > 1:
-            sigma = cfg.smooth_frames * (float(np.clip(cfg.reference_rate_hz / rate, 0.5, 1.5)) if rate > 0 else 1.0)
-            for k in MOUTH_MODES:
-                out[k] = gaussian_filter1d(out[k], sigma, mode="nearest")
-        return {k: v.astype(np.float32) for k, v in out.items()}
-
-    def predict(self, samples: np.ndarray, sr: int, fps: float = 25) -> np.ndarray:
-        c = self.curves(samples, sr, fps)
-        out = np.zeros((c["envelope"].shape[0], self.n_exp), np.float32)
-        for m in MOUTH_MODES:
-            out[:, self.index[m]] = c[m]
+        env = speech_envelope(x, sr, fps)[:t] if t else np.zeros(0, np.float32)
+        timeline = speech_phones(x, sr, text) if t else None
+        mouth = viseme_tracks(timeline, t, fps, loudness=env, config=cfg.visemes) if t else \
+            {c: np.zeros(0, np.float32) for c in ("opening", "width", "rounding", "closure")}
+        out = {"envelope": env, **mouth,
+               "jaw_open": cfg.jaw_gain * mouth["opening"],
+               "lips_stretch": cfg.stretch_gain * np.maximum(mouth["width"], 0.0),
+               "lips_pucker": cfg.pucker_gain * mouth["rounding"]}
+        out = {k: np.asarray(v, np.float32) for k, v in out.items()}
+        out["timeline"] = timeline
         return out
+
+    def expressions(self, curves: dict) -> np.ndarray:
+        """(T, n_exp) coefficients of `curves`' mouth modes (the rest 0)."""
+        out = np.zeros((curves["envelope"].shape[0], self.n_exp), np.float32)
+        for m in MOUTH_MODES:
+            out[:, self.index[m]] = curves[m]
+        return out
+
+    def predict(self, samples: np.ndarray, sr: int, fps: float = 25, text: str | None = None) -> np.ndarray:
+        return self.expressions(self.curves(samples, sr, fps, text))
 
 
 # ----------------------------------------------------------------------------- the network
@@ -219,7 +169,7 @@ class NetworkAudioToExpression(AudioToExpression):
         self.device = torch.device(device)
 
     @torch.no_grad()
-    def predict(self, samples: np.ndarray, sr: int, fps: float = 25) -> np.ndarray:
+    def predict(self, samples: np.ndarray, sr: int, fps: float = 25, text: str | None = None) -> np.ndarray:
         from models.audio.features import log_mel, to_mono_16k, window_features
 
         x = _mono(samples, sr, fps)
@@ -246,7 +196,7 @@ def load_audio2exp(path: str | Path, device: str | torch.device = "cpu") -> Netw
     path = Path(path)
     if not path.is_file():
         raise AssetMissing(f"audio-to-expression weights {path} not found; without them use "
-                           "EnvelopeAudioToExpression (the built-in mapping)")
+                           "PhoneticAudioToExpression (the built-in driver)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

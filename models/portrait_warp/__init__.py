@@ -3,7 +3,7 @@ portrait itself, with a synthesised mouth interior. Pure PyTorch / numpy; no dow
 
     fit = fit_portrait(image, model)                              # models.nerffacespeech.face_fit
     rig = build_rig(image, fit.landmarks, fit.coeffs, model)      # once per character (cached)
-    exp = EnvelopeAudioToExpression(model.exp_names).predict(samples, sr) + fit.coeffs["exp"].numpy()
+    exp = PhoneticAudioToExpression(model.exp_names).predict(samples, sr) + fit.coeffs["exp"].numpy()
     frames = render_warp(rig, model, exp)                         # (T, S, S, 3) uint8, S >= 512
 """
 

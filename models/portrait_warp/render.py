@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torch.nn import functional as F
 
-from models.face.mouth import INNER_LOWER, INNER_UPPER, interior_colour, mouth_width, profile, smoothstep
+from models.face.mouth import (INNER_LOWER, INNER_UPPER, interior_colour, lip_press, mouth_width, pressed_landmarks,
+                               profile, smoothstep)
 from models.face3d.morphable import MorphableModel
 from models.portrait_warp.rig import WarpRig
 from talkflow.errors import InputError
@@ -118,6 +119,21 @@ def paint_mouth(frame: np.ndarray, lm: np.ndarray, lm_rest: np.ndarray, rig: War
     roi[hit] = roi[hit] * (1.0 - a) + (col * shade[:, None]) * a
 
 
+def press_box(out: np.ndarray, lm: np.ndarray, amount: float) -> None:
+    """Press the lips of the frame region `out` (h, w, 3) float together, in place: `lm` (68, 2)
+    its lips in region px, `amount` in [0, 1] (`models.face.mouth.lip_press`)."""
+    from scipy.ndimage import map_coordinates
+
+    h, w = out.shape[:2]
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    d = lip_press(x, y, lm, amount)
+    if not np.any(d):
+        return
+    coords = np.stack([y - d - 0.5, x - 0.5])
+    for c in range(3):
+        out[..., c] = map_coordinates(out[..., c], coords, order=1, mode="nearest")
+
+
 def _mouth_box(lms: np.ndarray, size: int, margin: float = 3.0) -> tuple[int, int, int, int]:
     m = lms[:, 48:68].reshape(-1, 2)
     lo, hi = np.floor(m.min(0) - margin), np.ceil(m.max(0) + margin)
@@ -127,9 +143,11 @@ def _mouth_box(lms: np.ndarray, size: int, margin: float = 3.0) -> tuple[int, in
 
 @torch.no_grad()
 def render_warp(rig: WarpRig, model: MorphableModel, exp_seq, config: WarpRenderConfig = WarpRenderConfig(),
-                progress=None) -> np.ndarray:
+                progress=None, closure=None) -> np.ndarray:
     """-> (T, S, S, 3) uint8 frames of the rig's portrait making the expressions exp_seq (T, K_exp)
-    (absolute coefficients, as `audio_to_expressions` gives). `progress(done, total)` after every batch."""
+    (absolute coefficients, as `audio_to_expressions` gives); `closure` (T,) in [0, 1] presses the
+    lips together over the portrait's own lip gap (1: closed, teeth hidden). `progress(done, total)`
+    after every batch."""
     from models.face3d.fit import cpu_threads
 
     exp = torch.as_tensor(np.asarray(exp_seq, dtype=np.float32))
@@ -141,6 +159,9 @@ def render_warp(rig: WarpRig, model: MorphableModel, exp_seq, config: WarpRender
         raise InputError(f"the rig was fitted with {rig.coeffs['id'].shape[-1]} identity modes, the model has "
                          f"{model.n_id}: render with the fit's morphable model")
     t, s = exp.shape[0], rig.size
+    press = np.zeros(t) if closure is None else np.clip(np.asarray(closure, np.float64).reshape(-1), 0.0, 1.0)
+    if press.shape[0] != t:
+        raise InputError(f"closure has {press.shape[0]} frames, exp_seq {t}")
     frames = np.empty((t, s, s, 3), np.uint8)
     frames[:] = rig.image.numpy()[None]
     with cpu_threads(config.cpu_threads):
@@ -160,7 +181,12 @@ def render_warp(rig: WarpRig, model: MorphableModel, exp_seq, config: WarpRender
                 y0, x0, y1, x1 = my0, mx0, my1, mx1
             out = warp_box(rig, field, (y0, x0, y1, x1)).numpy()  # (B, h, w, 3)
             for i in range(b):
-                paint_mouth(out[i], lms[i] - (x0, y0), lm_rest - (x0, y0), rig, config)
+                lm_i = lms[i] - (x0, y0)
+                amount = float(press[start + i])
+                if amount > 1e-3:
+                    press_box(out[i], lm_i, amount)
+                    lm_i = pressed_landmarks(lm_i, amount)
+                paint_mouth(out[i], lm_i, lm_rest - (x0, y0), rig, config)
             frames[start:start + b, y0:y1, x0:x1] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
             if progress is not None:
                 progress(min(start + b, t), t)

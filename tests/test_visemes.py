@@ -1,0 +1,103 @@
+"""The phonetic mouth (models/audio/alignment.py, models/audio/visemes.py): known words give the
+mouth shapes a person makes (a /p/ closes, an /aa/ opens, an /uw/ rounds), neighbouring phones
+blend, and loudness only scales the opening."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from models.audio.alignment import AlignmentFailed, Phone, PhoneTimeline, align_phones, speech_phones
+from models.audio.visemes import VisemeConfig, bilabial_frames, viseme_tracks
+
+FPS = 25
+
+
+def timeline(*spec: tuple[str, float]) -> PhoneTimeline:
+    """Phones with durations (s), back to back from 0."""
+    t, out = 0.0, []
+    for phone, dur in spec:
+        out.append(Phone(phone, t, t + dur))
+        t += dur
+    return PhoneTimeline(tuple(out), t, "aligned")
+
+
+def at(tracks: dict, channel: str, seconds: float) -> float:
+    return float(tracks[channel][int(seconds * FPS)])
+
+
+def test_bilabial_closes_between_open_vowels():
+    tl = timeline(("SIL", 0.2), ("AA", 0.2), ("P", 0.08), ("AA", 0.2), ("SIL", 0.2))
+    v = viseme_tracks(tl, int(tl.duration * FPS), FPS)
+    p = tl.phones[2]
+    assert at(v, "opening", 0.3) > 0.8  # inside the first /aa/
+    assert at(v, "opening", p.middle) < 0.1 and at(v, "closure", p.middle) > 0.8
+    assert bilabial_frames(tl, int(tl.duration * FPS), FPS) == [int(p.middle * FPS)]
+
+
+def test_rounded_and_spread_vowels():
+    tl = timeline(("SIL", 0.2), ("UW", 0.25), ("SIL", 0.2), ("IY", 0.25), ("SIL", 0.2))
+    v = viseme_tracks(tl, int(tl.duration * FPS), FPS)
+    uw, iy = tl.phones[1].middle, tl.phones[3].middle
+    assert at(v, "width", uw) < -0.7 and at(v, "rounding", uw) > 0.7
+    assert at(v, "width", iy) > 0.6 and at(v, "rounding", iy) < 0.2
+
+
+def test_rounding_is_anticipated_and_h_takes_its_neighbours_shape():
+    # "two": the lips round already during the /t/; an /h/ between /aa/s stays open
+    tl = timeline(("SIL", 0.2), ("T", 0.08), ("UW", 0.25), ("SIL", 0.2))
+    v = viseme_tracks(tl, int(tl.duration * FPS), FPS)
+    assert at(v, "rounding", tl.phones[1].middle) > 0.5
+    tl = timeline(("AA", 0.2), ("HH", 0.08), ("AA", 0.2))
+    v = viseme_tracks(tl, int(tl.duration * FPS), FPS)
+    assert at(v, "opening", tl.phones[1].middle) > 0.7
+
+
+def test_loudness_scales_the_opening_but_never_opens_a_closure():
+    tl = timeline(("AA", 0.2), ("M", 0.1), ("AA", 0.2))
+    n = int(tl.duration * FPS)
+    loud = viseme_tracks(tl, n, FPS, loudness=np.ones(n))
+    quiet = viseme_tracks(tl, n, FPS, loudness=np.full(n, 0.2))
+    k = int(0.1 * FPS)
+    assert loud["opening"][k] > quiet["opening"][k] > 0.5 * loud["opening"][k]
+    m = int(tl.phones[1].middle * FPS)
+    assert loud["opening"][m] < 0.1 and quiet["opening"][m] <= loud["opening"][m]
+    assert np.array_equal(viseme_tracks(tl, n, FPS, loudness=np.full(n, 0.2), config=VisemeConfig(loudness_weight=0))
+                          ["opening"], viseme_tracks(tl, n, FPS)["opening"])
+
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+
+
+@needs_espeak
+def test_forced_alignment_of_known_words():
+    from models.audio.tts import synthesize
+
+    text = "Papa will move to the moon."
+    samples, rate = synthesize(text, engine="espeak")
+    tl = align_phones(samples, rate, text)
+    spoken = [p.phone for p in tl.spoken()]
+    assert tl.source == "aligned"
+    assert spoken[:4] == ["P", "AA", "P", "AH"] and "UW" in spoken and spoken.count("M") == 2
+    assert all(a.end <= b.start + 1e-9 for a, b in zip(tl.phones, tl.phones[1:]))
+    assert tl.phones[0].start == 0.0 and tl.phones[-1].end == pytest.approx(len(samples) / rate, abs=0.02)
+    v = viseme_tracks(tl, int(np.ceil(tl.duration * FPS)), FPS)
+    first_p, first_aa = tl.spoken()[0], tl.spoken()[1]
+    assert at(v, "closure", first_p.middle) > 0.7 and at(v, "opening", first_aa.middle) > 0.4
+    uw = next(p for p in tl.spoken() if p.phone == "UW")
+    assert at(v, "rounding", uw.middle) > 0.6
+    assert PhoneTimeline.from_json(tl.to_json()) == PhoneTimeline(
+        tuple(Phone(p.phone, round(p.start, 4), round(p.end, 4)) for p in tl.phones), tl.duration, "aligned")
+
+
+@needs_espeak
+def test_unknown_words_fall_back_to_recognition():
+    from models.audio.tts import synthesize
+
+    samples, rate = synthesize("Please open the window.", engine="espeak")
+    with pytest.raises(AlignmentFailed, match="zxqvw"):
+        align_phones(samples, rate, "Please zxqvw the window.")
+    tl = speech_phones(samples, rate, "Please zxqvw the window.")
+    assert tl.source == "recognised" and len(tl.spoken()) >= 8
