@@ -14,8 +14,8 @@ from models.face3d.morphable import generic_model
 from models.nerffacespeech import camera as C
 from models.nerffacespeech import stylegan as S
 from models.nerffacespeech.audio2exp import (
-    EnvelopeAudioToExpression,
     MelToExpression,
+    PhoneticAudioToExpression,
     load_audio2exp,
     save_audio2exp,
 )
@@ -267,18 +267,35 @@ def _speech_then_silence(sr: int = 16000) -> np.ndarray:
     return np.concatenate([0.2 * voice, np.zeros(sr)]).astype(np.float32)
 
 
-def test_envelope_audio2exp_opens_the_jaw_during_speech(generic):
-    sr = 16000
-    a2e = EnvelopeAudioToExpression(generic.exp_names)
-    exp = a2e.predict(_speech_then_silence(sr), sr, fps=25)
-    assert exp.shape == (50, generic.n_exp) and exp.dtype == np.float32 and np.isfinite(exp).all()
-    jaw = exp[:, generic.exp_names.index("jaw_open")]
-    assert jaw[:25].mean() > 0.1 and jaw[:25].max() > 5 * jaw[30:].max() + 0.05
-    assert np.abs(jaw[30:]).max() < 0.01  # closed in the silence
+def test_phonetic_audio2exp_follows_the_phones(generic):
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("needs espeak-ng")
+    from models.audio.tts import synthesize
+
+    text = "Papa, we see two moons."
+    samples, sr = synthesize(text, engine="espeak")
+    samples = np.concatenate([samples, np.zeros(sr, np.float32)])  # then 1 s of silence
+    a2e = PhoneticAudioToExpression(generic.exp_names)
+    curves = a2e.curves(samples, sr, fps=25, text=text)
+    exp = a2e.expressions(curves)
+    t = int(np.ceil(len(samples) / sr * 25))
+    assert exp.shape == (t, generic.n_exp) and exp.dtype == np.float32 and np.isfinite(exp).all()
+    assert curves["timeline"].source == "aligned"
+    col = {m: exp[:, generic.exp_names.index(m)] for m in ("jaw_open", "lips_stretch", "lips_pucker")}
+    frame = {p.phone: int(p.middle * 25) for p in reversed(curves["timeline"].spoken())}  # first of each
+    assert col["jaw_open"][frame["AA"]] > 4 * col["jaw_open"][frame["P"]] and curves["closure"][frame["P"]] > 0.7
+    assert col["lips_pucker"][frame["UW"]] > 0.4 > col["lips_pucker"][frame["IY"]]
+    assert col["lips_stretch"][frame["IY"]] > 0.2 > col["lips_stretch"][frame["UW"]]
+    assert np.abs(exp[-10:]).max() < 0.01  # closed and neutral in the silence
     others = [i for i, n in enumerate(generic.exp_names) if n not in ("jaw_open", "lips_stretch", "lips_pucker")]
     assert np.all(exp[:, others] == 0)
-    # int16 input and a 30 fps timeline work too.
-    assert a2e.predict((_speech_then_silence(sr) * 32767).astype(np.int16), sr, fps=30).shape == (60, generic.n_exp)
+    # Without the text the phones are recognised; int16 input and a 30 fps timeline work too.
+    heard = a2e.curves((samples * 32767).astype(np.int16), sr, fps=30)
+    assert heard["timeline"].source == "recognised"
+    assert heard["jaw_open"].shape == (int(np.ceil(len(samples) / sr * 30)),)
+    assert heard["jaw_open"][: int(30 * (len(samples) / sr - 1))].max() > 0.3
 
 
 def test_audio2exp_network_weights_load_weights_only(tmp_path, generic):

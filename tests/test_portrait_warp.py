@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from models.face3d.morphable import generic_model
-from models.nerffacespeech.audio2exp import speech_rate
 from models.nerffacespeech.camera import EG3D_FOCAL
 from models.portrait_warp import WarpRigConfig, build_rig, load_rig, render_warp
 from models.portrait_warp.rig import project_mesh
@@ -104,10 +103,24 @@ def test_rig_round_trip_and_output_size(rig, case, model, tmp_path):
         build_rig(image[:100], lm, fit, model)
 
 
-def test_speech_rate_counts_syllables_per_second():
-    fps = 25
-    t = np.arange(4 * fps) / fps
-    env = (0.5 - 0.5 * np.cos(2 * np.pi * 3 * t)) ** 2  # 3 syllables a second for 4 s
-    assert abs(speech_rate(env, fps) - 3.0) < 0.4
-    assert abs(speech_rate(np.concatenate([np.zeros(50), env, np.zeros(50)]), fps) - 3.0) < 0.4  # pauses excluded
-    assert speech_rate(np.zeros(50), fps) == 0.0
+def test_closure_presses_the_lips_over_the_gap_between_them(case, model):
+    from skimage.draw import polygon
+
+    image, lm, fit = case
+    apart = lm.copy()  # a portrait whose lips stand 10 px apart, a black mouth between them
+    apart[[61, 62, 63], 1] -= 5.0
+    apart[[65, 66, 67], 1] += 5.0
+    smile = image.copy()
+    rr, cc = polygon(apart[60:68, 1], apart[60:68, 0], smile.shape[:2])
+    smile[rr, cc] = 0
+    rig = build_rig(smile, apart, fit, model, WarpRigConfig(min_size=S))
+    exp = np.repeat(fit["exp"][None].numpy(), 3, 0)
+    frames = render_warp(rig, generic_model(), exp, closure=np.array([0.0, 0.5, 1.0]))
+    assert np.abs(frames[0].astype(int) - smile.astype(int)).max() <= 1  # no closure: the portrait
+    y0, y1 = int(apart[60:68, 1].min()) - 3, int(apart[60:68, 1].max()) + 4
+    x0, x1 = int(apart[60, 0]), int(apart[64, 0]) + 1
+    dark = [(f[y0:y1, x0:x1].max(-1) < 20).sum() for f in frames]  # mouth pixels still showing
+    assert dark[0] > 150 and dark[0] * 0.35 < dark[1] < dark[0] * 0.65 and dark[2] < dark[0] * 0.05
+    assert np.array_equal(frames[2][: y0 - 30], smile[: y0 - 30])  # far from the mouth nothing moves
+    with pytest.raises(InputError):
+        render_warp(rig, generic_model(), exp, closure=np.zeros(2))

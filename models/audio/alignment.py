@@ -132,7 +132,8 @@ def _align_once(pcm: np.ndarray, text: str, beams: dict) -> list[Phone] | None:
         out = []
         for word in alignment:
             for ph in word:
-                out.append(Phone(_unit(ph.name), ph.start * FRAME_S - PAD_S, (ph.start + ph.duration) * FRAME_S - PAD_S))
+                start = ph.start * FRAME_S - PAD_S
+                out.append(Phone(_unit(ph.name), start, start + ph.duration * FRAME_S))
         return out
     except RuntimeError:  # "Final result does not match the grammar" and kin
         return None

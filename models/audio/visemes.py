@@ -9,10 +9,11 @@ Each phone has a target mouth (``VISEMES``) in four channels:
 
 Coarticulation by dominance functions (after Cohen and Massaro's model): phone i pulls channel c
 towards its target with a weight ``alpha[i, c] * exp(-(d / tau_c)^2)``, d the time outside the
-phone (``max(|t - centre_i| - duration_i / 2, 0)``): full inside the phone, falling off outside it; the value at time t is the weighted mean of all
-targets. Lips that must close (/p b m/) or touch the teeth (/f v/) dominate strongly, so they close
-between loud vowels; /h/ barely dominates and takes its neighbours' shape; rounding reaches further
-ahead (``tau_rounding``), as lips round before the /uw/ of "to". Silence closes the mouth.
+phone (``max(|t - centre_i| - duration_i / 2, 0)``): full inside the phone, falling off outside
+it; the value at time t is the weighted mean of all targets. Lips that must close (/p b m/) or
+touch the teeth (/f v/) dominate strongly, so they close between loud vowels; /h/ barely dominates
+and takes its neighbours' shape; rounding reaches further (``tau_rounding_s``), as lips round
+before the /uw/ of "to". A long silence closes the mouth.
 
 Loudness is only an intensity: ``opening *= 1 - loudness_weight * (1 - loudness)`` with the
 speech envelope (0..1), so a shout opens wider than a whisper of the same words; it never opens a

@@ -80,10 +80,13 @@ class AudioAttention(nn.Module):
         self.window = window
         self.logits = nn.Linear(window, window)
 
-    def forward(self, codes: Tensor) -> Tensor:
+    def weights(self, codes: Tensor) -> Tensor:
+        """(B, W, C) codes -> (B, W) softmax weights over the window."""
         scores = self.conv(codes.transpose(1, 2)).squeeze(1)  # (B, W)
-        weights = torch.softmax(self.logits(scores), dim=-1)  # (B, W)
-        return (weights[..., None] * codes).sum(dim=1)  # (B, C)
+        return torch.softmax(self.logits(scores), dim=-1)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        return (self.weights(codes)[..., None] * codes).sum(dim=1)  # (B, C)
 
 
 def audio_windows(feats: Tensor, index: Tensor, att_window: int) -> Tensor:
@@ -132,3 +135,11 @@ class AudioConditioning(nn.Module):
         if self.attention is None:
             return codes[:, w // 2 if w > 1 else 0]
         return self.attention(codes)
+
+    def attention_weights(self, windows: Tensor) -> Tensor:
+        """(B, W, 16, D) -> (B, W) how much each neighbouring frame counts (one-hot at the centre
+        without attention). A weight near 1 on one neighbour means the attention collapsed."""
+        b, w = windows.shape[:2]
+        if self.attention is None:
+            return torch.nn.functional.one_hot(torch.full((b,), w // 2 if w > 1 else 0), w).float()
+        return self.attention.weights(self.encoder(windows.flatten(0, 1)).view(b, w, -1))

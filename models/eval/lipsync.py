@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from talkflow.errors import FaceNotFound, InputError
@@ -241,6 +240,6 @@ def lip_sync_report(frames, samples: np.ndarray, sample_rate: int, text: str | N
     return report | {"loudness_corr": round(_gapped_pearson(opening, rms), 4)}
 
 
-__all__ = ["REFERENCE_SIZE", "SCORING_SENTENCE", "lip_sync_report", "PhoneticSyncConfig", "best_offset", "face_landmarks", "image_scores",
-           "landmarks_per_frame", "lmd_at", "mouth_opening", "mouth_shape", "pearson", "phonetic_sync",
-           "shifted_pearson", "speech_rms"]
+__all__ = ["REFERENCE_SIZE", "SCORING_SENTENCE", "PhoneticSyncConfig", "best_offset", "face_landmarks",
+           "image_scores", "landmarks_per_frame", "lip_sync_report", "lmd_at", "mouth_opening", "mouth_shape",
+           "pearson", "phonetic_sync", "shifted_pearson", "speech_rms"]

@@ -21,9 +21,9 @@ render (frames). Pure PyTorch; never imports Prefect.
 
 from models.nerffacespeech.audio2exp import (
     AudioToExpression,
+    MelToExpression,
     PhoneticAudioToExpression,
     PhoneticDriverConfig,
-    MelToExpression,
     load_audio2exp,
     save_audio2exp,
 )
@@ -50,8 +50,9 @@ from models.nerffacespeech.pti import PTIConfig, PTIResult, load_pti, run_pti
 from models.nerffacespeech.render import RenderConfig, render_frames
 
 __all__ = [
-    "EG3D_FOCAL", "EG3D_FOV_DEG", "AudioToExpression", "Camera", "DeformConfig", "PhoneticAudioToExpression",
-    "PhoneticDriverConfig", "ExpressionWarp", "FaceFit", "FaceFitConfig", "FaceRig", "GeneratorConfig", "GeneratorOutput",
+    "EG3D_FOCAL", "EG3D_FOV_DEG", "AudioToExpression", "Camera", "DeformConfig", "ExpressionWarp", "FaceFit",
+    "FaceFitConfig", "FaceRig", "GeneratorConfig", "GeneratorOutput", "PhoneticAudioToExpression",
+    "PhoneticDriverConfig",
     "MelToExpression", "PTIConfig", "PTIResult", "RenderConfig", "TriplaneGenerator", "camera_rays", "crop_portrait",
     "default_generator", "fit_portrait", "fov_to_focal", "load_audio2exp", "load_generator", "load_portrait",
     "load_pti", "look_at", "portrait_camera", "render_frames", "run_pti", "save_audio2exp", "save_generator",

@@ -18,8 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torch.nn import functional as F
 
-from models.face.mouth import (INNER_LOWER, INNER_UPPER, interior_colour, lip_press, mouth_width, pressed_landmarks,
-                               profile, smoothstep)
+from models.face.mouth import (
+    INNER_LOWER,
+    INNER_UPPER,
+    interior_colour,
+    lip_press,
+    mouth_width,
+    pressed_landmarks,
+    profile,
+    smoothstep,
+)
 from models.face3d.morphable import MorphableModel
 from models.portrait_warp.rig import WarpRig
 from talkflow.errors import InputError

@@ -140,6 +140,11 @@ class _MouthRig:
         return src_y, alpha, depth
 
 
+def _track(values, low: float) -> np.ndarray:
+    """A per-frame track (T,) as float64, NaN as 0, clipped to [low, 1]."""
+    return np.clip(np.nan_to_num(np.asarray(values, np.float64).reshape(-1)), low, 1.0)
+
+
 def _head_noise(rng: np.random.Generator, t: int, fps: float) -> np.ndarray:
     """(3,T) smooth signals in [-1, 1]: sums of three low-frequency sinusoids with seeded phases."""
     base = np.array([0.13, 0.31, 0.53])  # Hz
@@ -186,10 +191,10 @@ def animate_portrait(
         raise InputError(f"expected 68 finite (x, y) face landmarks, got shape {lm.shape}")
     if max_mouth_open < 0 or head_motion_px < 0 or not 0 <= spread < 1 or not 0 <= rounding < 1:
         raise InputError("max_mouth_open and head_motion_px must be >= 0, spread and rounding in [0, 1)")
-    env = np.clip(np.nan_to_num(np.asarray(opening, dtype=np.float64).reshape(-1)), 0.0, 1.0)  # (T,)
+    env = _track(opening, 0.0)  # (T,)
     t = env.shape[0]
-    wid = np.zeros(t) if width is None else np.clip(np.nan_to_num(np.asarray(width, np.float64).reshape(-1)), -1, 1)
-    press = np.zeros(t) if closure is None else np.clip(np.nan_to_num(np.asarray(closure, np.float64).reshape(-1)), 0, 1)
+    wid = np.zeros(t) if width is None else _track(width, -1.0)
+    press = np.zeros(t) if closure is None else _track(closure, 0.0)
     if wid.shape[0] != t or press.shape[0] != t:
         raise InputError(f"width has {wid.shape[0]} frames and closure {press.shape[0]}, opening {t}")
     h, w, _ = img.shape
