@@ -33,8 +33,10 @@ class DemoResult(BaseModel):
     lip_sync: StageResult  # the new sentence's phonetic lip-sync figures (meta)
 
 
-DEMO_TEXT = "Hello! This short clip was made from one photo and a synthetic voice."
-DEMO_NEW_TEXT = "And this sentence was never in the training video."
+# Both sentences carry lip closures (/p b m/), rounded and spread vowels: what the lip-sync figure scores.
+DEMO_TEXT = ("Hello! I made this clip from one photo and a simple voice. Watch my lips: they open wide, "
+             "they press shut on every p, b and m, and they round for you.")
+DEMO_NEW_TEXT = "Maybe my brother will bring both puppies home by May."
 
 
 @flow(name="demo")

@@ -364,15 +364,17 @@ class Talkflow:
 
     def portrait(self, image_path: Path | str, audio_path: Path | str | None = None, *, text: str | None = None,
                  character: str = "default", output_path: Path | str | None = None,
-                 config: PortraitConfig | None = None, gpu_id: int | None = None) -> Video:
+                 config: PortraitConfig | None = None, gpu_id: int | None = None,
+                 transcript: str | None = None) -> Video:
         """One-shot NeRFFaceSpeech video of the portrait `image_path` speaking `audio_path` or `text`;
-        the character's fit (3DMM + PTI) is cached per character and image content."""
+        the character's fit (3DMM + PTI) is cached per character and image content. `transcript`:
+        what the audio says, when known (its phones are then aligned, not recognised)."""
         checks.validate_name(character, "character")
         image = checks.existing_file(image_path, "image")
         source = checks.audio_or_text(audio_path, text)
         audio = source.resolve() if isinstance(source, Path) else None
         result = self.run("portrait", character=character, image=image.resolve(), audio=audio, text=text,
-                          config=config, gpu_id=gpu_id)
+                          config=config, gpu_id=gpu_id, transcript=transcript)
         from talkflow.settings import get_settings
 
         dest = Path(output_path) if output_path is not None else (

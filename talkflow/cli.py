@@ -395,6 +395,8 @@ def portrait(
     image: Path = typer.Option(..., help="The portrait photo."),
     audio: Path = typer.Option(None, help="Speech to say (wav, mp3, ...)."),
     text: str = typer.Option(None, help="Or text to say (offline TTS)."),
+    transcript: str = typer.Option(None, help="What --audio says, when known: its phones are aligned to the "
+                                   "words (exact lip closures) instead of recognised."),
     renderer: str = typer.Option("auto", help="generator (PTI of the registered generator), warp (the portrait "
                                  "itself, warped by its 3DMM; no weights) or auto (generator when registered)."),
     out: Path = typer.Option(None, help="Where to write the mp4 (default: <data_root>/outputs/portraits/)."),
@@ -410,7 +412,7 @@ def portrait(
     console.print(f"renderer: {chosen}" + (" (no generator registered)" if renderer == "auto" and chosen == "warp"
                                            else ""))
     result = run_flow(generate_from_portrait, character, image, audio, text, PortraitConfig(renderer=chosen),
-                      status=f"portrait of {character}, {chosen} renderer (the first video of an image runs {first})")
+                      transcript, status=f"portrait of {character}, {chosen} renderer (the first video of an image runs {first})")
     dest = out or get_settings().outputs_dir / "portraits" / f"{character}-{result.video['video'].sha256[:8]}.mp4"
     dest = export(result.video["video"], dest)
     detail = (f"PTI error {result.pti.meta['error_initial']:.3f} -> {result.pti.meta['error_final']:.3f}"
