@@ -412,7 +412,8 @@ def portrait(
     console.print(f"renderer: {chosen}" + (" (no generator registered)" if renderer == "auto" and chosen == "warp"
                                            else ""))
     result = run_flow(generate_from_portrait, character, image, audio, text, PortraitConfig(renderer=chosen),
-                      transcript, status=f"portrait of {character}, {chosen} renderer (the first video of an image runs {first})")
+                      transcript, status=f"portrait of {character}, {chosen} renderer "
+                      f"(the first video of an image runs {first})")
     dest = out or get_settings().outputs_dir / "portraits" / f"{character}-{result.video['video'].sha256[:8]}.mp4"
     dest = export(result.video["video"], dest)
     detail = (f"PTI error {result.pti.meta['error_initial']:.3f} -> {result.pti.meta['error_final']:.3f}"
