@@ -13,7 +13,8 @@ new sentence in another voice.
    render_video and scored by the phonetic measure (models.eval.lipsync.lip_sync_report): the
    rendered mouth on every frame (a frame without a face is a counted gap) against the visemes of
    the sentence's forced alignment: opening and width correlation, the share of /p b m/ whose middle
-   frame shows closed lips, the offset; the old loudness correlation as a secondary figure.
+   frame shows closed lips, the offset; the old loudness correlation as a secondary figure; and
+   the head's opacity on its first three frames against later ones (ghosting: a see-through head).
 
 --seed takes several seeds: the clip and preprocessing are shared, training and scoring run per
 seed. Prints one JSON object as its last line. Run twice with the same --root to compare feature
@@ -125,7 +126,40 @@ def _held_out(dataset, checkpoint: Path, work: Path) -> dict:
     return out
 
 
-def _new_voice(work: Path) -> dict:
+def _edge_opacity(dataset, checkpoint: Path, features, work: Path) -> dict:
+    """Ghosting at the start of a render: the head's opacity on the new sentence's frames 0-2
+    against frames in its middle, all at one training pose. Each frame is rendered over black and
+    over white: opacity = 1 - (white - black); averaged over the pixels the later frames hold
+    opaque (> 0.5)."""
+    import numpy as np
+    import torch
+
+    from models.ernerf.dataset import load_split
+    from models.ernerf.trainer import load_model
+    from tasks.dataset import materialize_dataset
+    from tasks.inputs import local_file
+
+    train = load_split(materialize_dataset(dataset, work / "dataset-train"), "train")
+    model = load_model(checkpoint)
+    feats = torch.from_numpy(np.load(local_file(features["feats"])).astype(np.float32))
+    mid = feats.shape[0] // 2
+    index = torch.tensor([0, 1, 2, mid, mid + 1, mid + 2])
+    poses = train.poses[:1].expand(len(index), 4, 4)
+    over = {}
+    with torch.no_grad():
+        for name, value in (("black", 0.0), ("white", 1.0)):
+            bg = torch.full((train.height, train.width, 3), value)
+            over[name] = model.render_frames(feats, poses, focal=train.focal, cx=train.cx, cy=train.cy,
+                                             height=train.height, width=train.width, background=bg, aud_index=index,
+                                             with_torso=False, mixed_precision=False).astype(np.float32) / 255
+    opacity = 1.0 - (over["white"] - over["black"]).mean(-1)  # (6, H, W)
+    head = opacity[3:].mean(0) > 0.5
+    first, later = opacity[:3, head].mean(1), float(opacity[3:, head].mean())
+    return {"first_frames": [round(float(v), 4) for v in first], "later": round(later, 4),
+            "worst_ratio": round(float(first.min() / later), 4)}
+
+
+def _new_voice(dataset, checkpoint: Path, work: Path) -> dict:
     """Render SCORING_SENTENCE spoken by espeak-ng; score it with the phonetic measure."""
     import numpy as np
     from PIL import Image
@@ -149,7 +183,8 @@ def _new_voice(work: Path) -> dict:
     frames = np.stack([np.asarray(Image.open(Path(folder) / f"{i}.jpg").convert("RGB")) for i in range(n)])
     audio, arate = media.read_wav(local_file(result.audio["audio"]))
     return {"voice": "espeak-ng", "seconds": round(render_s, 1),
-            **ls.lip_sync_report(frames, audio, arate, ls.SCORING_SENTENCE)}
+            **ls.lip_sync_report(frames, audio, arate, ls.SCORING_SENTENCE),
+            "head_opacity": _edge_opacity(dataset, checkpoint, result.features, work)}
 
 
 def main() -> None:
@@ -192,7 +227,7 @@ def main() -> None:
             held = _held_out(dataset, local_file(avatar.lips["checkpoint"]), work)
             held_s = round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
-            new = _new_voice(work)
+            new = _new_voice(dataset, local_file(avatar.lips["checkpoint"]), work)
         per_seed[str(seed)] = {"held_out": held, "new_voice": new, "head_steps": avatar.head.meta["steps"],
                                "lips_steps": avatar.lips.meta["steps"],
                                "times": {"train_s": train_s, "held_out_s": held_s,

@@ -1,12 +1,14 @@
 """How well each audio feature kind carries the mouth to a new voice, without training a NeRF
 (minutes on a CPU where bench/lipsync.py takes hours): a linear probe.
 
-The sample clip's mouth follows its speech envelope by construction (models.synth.talking_photo).
-For each kind, a ridge regression from the (T, 16, D) windows of --seconds of piper speech to that
-envelope is fitted on the first 90 % and scored by Pearson correlation on the held-out last 10 %;
-then it predicts the mouth for bench/lipsync.py's new sentence in espeak-ng's voice, scored
-against that speech's RMS per 40 ms frame, at offset 0 and at the best offset (+-5 frames).
-A kind whose features depend on the voice gives the probe inputs it never saw there.
+The sample clip's mouth follows the visemes of its speech's aligned phones (opening and width;
+models.audio.visemes, loudness as intensity). For each kind (a "+" joins kinds: their windows
+concatenated), a ridge regression from the (T, 16, D) windows of --seconds of piper speech to the
+opening and to the width is fitted on the first 90 % and scored by Pearson correlation on the
+held-out last 10 %; then it predicts the mouth for the scoring sentence
+(models.eval.lipsync.SCORING_SENTENCE) in espeak-ng's voice, scored against the visemes of that
+sentence's forced alignment (loudness ignored), as the phonetic measure does. A kind whose
+features depend on the voice gives the probe inputs it never saw there.
 Prints one JSON object as its last line.
 """
 
@@ -39,44 +41,59 @@ def _predict(model, x: np.ndarray) -> np.ndarray:
     return np.concatenate([(x - mu) / sd, np.ones((len(x), 1))], 1) @ w
 
 
-def main() -> None:
-    from lipsync import NEW_SENTENCE, passage
+def _windows(samples: np.ndarray, n: int, kinds: str) -> np.ndarray:
+    """(n, 16 * sum D) flattened windows of one kind or several joined by '+'."""
+    from models.audio.features import extract_features
 
-    from models.audio.features import extract_features, to_mono_16k
+    return np.concatenate([extract_features(samples, 16_000, n, kind=k)[0].reshape(n, -1) for k in kinds.split("+")],
+                          1)
+
+
+def _mouth(samples: np.ndarray, text: str, loudness: bool) -> dict:
+    from models.audio.alignment import align_phones
+    from models.audio.visemes import VisemeConfig, viseme_tracks
+    from models.synth.talking_photo import speech_envelope
+
+    env = speech_envelope(samples, 16_000, fps=25)
+    config = VisemeConfig() if loudness else VisemeConfig(loudness_weight=0.0)
+    return viseme_tracks(align_phones(samples, 16_000, text), len(env), 25, loudness=env, config=config)
+
+
+def main() -> None:
+    from lipsync import passage
+
+    from models.audio.features import to_mono_16k
     from models.audio.tts import synthesize
     from models.eval import lipsync as ls
-    from models.synth.talking_photo import speech_envelope
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--kinds", default="logmel,phonemes")
+    p.add_argument("--kinds", default="logmel,phonemes,logmel+phonemes")
     p.add_argument("--lam", type=float, default=100.0, help="ridge penalty on standardised features")
     args = p.parse_args()
 
-    train_x, rate = synthesize(passage(args.seconds), engine="piper")
+    text = passage(args.seconds)
+    train_x, rate = synthesize(text, engine="piper")
     train_x = to_mono_16k(train_x, rate)
-    target = speech_envelope(train_x, 16_000, fps=25)  # the sample clip's mouth signal
-    new_x, rate = synthesize(NEW_SENTENCE, engine="espeak")
+    target = _mouth(train_x, text, loudness=True)  # what the sample clip draws
+    new_x, rate = synthesize(ls.SCORING_SENTENCE, engine="espeak")
     new_x = to_mono_16k(new_x, rate)
-    n_new = int(round(new_x.size / 16_000 * 25))
-    new_rms = ls.speech_rms(new_x, 16_000, 25, n_frames=n_new)
-    cut = int(len(target) * 0.9)
+    new_target = _mouth(new_x, ls.SCORING_SENTENCE, loudness=False)  # what the measure scores against
+    n, n_new = len(target["opening"]), len(new_target["opening"])
+    cut = int(n * 0.9)
 
     out = {"bench": "lipsync_features", "train_s": round(train_x.size / 16_000, 2),
            "new_s": round(new_x.size / 16_000, 2), "kinds": {}}
-    for kind in args.kinds.split(","):
+    for kinds in args.kinds.split(","):
         t0 = time.perf_counter()
-        feats, _ = extract_features(train_x, 16_000, len(target), kind=kind)
-        new_feats, _ = extract_features(new_x, 16_000, n_new, kind=kind)
-        x, xn = feats.reshape(len(feats), -1), new_feats.reshape(n_new, -1)
-        model = _ridge(x[:cut], target[:cut], args.lam)
-        held = ls.pearson(_predict(model, x[cut:]), target[cut:])
-        pred = _predict(model, xn)
-        offset, best = ls.best_offset(pred, new_rms, 5)
-        out["kinds"][kind] = {"dim": int(feats.shape[-1]), "held_out_corr": round(held, 4),
-                              "new_voice_corr": round(ls.pearson(pred, new_rms), 4),
-                              "new_voice_best_offset": offset, "new_voice_best_corr": round(best, 4),
-                              "seconds": round(time.perf_counter() - t0, 1)}
+        x, xn = _windows(train_x, n, kinds), _windows(new_x, n_new, kinds)
+        row = {"dim": int(x.shape[1] // 16)}
+        for channel in ("opening", "width"):
+            model = _ridge(x[:cut], target[channel][:cut], args.lam)
+            row[f"held_out_{channel}_corr"] = round(ls.pearson(_predict(model, x[cut:]), target[channel][cut:]), 4)
+            row[f"new_voice_{channel}_corr"] = round(ls.pearson(_predict(model, xn), new_target[channel]), 4)
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        out["kinds"][kinds] = row
     print(json.dumps(out))
 
 
