@@ -155,6 +155,25 @@ def test_compositing_matches_the_reference_loop(t_thresh):
     assert float(out["ambient_aud"][1]) == pytest.approx(float(amb_aud[1, :stopped].sum()))
 
 
+def test_an_infinite_density_composites_to_full_opacity():
+    """A sample whose density overflows to inf is opaque: the ray's opacity is 1 and its colour that
+    sample's (inf - inf in the transmittance test once dropped it: opacity 0.632 here)."""
+    r, m, step = 2, 4, 0.5
+    sigma = torch.tensor([[2.0, 0.0, math.inf, 3.0], [math.inf, 1.0, 1.0, 1.0]])
+    rgb = torch.zeros(r, m, 3)
+    rgb[0, 2] = torch.tensor([0.2, 0.4, 0.6])
+    rgb[1, 0] = 1.0
+    zeros = torch.zeros(r, m)
+    t = torch.arange(m).float().expand(r, m)
+    mask = torch.ones(r, m, dtype=torch.bool)
+    out = composite_samples(sigma, rgb, zeros, zeros, zeros, t, mask, step, t_thresh=1e-4)
+    assert torch.isfinite(out["rgb"]).all() and torch.isfinite(out["opacity"]).all()
+    torch.testing.assert_close(out["opacity"], torch.ones(r))
+    seen = 1 - math.exp(-2.0 * step)  # the first sample's opacity; the inf sample takes the rest
+    torch.testing.assert_close(out["rgb"][0], (1 - seen) * torch.tensor([0.2, 0.4, 0.6]))
+    torch.testing.assert_close(out["rgb"][1], torch.ones(3))
+
+
 def test_memory_sized_chunks():
     assert rays_for_memory(0, 16) == 4096  # never below the floor
     assert rays_for_memory(10**15, 16) == 2**20  # never above the cap

@@ -174,7 +174,8 @@ def termination_mask(sigma: Tensor, delta: Tensor, t_thresh: float) -> Tensor:
     if t_thresh <= 0:
         return torch.ones_like(sigma, dtype=torch.bool)
     tau = (sigma * delta).detach().float()
-    before = torch.cumsum(tau, dim=1) - tau  # sum_{j<i}
+    # exclusive sum_{j<i}, shifted rather than cumsum - tau: an infinite density would give inf - inf = NaN
+    before = torch.cat([torch.zeros_like(tau[:, :1]), torch.cumsum(tau, dim=1)[:, :-1]], dim=1)
     return before <= -math.log(t_thresh)
 
 
