@@ -360,6 +360,26 @@ def test_cuda_hot_path_never_synchronises(train_split):
     assert torch.isfinite(out["rgb"]).all() and all(torch.isfinite(x["loss"]) for x in logs)
 
 
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_a_checkpoint_resumes_on_another_device(train_split, tmp_path):
+    """Saved on the CPU, resumed by a trainer on the meta device (the CPU's stand-in for a GPU: the
+    device map of another device): the step, both generators' states and the optimiser resume.
+    Loading with the trainer's device map put the RNG states on that device, and set_state raised
+    "RNG state must be a torch.ByteTensor" (every resumed stage on a GPU)."""
+    cfg = HeadTrainConfig(steps=4, rays_per_batch=64)
+    trainer = Trainer(ERNeRF(tiny_model_config()), train_split, cfg, device="cpu")
+    trainer.train(2)
+    path = trainer.save(tmp_path / "head.pt")
+    resumed = Trainer(ERNeRF(tiny_model_config()), train_split, cfg, device="meta")
+    resumed.load(path)
+    assert resumed.step_count == 2
+    assert torch.equal(resumed.generator.get_state(), trainer.generator.get_state())
+    assert torch.equal(resumed.device_generator.get_state(), trainer.device_generator.get_state())
+    moments = [s["exp_avg"] for s in resumed.optimizer.state.values()]
+    assert moments and all(m.device.type == "meta" for m in moments)  # on the trainer's device
+    assert load_model(path, "meta").head_codes.device.type == "meta"
+
+
 def test_checkpoints_from_before_the_ema_still_resume(train_split, tmp_path):
     trainer = Trainer(ERNeRF(tiny_model_config()), train_split, HeadTrainConfig(steps=2, rays_per_batch=64),
                       device="cpu")

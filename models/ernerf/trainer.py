@@ -131,6 +131,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def generator_on(device: torch.device) -> torch.Generator:
+    """A generator that draws on ``device``; meta tensors (the CPU sync check, models/ernerf/syncguard.py)
+    hold no values, so a host generator serves them."""
+    return torch.Generator("cpu" if device.type == "meta" else device)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A trainer checkpoint, every tensor on the CPU whatever device wrote it: the RNG states must be
+    CPU ByteTensors, and ``load_state_dict`` copies the rest onto the trainer's device."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _rect_pixels(rect: Tensor, device: torch.device | str = "cpu") -> tuple[Tensor, int, int]:
     """(row0, row1, col0, col1) -> pixel centres (h*w, 2) row-major (built on ``device``), h, w."""
     r0, r1, c0, c1 = (int(v) for v in rect)
@@ -259,6 +271,7 @@ class Trainer:
         if config.checkpoint_every and checkpoint_dir is None:
             raise InputError("checkpoint_every needs a checkpoint_dir")
         self.device = torch.device(device) if device is not None else default_device()
+        fresh_grid = int(model.grid.updates) == 0  # read before the move: no device read-back
         self.model = model.to(self.device)
         self.data = data
         self.cfg = config
@@ -266,7 +279,7 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
         self.step_count = 0
         self.generator = torch.Generator().manual_seed(config.seed)  # host draws (frame indices)
-        self.device_generator = torch.Generator(self.device).manual_seed(config.seed + 1)  # per-ray draws
+        self.device_generator = generator_on(self.device).manual_seed(config.seed + 1)  # per-ray draws
         self.mp = config.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mp)
         cuda = self.device.type == "cuda"  # fused AdamW: the grad scaler's inf check stays on the device
@@ -281,7 +294,7 @@ class Trainer:
                 self.patch_loss_kind, self.patch_loss = make_patch_loss(lpips, self.device)
         with torch.no_grad():
             self.model.eye_default.fill_(float(data.eye.mean()))
-            if config.stage == "head" and int(self.model.grid.updates) == 0:
+            if config.stage == "head" and fresh_grid:
                 self.model.grid.mark_unseen(self.model.world_pose(data.poses), data.focal, data.cx, data.cy)
         self.dev = DeviceData.load(data, self.model, self.device)
         trained = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
@@ -509,9 +522,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step_count = int(state["step"])
-        self.generator.set_state(state["rng"])
+        self.generator.set_state(state["rng"].cpu())  # a state dict may come from any device map
         if "device_rng" in state:
-            self.device_generator.set_state(state["device_rng"])
+            self.device_generator.set_state(state["device_rng"].cpu())
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
 
@@ -520,7 +533,7 @@ class Trainer:
         return save_atomic(self.state_dict(), path)
 
     def load(self, path: Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        self.load_state_dict(read_checkpoint(path))
 
     def _checkpoint(self) -> None:
         path = self.save(self.checkpoint_dir / f"{self.cfg.stage}.pt")
@@ -586,7 +599,7 @@ class Trainer:
 def load_model(path: Path, device: torch.device | str = "cpu") -> ERNeRF:
     """Rebuild the final model of a trainer checkpoint (e.g. the head stage's, to start the lips
     stage, or to render): its EMA weights where the EMA has been updated, else the trained ones."""
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = read_checkpoint(path)  # the optimiser's moments stay on the host; only the model moves
     model = ERNeRF(ModelConfig.model_validate(state["model_config"]))
     weights = dict(state["model"])
     ema = state.get("ema")
