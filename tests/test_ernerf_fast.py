@@ -30,7 +30,10 @@ from models.ernerf.rendering import (
     rays_for_memory,
     render_head,
 )
-from models.ernerf.trainer import HeadTrainConfig, LipsTrainConfig, Trainer, WeightEMA, load_model
+from models.ernerf.fields import rigid_inverse
+from models.ernerf.losses import ssim
+from models.ernerf.syncguard import HostSyncError, no_host_sync
+from models.ernerf.trainer import HeadTrainConfig, LipsTrainConfig, TorsoTrainConfig, Trainer, WeightEMA, load_model
 from talkflow.errors import InputError
 from tests.test_ernerf import make_dataset, tiny_model_config
 
@@ -329,6 +332,96 @@ def test_final_model_holds_the_ema_weights(train_split, tmp_path):
     torch.testing.assert_close(resumed.model.head.sigma_net.layers[0].weight, live, rtol=0, atol=0)
     assert resumed.ema.updates == 2
     torch.testing.assert_close(resumed.ema.shadow["head.sigma_net.layers.0.weight"], shadow, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------ sync-freedom on the CPU
+def test_the_sync_guard_refuses_every_host_wait():
+    """On the meta device inside no_host_sync(), whatever would make the host wait for a GPU raises;
+    host tensors and non-blocking uploads stay allowed."""
+    meta = torch.device("meta")
+    x = torch.rand(8, 3, device=meta)
+    waits = {
+        "item": lambda: x.sum().item(),
+        "bool": lambda: bool(x.sum() > 0),
+        "boolean mask": lambda: x[x[:, 0] > 0],
+        "nonzero": lambda: torch.nonzero(x),
+        "linalg.inv": lambda: torch.linalg.inv(torch.rand(2, 4, 4, device=meta)),
+        "blocking upload": lambda: torch.rand(3).to(meta),
+        "copy_ from the host": lambda: x.copy_(torch.rand(8, 3)),
+        "tensor(data, device)": lambda: torch.tensor([1.0, 2.0], device=meta),
+        "download": lambda: x.cpu(),
+        "repeat_interleave": lambda: torch.arange(3, device=meta).repeat_interleave(torch.ones(3, dtype=torch.long,
+                                                                                               device=meta)),
+    }
+    for name, wait in waits.items():
+        with no_host_sync(), pytest.raises((HostSyncError, RuntimeError, NotImplementedError)):
+            wait()
+            pytest.fail(name)
+    with no_host_sync():
+        assert torch.rand(3).sum().item() >= 0  # a host tensor
+        assert torch.rand(3).to(meta, non_blocking=True).device == meta
+        assert torch.arange(3, device=meta).repeat_interleave(4).shape == (12,)
+
+
+def _meta_trainer(split, config) -> Trainer:
+    """A trainer on the meta device with the CUDA path's choices: fixed-shape sampling; a small
+    occupancy grid updated every other step."""
+    from models.ernerf.occupancy import OccupancyConfig
+
+    cfg = tiny_model_config()
+    cfg = cfg.model_copy(update={"render": cfg.render.model_copy(update={"fixed_shape": True}),
+                                 "occupancy": OccupancyConfig(resolution=16, update_every=2)})
+    return Trainer(ERNeRF(cfg), split, config, device="meta")
+
+
+@pytest.mark.parametrize("config", [
+    HeadTrainConfig(steps=8, rays_per_batch=256, smooth_every=2),  # occupancy updates, smoothness term
+    LipsTrainConfig(steps=8, rays_per_batch=2048),  # lips box and random patches, SSIM patch loss
+    TorsoTrainConfig(steps=8, rays_per_batch=256),  # pose code of the head pose
+], ids=["head", "lips", "torso"])
+def test_training_steps_never_wait_for_the_device(train_split, config):
+    """Head, lips and torso steps on the meta device under no_host_sync(): no read of device values,
+    no blocking copy, no syncing operator (the SSIM window once came from the host every lips
+    step, and torch.linalg.inv checked the torso's poses on the host)."""
+    trainer = _meta_trainer(train_split, config)
+    trainer.step()  # warm-up: cached device constants (the box) are made once
+    with no_host_sync():
+        logs = [trainer.step() for _ in range(4)]
+    assert trainer.step_count == 5 and all(log["loss"].device.type == "meta" for log in logs)
+
+
+def test_a_render_batch_never_waits_for_the_device():
+    """Rendering a batch of frames (head, torso over a background) runs on the device alone."""
+    from models.ernerf.model import FrameView
+
+    cfg = tiny_model_config()
+    cfg = cfg.model_copy(update={"render": cfg.render.model_copy(update={"fixed_shape": True, "chunk_rays": 500})})
+    model = ERNeRF(cfg).to("meta").eval()
+    n, side = 3, 24
+    c2w = torch.eye(4).expand(n, 4, 4).clone()
+    c2w[:, 2, 3] = 0.8
+    inputs = model.frame_inputs(torch.randn(10, 16, 29), c2w, torch.arange(n), None, use_torso=True)
+    view = FrameView(focal=30.0, cx=side / 2, cy=side / 2, height=side, width=side)
+    background = torch.rand(side * side, 3, device="meta")
+    with torch.no_grad():
+        model.render_batch(inputs.frames(0, 1), view, background, chunk=500)  # warm-up (cached constants)
+        with no_host_sync():
+            rgb = model.render_batch(inputs.frames(1, 3), view, background, chunk=500)
+    assert rgb.shape == (2 * side * side, 3)
+
+
+def test_ssim_builds_its_window_on_the_device():
+    pred = torch.rand(2, 3, 16, 16, device="meta")
+    with no_host_sync():
+        assert ssim(pred, pred, window=7).shape == (2,)
+
+
+def test_rigid_inverse_equals_the_matrix_inverse():
+    g = torch.Generator().manual_seed(0)
+    rot, _ = torch.linalg.qr(torch.randn(5, 3, 3, generator=g))
+    c2w = torch.eye(4).repeat(5, 1, 1)
+    c2w[:, :3, :3], c2w[:, :3, 3] = rot, torch.randn(5, 3, generator=g) * 4
+    torch.testing.assert_close(rigid_inverse(c2w), torch.linalg.inv(c2w), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- CUDA only

@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from models.ernerf.amp import autocast_off
 from models.ernerf.timing import timed
 
 HASH_PRIMES = (1, 2654435761)  # instant-ngp's first two primes (the first is 1 on purpose)
@@ -222,7 +223,7 @@ def use_fused(grid: HashGrid2D, x: Tensor) -> bool:
 def encode_planes(x01: Tensor, planes: tuple[tuple[int, int], ...], grids: tuple[HashGrid2D, ...]) -> Tensor:
     """Grid k reads columns planes[k] of x01 (N, D) in [0, 1] -> (N, sum of grid widths), the grids'
     features side by side; one fused kernel launch per grid on CUDA, else the torch lookups."""
-    with timed("encoding"), torch.autocast(device_type=x01.device.type, enabled=False):
+    with timed("encoding"), autocast_off(x01.device):
         if use_fused(grids[0], x01):
             from models.ernerf.hashgrid_triton import fused_planes
 

@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from models.ernerf.amp import autocast_off
 from models.ernerf.fields import HeadField, TorsoField
 from models.ernerf.timing import timed
 
@@ -77,7 +78,7 @@ def pixel_centers(height: int, width: int, device: torch.device | str = "cpu") -
 
 def camera_rays(c2w: Tensor, focal: float, cx: float, cy: float, pixels: Tensor) -> tuple[Tensor, Tensor]:
     """c2w (B, 4, 4) OpenGL, pixels (B, R, 2) -> origins (B, R, 3), unit directions (B, R, 3), fp32."""
-    with torch.autocast(device_type=pixels.device.type, enabled=False):
+    with autocast_off(pixels.device):
         c2w, pixels = c2w.float(), pixels.float()
         x = (pixels[..., 0] - cx) / focal
         y = -(pixels[..., 1] - cy) / focal  # image rows go down, camera y goes up
