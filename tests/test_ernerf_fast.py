@@ -294,6 +294,36 @@ def test_auto_backend_keeps_torch_on_the_cpu():
     assert use_fused(grid, torch.rand(3, 2))
 
 
+def test_the_gpu_path_falls_back_to_torch_with_one_warning(monkeypatch):
+    """When Triton cannot build its kernels (no C compiler), the "auto" backend warns once and the
+    torch lookup serves every later call; an explicit "triton" backend, or a failure after the
+    kernels have run, still raises."""
+    from models.ernerf import encodings
+
+    def no_compiler(*args):
+        raise RuntimeError("Failed to find C compiler. Please specify via CC environment variable.")
+
+    monkeypatch.setattr(encodings, "on_gpu", lambda x: True)  # the CPU plays the GPU
+    monkeypatch.setattr(encodings, "_fused", no_compiler)
+    monkeypatch.setattr(encodings, "FUSED", encodings.FusedState())
+    grid = HashGrid2D(HashGridConfig(num_levels=3, base_resolution=4, desired_resolution=16, log2_hashmap_size=6))
+    x = torch.rand(50, 2)
+    with pytest.warns(RuntimeWarning, match="C compiler") as caught:
+        outs = [grid(x) for _ in range(3)]
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    for out in outs:
+        torch.testing.assert_close(out, grid.lookup(x))
+    assert not use_fused(grid, x) and "C compiler" in encodings.FUSED.broken
+    grid.backend = "triton"
+    monkeypatch.setattr(encodings, "FUSED", encodings.FusedState())
+    with pytest.raises(RuntimeError, match="C compiler"):
+        grid(x)
+    grid.backend = "auto"
+    encodings.FUSED.ran = True  # the kernels worked before: a later failure is a real error
+    with pytest.raises(RuntimeError, match="C compiler"):
+        grid(x)
+
+
 # ---------------------------------------------------------------------------- training terms
 def test_lips_stage_alternates_the_lips_box_and_random_patches(train_split):
     seen = []
