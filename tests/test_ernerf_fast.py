@@ -33,7 +33,15 @@ from models.ernerf.rendering import (
     render_head,
 )
 from models.ernerf.syncguard import HostSyncError, no_host_sync
-from models.ernerf.trainer import HeadTrainConfig, LipsTrainConfig, TorsoTrainConfig, Trainer, WeightEMA, load_model
+from models.ernerf.trainer import (
+    HeadTrainConfig,
+    LipsTrainConfig,
+    TorsoTrainConfig,
+    Trainer,
+    WeightEMA,
+    frames_on_device,
+    load_model,
+)
 from talkflow.errors import InputError
 from tests.test_ernerf import make_dataset, tiny_model_config
 
@@ -184,6 +192,46 @@ def test_memory_sized_chunks():
     assert rays & (rays - 1) == 0 and rays * 16 * 4096 <= 8 * 2**30 < rays * 2 * 16 * 4096
     assert RenderConfig(chunk_rays=1234).chunk_for(torch.device("cpu")) == 1234
     assert RenderConfig().chunk_for(torch.device("cpu")) == 4096
+
+
+def _fake_gpu_memory(monkeypatch, free: int, reserved: int, allocated: int) -> None:
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, 141 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated)
+
+
+def test_chunks_count_the_allocators_cached_memory(monkeypatch):
+    """1 GiB free for the driver, but 4 GiB of PyTorch's own cache unused: the process may use 5 GiB,
+    and a chunk takes memory_share of that (free // 2 alone gave 8,192 rays here)."""
+    gib = 2**30
+    _fake_gpu_memory(monkeypatch, free=gib, reserved=6 * gib, allocated=2 * gib)
+    cuda = torch.device("cuda")
+    assert RenderConfig().chunk_for(cuda) == rays_for_memory(int(5 * gib * 0.5), 16) == 32768
+    assert RenderConfig(memory_share=0.125).chunk_for(cuda) == rays_for_memory(int(5 * gib * 0.125), 16) == 8192
+
+
+def test_training_frames_go_to_the_gpu_only_within_budget(monkeypatch):
+    """8,000 frames of 512 px (images and torso: 14.7 GB) fit an H200 at the default share, not a
+    24 GB card; then they stay on the host. On the CPU they are always views, unless share is 0."""
+    frames = 8000 * 512 * 512 * 7
+    cuda = torch.device("cuda")
+    _fake_gpu_memory(monkeypatch, free=130 * 2**30, reserved=0, allocated=0)
+    assert frames_on_device(frames, cuda, 0.5)
+    _fake_gpu_memory(monkeypatch, free=21 * 2**30, reserved=2 * 2**30, allocated=2**30)
+    assert not frames_on_device(frames, cuda, 0.5) and frames_on_device(frames // 4, cuda, 0.5)
+    assert frames_on_device(frames, torch.device("cpu"), 0.5) and not frames_on_device(1, torch.device("cpu"), 0.0)
+
+
+def test_frames_on_the_host_train_as_frames_on_the_device(train_split):
+    """Frames kept on the host (each step uploads its own) give the same steps as resident frames."""
+    runs = []
+    for share in (0.5, 0.0):
+        torch.manual_seed(0)
+        trainer = Trainer(ERNeRF(tiny_model_config()), train_split,
+                          HeadTrainConfig(steps=3, rays_per_batch=256, device_data_share=share), device="cpu")
+        assert trainer.dev.resident == (share > 0)
+        runs.append([log["loss"] for log in trainer.train()])
+    assert runs[0] == runs[1]
 
 
 # ---------------------------------------------------------------------------- Triton kernels
@@ -434,7 +482,8 @@ def _meta_trainer(split, config) -> Trainer:
     HeadTrainConfig(steps=8, rays_per_batch=256, smooth_every=2),  # occupancy updates, smoothness term
     LipsTrainConfig(steps=8, rays_per_batch=2048),  # lips box and random patches, SSIM patch loss
     TorsoTrainConfig(steps=8, rays_per_batch=256),  # pose code of the head pose
-], ids=["head", "lips", "torso"])
+    HeadTrainConfig(steps=8, rays_per_batch=256, device_data_share=0.0),  # frames uploaded per step
+], ids=["head", "lips", "torso", "head-frames-on-host"])
 def test_training_steps_never_wait_for_the_device(train_split, config):
     """Head, lips and torso steps on the meta device under no_host_sync(): no read of device values,
     no blocking copy, no syncing operator (the SSIM window once came from the host every lips

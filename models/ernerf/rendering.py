@@ -21,6 +21,7 @@ from torch import Tensor
 
 from models.ernerf.amp import autocast_off
 from models.ernerf.fields import HeadField, TorsoField
+from models.ernerf.memory import usable_device_memory
 from models.ernerf.timing import timed
 
 
@@ -33,10 +34,14 @@ class RenderConfig(BaseModel):
     min_near: float = 0.05
     step_size: float = 2 * math.sqrt(3) / 128  # reference dt: one cascade, 128^3 grid
     max_samples: int = Field(16, ge=1)  # occupied samples per ray (reference --max_steps)
-    # rays per chunk when rendering whole frames; None: on CUDA as many as half the free GPU memory
-    # holds (at most 2^20), 4096 elsewhere (the reference's max_ray_batch; on the CPU bigger chunks
-    # were 2x slower here)
+    # rays per chunk when rendering whole frames; None: on CUDA as many as memory_share of the memory
+    # the process may use holds (at most 2^20), 4096 elsewhere (the reference's max_ray_batch; on the
+    # CPU bigger chunks were 2x slower here)
     chunk_rays: int | None = Field(None, ge=1)
+    memory_share: float = Field(
+        0.5, gt=0, le=1,
+        description="Share of the GPU memory this process may use (free plus PyTorch's cached-but-unused "
+                    "memory) that one rendering chunk may fill; lower it on a GPU shared with other work.")
 
     # the reference's T_thresh: a ray stops once its transmittance falls below this (0: never)
     t_thresh: float = Field(1e-4, ge=0, lt=1)
@@ -49,16 +54,15 @@ class RenderConfig(BaseModel):
             return self.chunk_rays
         if device.type != "cuda":
             return 4096
-        free, _ = torch.cuda.mem_get_info(device)
-        return rays_for_memory(free // 2, self.max_samples)
+        return rays_for_memory(int(usable_device_memory(device) * self.memory_share), self.max_samples)
 
     def fixed_shape_for(self, device: torch.device) -> bool:
         return self.fixed_shape if self.fixed_shape is not None else device.type == "cuda"
 
 
 # Bytes one sample slot of an inference chunk holds at its peak: the tri-plane features, the MLPs'
-# hidden activations and the per-sample outputs, in fp32, with room for temporaries (measured peak
-# on the reference model: about 1.5 KB per slot).
+# hidden activations and the per-sample outputs, in fp32, with room for temporaries (measured on the
+# CPU with the reference model: about 1.5 KB per slot; bench/gpu_check.py measures it on a GPU).
 BYTES_PER_SAMPLE = 4096
 
 
