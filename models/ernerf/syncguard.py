@@ -11,11 +11,14 @@ Run the code on the meta device (tensors with shapes and no values) inside ``no_
 
 Host tensors stay free to use: reading a CPU tensor is not a synchronisation. What this cannot
 see: synchronisations inside CUDA libraries and the fused Triton kernels (they do not run on meta);
-``torch.cuda.set_sync_debug_mode`` covers those on a GPU (bench/gpu_check.py).
+on a GPU, ``cuda_sync_log`` records what ``torch.cuda.set_sync_debug_mode`` reports, with the Python
+stack of each (the CUDA-only tests and bench/gpu_check.py use it).
 """
 
 from __future__ import annotations
 
+import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -111,3 +114,28 @@ def no_host_sync() -> Iterator[None]:
     host wait for the device. Use it around code running on the meta device."""
     with _NoSyncFactories(), _NoSyncDispatch():
         yield
+
+
+@contextmanager
+def cuda_sync_log(stack_depth: int = 10) -> Iterator[list[str]]:
+    """Record every synchronising CUDA call inside (``torch.cuda.set_sync_debug_mode("warn")``) as
+    its message and the Python stack that made it; yields the list, filled as the block runs."""
+    found: list[str] = []
+    show = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):  # torch: "called a synchronizing CUDA operation"
+            show(message, category, filename, lineno, file, line)
+            return
+        stack = "".join(traceback.format_stack(limit=stack_depth + 2)[:-2])
+        found.append(f"{message}\n{stack}")
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield found
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
