@@ -4,10 +4,14 @@
   equals the gathered one (the CPU path), values and gradients; a training step too;
 - the compositing equals a scalar re-statement of the reference's composite_rays_train_triplane
   (unweighted ambient sums, a ray stops once its transmittance falls below T_thresh);
-- the fused Triton hash-grid kernels equal the torch lookup, values and gradients (Triton's
-  interpreter, TRITON_INTERPRET=1, in a subprocess: Triton reads it when imported);
-- the training terms: random 32x32 lips patches, the weights' EMA;
-- CUDA only (skipped here): a render chunk and a training step without host synchronisation.
+- the fused Triton hash-grid kernels equal the torch lookup, values and gradients, on the real head
+  and torso grids (Triton's interpreter, TRITON_INTERPRET=1, in a subprocess: Triton reads it when
+  imported); without a working Triton the GPU path falls back to torch with one warning;
+- no host synchronisation in head, lips and torso steps and a render batch, on the meta device
+  under models/ernerf/syncguard.py's no_host_sync;
+- memory: chunk sizes and the training frames' placement follow what the process may use;
+- the training terms: random 32x32 lips patches, the weights' EMA; resuming on another device;
+- CUDA only (skipped here): the same four paths under torch.cuda.set_sync_debug_mode.
 """
 
 from __future__ import annotations
