@@ -13,11 +13,12 @@ warm-up min(decay, (1 + n) / (10 + n)), updated every 1,000 steps): the saved ch
 ``load_model`` and ``evaluate`` use the EMA once it has been updated, a resume restores both.
 
 GPU hot path: the training images, torso images and background live on the device (``DeviceData``;
-frames that do not fit ``device_data_share`` of the GPU stay in pinned host memory and a step uploads
-its frame asynchronously) and a step gathers its rays there; pixels, jitter, eye noise and occupancy jitter are drawn by a
-generator on the device; losses stay on the device (``step`` returns tensors, ``train`` reads them
-back every ``sync_every`` steps); on CUDA the fused AdamW takes the grad scaler's inf check on the
-device. The frame index is drawn on the host (a CPU generator, no device round trip).
+frames that do not fit ``device_data_share`` of the GPU stay in pinned host memory and a step
+uploads its frame asynchronously) and a step gathers its rays there; pixels, jitter, eye noise and
+occupancy jitter are drawn by a generator on the device; losses stay on the device (``step``
+returns tensors, ``train`` reads them back every ``sync_every`` steps); on CUDA the fused AdamW
+takes the grad scaler's inf check on the device. The frame index is drawn on the host (a CPU
+generator, no device round trip).
 
 ``Trainer.state_dict()`` holds everything a resume needs (model with occupancy grid, EMA, optimiser,
 grad scaler, step, both generators' states).
