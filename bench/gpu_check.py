@@ -263,7 +263,7 @@ def _sync_work(sizes: Sizes, stage: str, data) -> tuple[Callable[[], object], in
         bg = (data.background.reshape(-1, 3).float() / 255).to(t.device)
         chunk = model.cfg.render.chunk_for(t.device)
         return (lambda: torch.no_grad()(model.render_batch)(inputs, view, bg, chunk)), 2
-    return t.step, 4
+    return t.step, 16  # steps 2-17: step 16 updates the occupancy grid and adds the smoothness term
 
 
 def _meta_syncs(sizes: Sizes, data) -> dict:
@@ -439,7 +439,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="toy sizes on the CPU (TRITON_INTERPRET=1)")
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts to run")
-    ap.add_argument("--timeout", type=float, default=300, help="seconds per part")
+    ap.add_argument("--timeout", type=float, default=240, help="seconds per part")
     ap.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     args = ap.parse_args()
     sizes = SMOKE if args.smoke else FULL
