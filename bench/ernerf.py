@@ -15,7 +15,7 @@ Prints one JSON object as its last line:
   render_frames, chunk_rays, render_frames_per_s, peak_memory_mb (cuda: max_memory_allocated; cpu: max RSS),
   frame_ms {section: ms per rendered frame}, train_step_ms {section: ms per training step}
 Usage: python bench/ernerf.py [--steps N] [--frames N] [--rays N] [--side S] [--threads N] [--chunk N]
-       [--device D] [--no-breakdown]
+       [--occupancy R] [--device D] [--no-breakdown]
 """
 
 from __future__ import annotations
@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=450)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--chunk", type=int, default=None, help="rays per rendering chunk (default: RenderConfig's)")
+    ap.add_argument("--occupancy", type=int, default=None, help="occupancy grid side (reference: 128)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-section timing pass")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -115,6 +116,8 @@ def main() -> None:
     cfg = ModelConfig()  # the reference configuration (audio D=80: our log-mel default)
     if args.chunk:
         cfg = cfg.model_copy(update={"render": cfg.render.model_copy(update={"chunk_rays": args.chunk})})
+    if args.occupancy:
+        cfg = cfg.model_copy(update={"occupancy": cfg.occupancy.model_copy(update={"resolution": args.occupancy})})
     data = synthetic_dataset(args.side, cfg.audio.in_dim)
     model = ERNeRF(cfg)
     trainer = Trainer(model, data, HeadTrainConfig(rays_per_batch=args.rays), device=device)

@@ -20,6 +20,8 @@ reference those kernels are tested against.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from models.ernerf.amp import autocast_off
 from models.ernerf.timing import timed
 
 HASH_PRIMES = (1, 2654435761)  # instant-ngp's first two primes (the first is 1 on purpose)
@@ -212,21 +215,60 @@ class HashGrid2D(nn.Module):
 Backend = Literal["auto", "torch", "triton"]
 
 
+def on_gpu(x: Tensor) -> bool:
+    return x.is_cuda
+
+
 def use_fused(grid: HashGrid2D, x: Tensor) -> bool:
-    """Whether ``grid`` runs the Triton kernels: backend "triton", or "auto" on CUDA with fp32 tables."""
+    """Whether ``grid`` runs the Triton kernels: backend "triton", or "auto" on CUDA with fp32 tables
+    (unless the kernels could not be built in this process: ``FusedState``)."""
     if grid.backend == "auto":
-        return x.is_cuda and grid.table.dtype == torch.float32
+        return on_gpu(x) and grid.table.dtype == torch.float32 and FUSED.broken is None
     return grid.backend == "triton"
+
+
+class FusedState:
+    """Whether the fused kernels work in this process. Until a launch has succeeded, a failure of
+    the "auto" backend (Triton missing, or unable to build its launcher: no C compiler) switches
+    every grid to the torch lookup with one warning; after a success, an error is a real one."""
+
+    def __init__(self):
+        self.ran = False
+        self.broken: str | None = None
+
+    def run(self, grid: HashGrid2D, launch: Callable[[], Tensor]) -> Tensor | None:
+        """launch() -> its result, or None once the fused path is known not to work here."""
+        try:
+            out = launch()
+        except Exception as exc:  # ImportError, Triton's compiler or driver errors
+            if grid.backend == "triton" or self.ran:
+                raise
+            self.broken = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            warnings.warn(f"the fused Triton hash-grid kernels cannot run here ({self.broken}); "
+                          "the torch lookup takes over (slower). Install a C compiler (gcc) for Triton to "
+                          "build its kernels.", RuntimeWarning, stacklevel=3)
+            return None
+        self.ran = True
+        return out
+
+
+FUSED = FusedState()
+
+
+def _fused(x01: Tensor, planes: tuple[tuple[int, int], ...], grids: tuple[HashGrid2D, ...]) -> Tensor:
+    from models.ernerf.hashgrid_triton import fused_planes
+
+    return fused_planes(x01, planes, grids)
 
 
 def encode_planes(x01: Tensor, planes: tuple[tuple[int, int], ...], grids: tuple[HashGrid2D, ...]) -> Tensor:
     """Grid k reads columns planes[k] of x01 (N, D) in [0, 1] -> (N, sum of grid widths), the grids'
     features side by side; one fused kernel launch per grid on CUDA, else the torch lookups."""
-    with timed("encoding"), torch.autocast(device_type=x01.device.type, enabled=False):
+    with timed("encoding"), autocast_off(x01.device):
         if use_fused(grids[0], x01):
-            from models.ernerf.hashgrid_triton import fused_planes
-
-            return fused_planes(x01, planes, grids)
+            out = FUSED.run(grids[0], lambda: _fused(x01, planes, grids))
+            if out is not None:
+                return out
         parts = [grid.lookup(torch.stack([x01[:, a], x01[:, b]], dim=-1)) for grid, (a, b) in zip(grids, planes)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 

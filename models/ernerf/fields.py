@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from models.ernerf.amp import autocast_off
 from models.ernerf.encodings import (
     FrequencyEncoding,
     HashGrid2D,
@@ -147,6 +148,15 @@ class HeadField(nn.Module):
         return out
 
 
+def rigid_inverse(c2w: Tensor) -> Tensor:
+    """(B, 4, 4) rotation + translation -> its inverse [R^T, -R^T t]: elementwise maths, where
+    torch.linalg.inv waits for the device to check for singular matrices (a host sync per step).
+    The tracked camera poses are rigid (``ERNeRF.world_pose`` scales only the translation)."""
+    rot_t = c2w[:, :3, :3].transpose(1, 2)
+    top = torch.cat([rot_t, -rot_t @ c2w[:, :3, 3:]], dim=2)  # (B, 3, 4)
+    return torch.cat([top, c2w[:, 3:, :]], dim=1)
+
+
 class TorsoFieldConfig(BaseModel):
     """Defaults: ER-NeRF's torso nets (network.py)."""
 
@@ -182,9 +192,9 @@ class TorsoField(nn.Module):
         self.color_net = MLP(self.grid.output_dim + d_cond, 4, cfg.hidden_dim, cfg.num_layers)
 
     def pose_code(self, c2w: Tensor) -> Tensor:
-        """c2w: (B, 4, 4) -> (B, 6): the anchors in camera space, perspective-divided (x/w/z, y/w/z)."""
-        with torch.autocast(device_type=c2w.device.type, enabled=False):
-            cam = torch.linalg.inv(c2w.float()) @ self.anchors.float().T  # (B, 4, 3)
+        """c2w: (B, 4, 4) rigid -> (B, 6): the anchors in camera space, perspective-divided (x/w/z, y/w/z)."""
+        with autocast_off(c2w.device):
+            cam = rigid_inverse(c2w.float()) @ self.anchors.float().T  # (B, 4, 3)
             cam = cam.transpose(1, 2)  # (B, 3, 4)
             xy = cam[..., :2] / cam[..., 3:4] / cam[..., 2:3]
         return xy.flatten(1)

@@ -7,6 +7,7 @@ Images are (B, 3, H, W) in [0, 1] unless a function says otherwise.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,12 +34,18 @@ def psnr(pred: Tensor, target: Tensor, max_value: float = 1.0) -> Tensor:
     return 10 * torch.log10(max_value**2 / mse(pred.float(), target.float()).clamp(min=1e-12))
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:
-    """(size, size) normalised Gaussian."""
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+def gaussian_window(size: int = 11, sigma: float = 1.5, device: torch.device | str = "cpu") -> Tensor:
+    """(size, size) normalised Gaussian, float64, built on ``device`` (no host-to-device copy)."""
+    x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()
     return torch.outer(g, g)
+
+
+@functools.lru_cache(maxsize=16)
+def _ssim_window(size: int, sigma: float, channels: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The (C, 1, size, size) depthwise window, made once per device and dtype (read-only)."""
+    return gaussian_window(size, sigma, device).to(dtype).expand(channels, 1, size, size)
 
 
 def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5, data_range: float = 1.0) -> Tensor:
@@ -46,7 +53,7 @@ def ssim(pred: Tensor, target: Tensor, window: int = 11, sigma: float = 1.5, dat
     statistics over valid windows only, mean over the map and channels -> (B,)."""
     c = pred.shape[1]
     size = min(window, pred.shape[-1], pred.shape[-2])
-    w = gaussian_window(size, sigma).to(pred.device, pred.dtype).expand(c, 1, size, size)
+    w = _ssim_window(size, sigma, c, pred.device, pred.dtype)
 
     def blur(x: Tensor) -> Tensor:
         return F.conv2d(x, w, groups=c)

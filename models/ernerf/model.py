@@ -3,11 +3,14 @@ per-frame appearance codes; rendering of ray bundles and of whole frames in batc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from models.ernerf.amp import autocast_for
 from models.ernerf.audio import AudioConditioning, AudioConfig, EyeEncoder, audio_windows
 from models.ernerf.fields import HeadField, HeadFieldConfig, TorsoField, TorsoFieldConfig
 from models.ernerf.occupancy import OccupancyConfig, OccupancyGrid
@@ -36,11 +39,6 @@ class ModelConfig(BaseModel):
     num_appearance_codes: int = Field(10000, ge=1)  # reference ind_num; must exceed the training frames
     with_torso: bool = True
     pose_scale: float = 4.0  # camera translations are multiplied by this (reference --scale)
-
-
-def autocast_for(device: torch.device, enabled: bool = True):
-    """fp16 autocast on CUDA; a no-op elsewhere."""
-    return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
 
 
 class ERNeRF(nn.Module):
@@ -121,8 +119,10 @@ class ERNeRF(nn.Module):
         units); aud_index (F,) the audio frame of each video frame (default 0..F-1); eye (F, 1) eye
         closure or None (the training mean); background (H, W, 3) or one per frame (F, H, W, 3),
         float in [0, 1] or uint8; with_torso: composite the torso field over it (default: if built).
-        Frames are rendered ``frames_per_batch`` at a time (None: as many as one chunk holds, at least
-        one), their rays in chunks of render.chunk_for(device) (on CUDA: sized to the free memory).
+        Every frame's conditioning goes to the device once; frames are then rendered
+        ``frames_per_batch`` at a time (None: as many as one chunk holds, at least one), their rays in
+        chunks of render.chunk_for(device) (on CUDA: sized to the memory the process may use), each
+        batch downloaded while the next one renders (``HostFrames``).
         """
         was_training = self.training
         self.eval()
@@ -133,42 +133,133 @@ class ERNeRF(nn.Module):
             raise InputError(f"got {n_frames} poses but {aud_index.shape[0]} audio indices; give one per frame")
         aud_index = aud_index.clamp(0, feats.shape[0] - 1)
         use_torso = (self.torso is not None) if with_torso is None else with_torso
+        hw = height * width
         bg = background.to(dev)
         bg = (bg.float() / 255.0 if bg.dtype == torch.uint8 else bg.float()).reshape(-1, 3)  # (H*W | F*H*W, 3)
         per_frame_bg = background.dim() == 4  # (F, H, W, 3): one background per frame
-        pixels = pixel_centers(height, width, dev)  # (H*W, 2)
-        coords = image_plane_coords(pixels, height, width)
-        out = np.empty((n_frames, height, width, 3), dtype=np.uint8)
+        inputs = self.frame_inputs(feats, c2w, aud_index, eye, use_torso, mixed_precision)
+        view = FrameView(focal, cx, cy, height, width)
         chunk = self.cfg.render.chunk_for(dev)
-        frames_per_batch = frames_per_batch or max(1, chunk // (height * width))
+        frames_per_batch = frames_per_batch or max(1, chunk // hw)
+        sink = HostFrames(n_frames, height, width, dev)
         for start in range(0, n_frames, frames_per_batch):
-            idx = torch.arange(start, min(start + frames_per_batch, n_frames))
-            b = idx.shape[0]
-            with autocast_for(dev, mixed_precision):
-                audio = self.audio_codes(feats, aud_index[idx])  # (b, C)
-            eyes = self.eye_codes(None if eye is None else eye[idx], b)
-            app = self.appearance(self.head_codes, None, b)
-            poses = self.world_pose(c2w[idx].to(dev))
-            origins, dirs = camera_rays(poses, focal, cx, cy, pixels.expand(b, -1, -1))  # (b, HW, 3)
-            pose_code = self.torso.pose_code(poses) if use_torso else None  # (b, 6)
-            torso_app = self.appearance(self.torso_codes, None, b) if use_torso else None
-            frame_of_ray = torch.arange(b, device=dev).repeat_interleave(height * width)  # (b*HW,)
-            first_ray = idx.to(dev)[frame_of_ray] * (height * width)  # (b*HW,) start of its frame's background
-            rgb = torch.empty(b * height * width, 3, device=dev)
-            for s in range(0, b * height * width, chunk):
-                sl = slice(s, s + chunk)
-                f = frame_of_ray[sl]
-                pix = torch.arange(sl.start, sl.start + f.shape[0], device=dev) % (height * width)
-                cond = HeadConditioning(audio[f], eyes[f], None if app is None else app[f])
-                with autocast_for(dev, mixed_precision):
-                    head = self.render_head_rays(origins.reshape(-1, 3)[sl], dirs.reshape(-1, 3)[sl], cond)
-                    back = bg[first_ray[sl] + pix] if per_frame_bg else bg[pix]
-                    if use_torso:
-                        t_app = None if torso_app is None else torso_app[f]
-                        back = self.render_torso_rays(coords[pix], pose_code[f], t_app, back)["image"]
-                with timed("compositing"):
-                    rgb[sl] = composite(head["rgb"].float(), head["opacity"].float(), back.float())
-            frames = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).view(b, height, width, 3)
-            out[start:start + b] = frames.cpu().numpy()
+            stop = min(start + frames_per_batch, n_frames)
+            back = bg[start * hw:stop * hw] if per_frame_bg else bg
+            rgb = self.render_batch(inputs.frames(start, stop), view, back, chunk, mixed_precision)
+            sink.put(start, rgb_to_uint8(rgb).view(stop - start, height, width, 3))
         self.train(was_training)
-        return out
+        return sink.finish()
+
+    def frame_inputs(self, feats: Tensor, c2w: Tensor, aud_index: Tensor, eye: Tensor | None, use_torso: bool,
+                     mixed_precision: bool = True, group: int = 1024) -> FrameInputs:
+        """Every frame's conditioning on the device (audio codes computed ``group`` frames at a time)."""
+        dev, n = self.device, c2w.shape[0]
+        with autocast_for(dev, mixed_precision):
+            audio = torch.cat([self.audio_codes(feats, aud_index[s:s + group]) for s in range(0, n, group)])
+        poses = self.world_pose(c2w.to(dev))
+        return FrameInputs(
+            audio=audio, eye=self.eye_codes(None if eye is None else eye, n), poses=poses,
+            appearance=self.appearance(self.head_codes, None, 1),
+            pose_code=self.torso.pose_code(poses) if use_torso else None,
+            torso_appearance=self.appearance(self.torso_codes, None, 1) if use_torso else None,
+        )
+
+    def render_batch(self, inputs: FrameInputs, view: FrameView, background: Tensor, chunk: int,
+                     mixed_precision: bool = True) -> Tensor:
+        """b frames' rays in chunks, on the device only -> (b * H * W, 3) float rgb over ``background``
+        ((H * W, 3) shared or (b * H * W, 3) per frame); the torso is composited when
+        ``inputs.pose_code`` is set. No host synchronisation (tests/test_ernerf_fast.py checks it)."""
+        dev, hw = self.device, view.height * view.width
+        b = inputs.poses.shape[0]
+        pixels = pixel_centers(view.height, view.width, dev)  # (H*W, 2)
+        origins, dirs = camera_rays(inputs.poses, view.focal, view.cx, view.cy, pixels.expand(b, -1, -1))
+        origins, dirs = origins.reshape(-1, 3), dirs.reshape(-1, 3)  # (b*HW, 3)
+        coords = image_plane_coords(pixels, view.height, view.width)
+        frame_of_ray = torch.arange(b, device=dev).repeat_interleave(hw)  # (b*HW,)
+        per_ray_bg = background.shape[0] == b * hw
+        rgb = torch.empty(b * hw, 3, device=dev)
+        for s in range(0, b * hw, chunk):
+            sl = slice(s, min(s + chunk, b * hw))
+            f = frame_of_ray[sl]
+            pix = torch.arange(sl.start, sl.stop, device=dev) % hw
+            app = inputs.appearance
+            cond = HeadConditioning(inputs.audio[f], inputs.eye[f], None if app is None else app.expand(b, -1)[f])
+            with autocast_for(dev, mixed_precision):
+                head = self.render_head_rays(origins[sl], dirs[sl], cond)
+                back = background[sl] if per_ray_bg else background[pix]
+                if inputs.pose_code is not None:
+                    t_app = inputs.torso_appearance
+                    t_app = None if t_app is None else t_app.expand(b, -1)[f]
+                    back = self.render_torso_rays(coords[pix], inputs.pose_code[f], t_app, back)["image"]
+            with timed("compositing"):
+                rgb[sl] = composite(head["rgb"].float(), head["opacity"].float(), back.float())
+        return rgb
+
+
+@dataclass
+class FrameView:
+    """The training camera's intrinsics and the frame size."""
+
+    focal: float
+    cx: float
+    cy: float
+    height: int
+    width: int
+
+
+@dataclass
+class FrameInputs:
+    """Per-frame conditioning of F frames on the device: audio (F, C), eye (F, E), poses (F, 4, 4)
+    in the model's world, pose_code (F, 6) or None (no torso); appearance codes (1, A) or None."""
+
+    audio: Tensor
+    eye: Tensor
+    poses: Tensor
+    appearance: Tensor | None
+    pose_code: Tensor | None
+    torso_appearance: Tensor | None
+
+    def frames(self, start: int, stop: int) -> FrameInputs:
+        """Frames [start, stop) (slices: views, no copy)."""
+        def cut(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[start:stop]
+
+        return FrameInputs(self.audio[start:stop], self.eye[start:stop], self.poses[start:stop], self.appearance,
+                           cut(self.pose_code), self.torso_appearance)
+
+
+def rgb_to_uint8(rgb: Tensor) -> Tensor:
+    return (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+
+
+class HostFrames:
+    """Collects rendered (b, H, W, 3) uint8 batches from the device into one (F, H, W, 3) array.
+    On CUDA each batch is copied asynchronously into pinned memory and moved into the array only
+    when the next batch has been queued, so the host waits for a batch while the GPU renders the
+    following one; elsewhere the copy is immediate."""
+
+    def __init__(self, n_frames: int, height: int, width: int, device: torch.device):
+        self.out = np.empty((n_frames, height, width, 3), dtype=np.uint8)
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[int, Tensor, torch.cuda.Event]] = []
+
+    def put(self, start: int, frames: Tensor) -> None:
+        if not self.cuda:
+            self.out[start:start + frames.shape[0]] = frames.cpu().numpy()
+            return
+        host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+        host.copy_(frames, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self.pending.append((start, host, done))
+        self._drain(keep=1)
+
+    def _drain(self, keep: int) -> None:
+        while len(self.pending) > keep:
+            start, host, done = self.pending.pop(0)
+            done.synchronize()
+            self.out[start:start + host.shape[0]] = host.numpy()
+
+    def finish(self) -> np.ndarray:
+        self._drain(keep=0)
+        return self.out

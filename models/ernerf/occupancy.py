@@ -99,7 +99,7 @@ class OccupancyGrid(nn.Module):
             ok &= cam[:, 0].abs() < cx / focal * depth + margin
             ok &= cam[:, 1].abs() < cy / focal * depth + margin
             seen |= ok
-        self.density[~seen] = -1.0
+        self.density.masked_fill_(~seen, -1.0)  # no boolean indexing: no device read-back
         self._refresh_bitfield()
 
     @torch.no_grad()

@@ -19,7 +19,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from models.ernerf.amp import autocast_off
 from models.ernerf.fields import HeadField, TorsoField
+from models.ernerf.memory import usable_device_memory
 from models.ernerf.timing import timed
 
 
@@ -32,10 +34,14 @@ class RenderConfig(BaseModel):
     min_near: float = 0.05
     step_size: float = 2 * math.sqrt(3) / 128  # reference dt: one cascade, 128^3 grid
     max_samples: int = Field(16, ge=1)  # occupied samples per ray (reference --max_steps)
-    # rays per chunk when rendering whole frames; None: on CUDA as many as half the free GPU memory
-    # holds (at most 2^20), 4096 elsewhere (the reference's max_ray_batch; on the CPU bigger chunks
-    # were 2x slower here)
+    # rays per chunk when rendering whole frames; None: on CUDA as many as memory_share of the memory
+    # the process may use holds (at most 2^20), 4096 elsewhere (the reference's max_ray_batch; on the
+    # CPU bigger chunks were 2x slower here)
     chunk_rays: int | None = Field(None, ge=1)
+    memory_share: float = Field(
+        0.5, gt=0, le=1,
+        description="Share of the GPU memory this process may use (free plus PyTorch's cached-but-unused "
+                    "memory) that one rendering chunk may fill; lower it on a GPU shared with other work.")
 
     # the reference's T_thresh: a ray stops once its transmittance falls below this (0: never)
     t_thresh: float = Field(1e-4, ge=0, lt=1)
@@ -48,16 +54,15 @@ class RenderConfig(BaseModel):
             return self.chunk_rays
         if device.type != "cuda":
             return 4096
-        free, _ = torch.cuda.mem_get_info(device)
-        return rays_for_memory(free // 2, self.max_samples)
+        return rays_for_memory(int(usable_device_memory(device) * self.memory_share), self.max_samples)
 
     def fixed_shape_for(self, device: torch.device) -> bool:
         return self.fixed_shape if self.fixed_shape is not None else device.type == "cuda"
 
 
 # Bytes one sample slot of an inference chunk holds at its peak: the tri-plane features, the MLPs'
-# hidden activations and the per-sample outputs, in fp32, with room for temporaries (measured peak
-# on the reference model: about 1.5 KB per slot).
+# hidden activations and the per-sample outputs, in fp32, with room for temporaries (measured on the
+# CPU with the reference model: about 1.5 KB per slot; bench/gpu_check.py measures it on a GPU).
 BYTES_PER_SAMPLE = 4096
 
 
@@ -77,7 +82,7 @@ def pixel_centers(height: int, width: int, device: torch.device | str = "cpu") -
 
 def camera_rays(c2w: Tensor, focal: float, cx: float, cy: float, pixels: Tensor) -> tuple[Tensor, Tensor]:
     """c2w (B, 4, 4) OpenGL, pixels (B, R, 2) -> origins (B, R, 3), unit directions (B, R, 3), fp32."""
-    with torch.autocast(device_type=pixels.device.type, enabled=False):
+    with autocast_off(pixels.device):
         c2w, pixels = c2w.float(), pixels.float()
         x = (pixels[..., 0] - cx) / focal
         y = -(pixels[..., 1] - cy) / focal  # image rows go down, camera y goes up
@@ -174,7 +179,8 @@ def termination_mask(sigma: Tensor, delta: Tensor, t_thresh: float) -> Tensor:
     if t_thresh <= 0:
         return torch.ones_like(sigma, dtype=torch.bool)
     tau = (sigma * delta).detach().float()
-    before = torch.cumsum(tau, dim=1) - tau  # sum_{j<i}
+    # exclusive sum_{j<i}, shifted rather than cumsum - tau: an infinite density would give inf - inf = NaN
+    before = torch.cat([torch.zeros_like(tau[:, :1]), torch.cumsum(tau, dim=1)[:, :-1]], dim=1)
     return before <= -math.log(t_thresh)
 
 

@@ -12,11 +12,13 @@ Every stage keeps an EMA of its trained weights (the reference's torch_ema, deca
 warm-up min(decay, (1 + n) / (10 + n)), updated every 1,000 steps): the saved checkpoint holds both,
 ``load_model`` and ``evaluate`` use the EMA once it has been updated, a resume restores both.
 
-GPU hot path: the training images, torso images and background live on the device (``DeviceData``)
-and a step gathers its rays there; pixels, jitter, eye noise and occupancy jitter are drawn by a
-generator on the device; losses stay on the device (``step`` returns tensors, ``train`` reads them
-back every ``sync_every`` steps); on CUDA the fused AdamW takes the grad scaler's inf check on the
-device. The frame index is drawn on the host (a CPU generator, no device round trip).
+GPU hot path: the training images, torso images and background live on the device (``DeviceData``;
+frames that do not fit ``device_data_share`` of the GPU stay in pinned host memory and a step
+uploads its frame asynchronously) and a step gathers its rays there; pixels, jitter, eye noise and
+occupancy jitter are drawn by a generator on the device; losses stay on the device (``step``
+returns tensors, ``train`` reads them back every ``sync_every`` steps); on CUDA the fused AdamW
+takes the grad scaler's inf check on the device. The frame index is drawn on the host (a CPU
+generator, no device round trip).
 
 ``Trainer.state_dict()`` holds everything a resume needs (model with occupancy grid, EMA, optimiser,
 grad scaler, step, both generators' states).
@@ -51,6 +53,7 @@ from models.ernerf.losses import (
     ssim,
     uncertainty_weighted_loss,
 )
+from models.ernerf.memory import usable_device_memory
 from models.ernerf.model import ERNeRF, ModelConfig, autocast_for
 from models.ernerf.rendering import HeadConditioning, camera_rays, composite, image_plane_coords
 from models.ernerf.timing import timed
@@ -95,6 +98,11 @@ class TrainConfig(BaseModel):
     mixed_precision: bool = True  # fp16 autocast + grad scaling on CUDA only
     checkpoint_every: int = Field(0, ge=0)  # 0: never
     seed: int = 0
+    device_data_share: float = Field(
+        0.5, ge=0, le=1,
+        description="The training frames live in GPU memory when they fit in this share of the memory the "
+                    "process may use (free plus PyTorch's cached-but-unused); otherwise they stay in pinned host "
+                    "memory and each step uploads its frame asynchronously. 0: always on the host.")
 
 
 class HeadTrainConfig(TrainConfig):
@@ -131,6 +139,18 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def generator_on(device: torch.device) -> torch.Generator:
+    """A generator that draws on ``device``; meta tensors (the CPU sync check, models/ernerf/syncguard.py)
+    hold no values, so a host generator serves them."""
+    return torch.Generator("cpu" if device.type == "meta" else device)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A trainer checkpoint, every tensor on the CPU whatever device wrote it: the RNG states must be
+    CPU ByteTensors, and ``load_state_dict`` copies the rest onto the trainer's device."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _rect_pixels(rect: Tensor, device: torch.device | str = "cpu") -> tuple[Tensor, int, int]:
     """(row0, row1, col0, col1) -> pixel centres (h*w, 2) row-major (built on ``device``), h, w."""
     r0, r1, c0, c1 = (int(v) for v in rect)
@@ -154,10 +174,22 @@ def _in_rect(pixels: Tensor, rect: Tensor) -> Tensor:
     return (row >= r0) & (row < r1) & (col >= c0) & (col < c1)
 
 
+def frames_on_device(nbytes: int, device: torch.device, share: float) -> bool:
+    """Whether ``nbytes`` of training frames go to ``device``: on CUDA when they fit ``share`` of the
+    memory the process may use; elsewhere always (on the CPU they are views), unless share is 0."""
+    if share <= 0:
+        return False
+    if device.type != "cuda":
+        return True
+    return nbytes <= share * usable_device_memory(device)
+
+
 @dataclass
 class DeviceData:
-    """The training split on the trainer's device (the reference's preload): a step gathers its rays'
-    targets there. On the CPU these are views of the dataset's tensors (no copy)."""
+    """The training split for the trainer's device (the reference's preload): a step gathers its rays'
+    targets on the device. The frames are on the device when they fit its budget (``resident``; on
+    the CPU these are views of the dataset's tensors, no copy); otherwise they stay on the host
+    (pinned on CUDA) and a step uploads its frame without blocking. The rest is always on the device."""
 
     images: Tensor  # (N, H*W, 3) uint8
     torso: Tensor  # (N, H*W, 4) uint8 RGBA
@@ -166,18 +198,35 @@ class DeviceData:
     eye: Tensor  # (N, 1) float32
     audio: Tensor  # (T, 16, D) float32
     aud_ids: Tensor  # (N,) int64
+    resident: bool = True  # images and torso on the device
+    _cached: tuple[int, Tensor, Tensor] | None = None  # (frame, images, torso) last uploaded
 
     @classmethod
-    def load(cls, data: ERNeRFDataset, model: ERNeRF, device: torch.device) -> DeviceData:
+    def load(cls, data: ERNeRFDataset, model: ERNeRF, device: torch.device, share: float = 1.0) -> DeviceData:
         n, hw = len(data), data.height * data.width
-        return cls(images=data.images.reshape(n, hw, 3).to(device), torso=data.torso.reshape(n, hw, 4).to(device),
-                   background=data.background.reshape(hw, 3).to(device),
+        images, torso = data.images.reshape(n, hw, 3), data.torso.reshape(n, hw, 4)
+        resident = frames_on_device(images.nbytes + torso.nbytes, device, share)
+        if resident:
+            images, torso = images.to(device), torso.to(device)
+        elif device.type == "cuda":  # page-locked: uploads run asynchronously
+            images, torso = images.pin_memory(), torso.pin_memory()
+        return cls(images=images, torso=torso, background=data.background.reshape(hw, 3).to(device),
                    poses=model.world_pose(data.poses).to(device), eye=data.eye.float().to(device),
-                   audio=data.audio.float().to(device), aud_ids=data.aud_ids.long().to(device))
+                   audio=data.audio.float().to(device), aud_ids=data.aud_ids.long().to(device), resident=resident)
+
+    def frame(self, i: int) -> tuple[Tensor, Tensor]:
+        """Frame i's (H*W, 3) image and (H*W, 4) torso on the device."""
+        if self.resident:
+            return self.images[i], self.torso[i]
+        if self._cached is None or self._cached[0] != i:
+            device = self.background.device
+            self._cached = (i, self.images[i].to(device, non_blocking=True),
+                            self.torso[i].to(device, non_blocking=True))
+        return self._cached[1], self._cached[2]
 
     def target(self, i: int, flat: Tensor) -> Tensor:
         """(R,) pixel indices of frame i -> (R, 3) gt_imgs colours in [0, 1]."""
-        return self.images[i][flat].float() / 255
+        return self.frame(i)[0][flat].float() / 255
 
     def background_rgb(self, flat: Tensor) -> Tensor:
         """(R,) pixel indices -> (R, 3) bc.jpg colours in [0, 1]."""
@@ -186,7 +235,7 @@ class DeviceData:
     def torso_over_background(self, i: int, flat: Tensor) -> Tensor:
         """(R,) pixel indices of frame i -> (R, 3): its torso_imgs over bc.jpg (the head stages'
         background; ERNeRFDataset.torso_over_background's formula, per gathered pixel)."""
-        rgba = self.torso[i][flat].float() / 255
+        rgba = self.frame(i)[1][flat].float() / 255
         bg = self.background_rgb(flat)
         return rgba[:, :3] * rgba[:, 3:] + bg * (1 - rgba[:, 3:])
 
@@ -259,6 +308,7 @@ class Trainer:
         if config.checkpoint_every and checkpoint_dir is None:
             raise InputError("checkpoint_every needs a checkpoint_dir")
         self.device = torch.device(device) if device is not None else default_device()
+        fresh_grid = int(model.grid.updates) == 0  # read before the move: no device read-back
         self.model = model.to(self.device)
         self.data = data
         self.cfg = config
@@ -266,7 +316,7 @@ class Trainer:
         self.on_checkpoint = on_checkpoint
         self.step_count = 0
         self.generator = torch.Generator().manual_seed(config.seed)  # host draws (frame indices)
-        self.device_generator = torch.Generator(self.device).manual_seed(config.seed + 1)  # per-ray draws
+        self.device_generator = generator_on(self.device).manual_seed(config.seed + 1)  # per-ray draws
         self.mp = config.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.mp)
         cuda = self.device.type == "cuda"  # fused AdamW: the grad scaler's inf check stays on the device
@@ -281,9 +331,9 @@ class Trainer:
                 self.patch_loss_kind, self.patch_loss = make_patch_loss(lpips, self.device)
         with torch.no_grad():
             self.model.eye_default.fill_(float(data.eye.mean()))
-            if config.stage == "head" and int(self.model.grid.updates) == 0:
+            if config.stage == "head" and fresh_grid:
                 self.model.grid.mark_unseen(self.model.world_pose(data.poses), data.focal, data.cx, data.cy)
-        self.dev = DeviceData.load(data, self.model, self.device)
+        self.dev = DeviceData.load(data, self.model, self.device, config.device_data_share)
         trained = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
         self.ema = WeightEMA(trained, config.ema_decay) if config.ema_every else None
 
@@ -509,9 +559,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step_count = int(state["step"])
-        self.generator.set_state(state["rng"])
+        self.generator.set_state(state["rng"].cpu())  # a state dict may come from any device map
         if "device_rng" in state:
-            self.device_generator.set_state(state["device_rng"])
+            self.device_generator.set_state(state["device_rng"].cpu())
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
 
@@ -520,7 +570,7 @@ class Trainer:
         return save_atomic(self.state_dict(), path)
 
     def load(self, path: Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        self.load_state_dict(read_checkpoint(path))
 
     def _checkpoint(self) -> None:
         path = self.save(self.checkpoint_dir / f"{self.cfg.stage}.pt")
@@ -586,7 +636,7 @@ class Trainer:
 def load_model(path: Path, device: torch.device | str = "cpu") -> ERNeRF:
     """Rebuild the final model of a trainer checkpoint (e.g. the head stage's, to start the lips
     stage, or to render): its EMA weights where the EMA has been updated, else the trained ones."""
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = read_checkpoint(path)  # the optimiser's moments stay on the host; only the model moves
     model = ERNeRF(ModelConfig.model_validate(state["model_config"]))
     weights = dict(state["model"])
     ema = state.get("ema")
