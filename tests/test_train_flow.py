@@ -76,7 +76,11 @@ def test_short_training_lowers_loss_and_generalises(avatar, dataset):
     assert head["val"]["psnr"] > 18.0, head["val"]  # held-out frames (unseen audio and poses), 128 px
     assert head["val"]["ssim"] > 0.5 and lips["val"]["psnr"] > 18.0 and torso["val"]["psnr"] > 15.0
     assert head["val_frames"] == dataset.meta["n_val"] == 4 and lips["patch_loss"] == "structural"
-    assert head["features"] == {"kind": "logmel", "dim": 80, "fps": 25, "window": 16}
+    recorded = head["features"]  # the features' kind and the config they were computed with
+    assert {k: recorded[k] for k in ("kind", "dim", "fps", "window")} == {"kind": "logmel", "dim": 80, "fps": 25,
+                                                                          "window": 16}
+    n_train = dataset.meta["n_train"]
+    assert recorded["config"]["logmel"]["stats_fraction"] == pytest.approx(n_train / dataset.meta["n_frames"])
     # the checkpoints are stored, the registry names them, and no resume pointer is left behind
     store = get_store()
     assert all(store.verify(r["checkpoint"]) for r in (avatar.head, avatar.lips, avatar.torso))

@@ -86,8 +86,8 @@ def test_forced_alignment_of_known_words():
     v = viseme_tracks(tl, int(np.ceil(tl.duration * FPS)), FPS)
     first_p, first_aa = tl.spoken()[0], tl.spoken()[1]
     assert at(v, "closure", first_p.middle) > 0.7 and at(v, "opening", first_aa.middle) > 0.4
-    uw = next(p for p in tl.spoken() if p.phone == "UW")
-    assert at(v, "rounding", uw.middle) > 0.6
+    uw = max(at(v, "rounding", p.middle) for p in tl.spoken() if p.phone == "UW")
+    assert uw > 0.4 and uw > 3 * at(v, "rounding", first_aa.middle)
     assert PhoneTimeline.from_json(tl.to_json()) == PhoneTimeline(
         tuple(Phone(p.phone, round(p.start, 4), round(p.end, 4)) for p in tl.phones), tl.duration, "aligned")
 
