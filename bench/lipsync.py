@@ -92,7 +92,7 @@ def _held_out(dataset, checkpoint: Path, work: Path) -> dict:
     import numpy as np
     import torch
 
-    from models.ernerf.audio import audio_windows
+    from models.ernerf.audio import attention_profile
     from models.ernerf.dataset import load_split
     from models.ernerf.trainer import load_model
     from models.eval import lipsync as ls
@@ -111,12 +111,9 @@ def _held_out(dataset, checkpoint: Path, work: Path) -> dict:
     scores = ls.image_scores(pred, gt)
     p_lm, g_lm = ls.landmarks_per_frame(pred), ls.landmarks_per_frame(gt)
     both = [k for k in range(len(val)) if p_lm[k] is not None and g_lm[k] is not None]
-    with torch.no_grad():
-        win = model.cfg.audio.att_window if model.cfg.audio.use_attention else 1
-        weights = model.audio.attention_weights(audio_windows(val.audio, val.aud_ids, win))  # (F, W)
     out = {"frames": len(val), "frames_with_faces": len(both), "render_fps": round(len(val) / render_s, 2),
            "psnr": round(scores["psnr"], 3), "ssim": round(scores["ssim"], 4),
-           "attention_max": round(float(weights.max()), 3)}
+           "attention_max": attention_profile(model.audio, val.audio, val.aud_ids)["max"]}
     if both:
         pl, gl = np.stack([p_lm[k] for k in both]), np.stack([g_lm[k] for k in both])
         po, go = ls.mouth_opening(pl), ls.mouth_opening(gl)

@@ -227,6 +227,10 @@ def demo(
     console.print(f"held-out PSNR: {val['psnr']:.2f} dB (SSIM {val['ssim']:.3f}) after "
                   f"{r.avatar.head.meta['steps']} head steps")
     console.print(f"new sentence : {d.avatar_new_sentence} ({r.rendered.video.meta['duration_s']:.2f} s)")
+    att = r.avatar.head.meta.get("attention") or {}
+    if att:
+        console.print(f"audio attn.  : largest weight on one neighbouring frame {att['max']:.2f} "
+                      f"({'collapsed' if att['max'] > 0.5 else 'spread'})")
     ls = r.lip_sync.meta
     console.print(f"lip sync     : opening corr {ls['opening_corr']:.2f}, width corr {ls['width_corr']:.2f}, "
                   f"/p b m/ closed {ls['bilabial_closure']:.0%} of {ls['bilabials']}, offset {ls['offset']} frames, "

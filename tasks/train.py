@@ -30,7 +30,7 @@ import numpy as np
 import pydantic
 from pydantic import BaseModel, Field
 
-from models.ernerf.audio import AudioConfig
+from models.ernerf.audio import AudioConfig, attention_profile
 from models.ernerf.dataset import ERNeRFDataset, check_dataset, downscale_split, load_split
 from models.ernerf.encodings import HashGridConfig
 from models.ernerf.fields import HeadFieldConfig, TorsoFieldConfig
@@ -379,6 +379,7 @@ def _train_stage(stage_name: str, inputs: dict[str, Any], make_model: Callable[[
             trainer.train(progress=on_step)
             train_s = time.perf_counter() - t_train
             val_metrics = _validate(trainer, val, config, lpips)
+            attention = attention_profile(model.audio, train.audio, train.aud_ids)
         final = store.put_file(trainer.save(work / f"{short}.pt"), suffix=".pt")
     slot.clear(keep=final)
     curve = slot.curve
@@ -390,7 +391,7 @@ def _train_stage(stage_name: str, inputs: dict[str, Any], make_model: Callable[[
         "steps_per_s": round(computed / train_s, 3) if computed and train_s > 0 else None,
         "device": str(trainer.device), "rays_per_batch": tcfg.rays_per_batch,
         "features": dataset.meta.get("features"), "curve": curve,
-        "patch_loss": trainer.patch_loss_kind, **extra_meta,
+        "patch_loss": trainer.patch_loss_kind, "attention": attention, **extra_meta,
     }
     _publish(namespace, stage_name, meta)
     return StageResult(artifacts={"checkpoint": final}, meta=meta)

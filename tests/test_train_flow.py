@@ -44,7 +44,9 @@ from tasks.train import (
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 PERSON = "astro"
-QUICK = {"rays_per_batch": 1024, "lr_net": 5e-3, "checkpoint_every": 100, "val_downscale": 2}
+# the cpu-demo preset's rates: MLPs at 5x the reference's, the audio attention at the reference's own
+QUICK = {"rays_per_batch": 1024, "lr_net": 5e-3, "checkpoint_every": 100, "val_downscale": 2,
+         "overrides": {"attention_lr_mult": 1.0}}
 CONFIG = TrainAvatarConfig(
     model="small",
     head=TrainStageConfig(steps=200, **QUICK),
@@ -76,6 +78,7 @@ def test_short_training_lowers_loss_and_generalises(avatar, dataset):
     assert head["val"]["psnr"] > 18.0, head["val"]  # held-out frames (unseen audio and poses), 128 px
     assert head["val"]["ssim"] > 0.5 and lips["val"]["psnr"] > 18.0 and torso["val"]["psnr"] > 15.0
     assert head["val_frames"] == dataset.meta["n_val"] == 4 and lips["patch_loss"] == "structural"
+    assert head["attention"]["max"] < 0.5, head["attention"]  # spread over the neighbours, not collapsed
     recorded = head["features"]  # the features' kind and the config they were computed with
     assert {k: recorded[k] for k in ("kind", "dim", "fps", "window")} == {"kind": "logmel", "dim": 80, "fps": 25,
                                                                           "window": 16}

@@ -103,6 +103,17 @@ def audio_windows(feats: Tensor, index: Tensor, att_window: int) -> Tensor:
     return feats[frames.clamp(0, t - 1)]  # (B, W, 16, D)
 
 
+@torch.no_grad()
+def attention_profile(cond: AudioConditioning, feats: Tensor, index: Tensor) -> dict:
+    """How the trained attention weighs the neighbouring frames over the frames ``index`` (B,) of
+    the clip's features (T, 16, D): the largest weight on any frame ("max"; near 1: collapsed onto
+    one neighbour) and the mean weight per offset ("by_offset", offsets -W/2 .. W/2 - 1)."""
+    window = cond.cfg.att_window if cond.cfg.use_attention else 1
+    device = next(cond.parameters()).device
+    w = cond.attention_weights(audio_windows(feats, index, window).to(device)).float().cpu()  # (B, W)
+    return {"max": round(float(w.max()), 4), "by_offset": [round(float(v), 4) for v in w.mean(0)]}
+
+
 def eye_feature(au45: Tensor) -> Tensor:
     """AU45 intensity (0 open .. 5 closed) -> eye closure in [0, 1] (reference: clip(AU45, 0, 2) / 2)."""
     return au45.clamp(0, 2) / 2
