@@ -23,8 +23,7 @@ from models.nerffacespeech.pti import PTIConfig
 from models.nerffacespeech.render import RenderConfig
 from models.portrait_warp import WarpRenderConfig, WarpRigConfig
 from talkflow import assets
-from talkflow.checks import audio_or_text, validate_name
-from talkflow.errors import AssetMissing
+from talkflow.checks import Renderer, audio_or_text, choose_renderer, validate_name  # noqa: F401 (re-exported)
 from talkflow.store import StageResult
 from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.outputs import publish_output
@@ -38,8 +37,6 @@ from tasks.portrait import (
     rig_portrait,
 )
 from tasks.speech import SpeechConfig, synthesize_speech
-
-Renderer = Literal["auto", "warp", "generator"]
 
 
 class PortraitConfig(BaseModel):
@@ -75,18 +72,6 @@ class PortraitResult(BaseModel):
     pti: StageResult | None = None  # generator path
     rig: StageResult | None = None  # warp path
     video: StageResult
-
-
-def choose_renderer(requested: Renderer = "auto") -> tuple[Literal["warp", "generator"], Path | None]:
-    """(renderer, generator checkpoint or None). Raises AssetMissing for 'generator' without a
-    registered generator (checked before any work)."""
-    checkpoint = assets.locate("generator")
-    if requested == "generator" and checkpoint is None:
-        raise AssetMissing("the generator renderer needs a registered generator checkpoint "
-                           "(`talkflow assets add generator PATH`); without one use --renderer warp")
-    if requested == "warp" or (requested == "auto" and checkpoint is None):
-        return "warp", None
-    return "generator", checkpoint
 
 
 @flow(name="generate-from-portrait")

@@ -2,8 +2,9 @@
 
     from talkflow.api import Talkflow
 
-    tf = Talkflow()                      # runs each flow in this process (embedded Prefect,
-                                         # or reporting to PREFECT_API_URL when it is set)
+    tf = Talkflow()                      # runs each flow in this process, reporting to the data
+                                         # root's background Prefect server (started on first use)
+                                         # or to PREFECT_API_URL when it is set
     tf = Talkflow(mode="deployment")     # runs it on a worker through its deployment
 
     data = tf.preprocess("alice.mp4", "alice")                  # -> data.data_path (ER-NeRF folder)
@@ -230,7 +231,8 @@ class _HeldLog(logging.Filter):
 
 @contextmanager
 def local_run(gpu_id: int | str | None = None) -> Iterator[list[str]]:
-    """Run flows in this process: result storage ready, GPU pinned, stage warnings collected
+    """Run flows in this process: its Prefect server ready (embedded: the data root's background
+    server, started if need be), result storage ready, GPU pinned, stage warnings collected
     (the list yielded), and Prefect's console output held while the block runs: after a user
     error (a TalkflowError) it is dropped, so the error alone says what was wrong; otherwise it
     is printed afterwards, less the stage warnings, which the caller reports."""
@@ -426,6 +428,9 @@ class Talkflow:
             out = self._run_deployment(self.deployments[call], params, gpu_job_variables(gpu_id))
             return _typed(_load(spec.result), out)
 
+        from talkflow.runtime import start_background_server
+
+        start_background_server()  # boots while the flow's modules import; local_run waits for it
         flow = _load(spec.flow)
         with local_run(gpu_id) as warnings:
             try:

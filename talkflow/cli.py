@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pydantic
@@ -24,7 +25,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 cache_app = typer.Typer(no_args_is_help=True, help="See and manage the stage cache.")
 media_app = typer.Typer(no_args_is_help=True, help="Media helpers.")
 assets_app = typer.Typer(no_args_is_help=True, help="Pretrained weights you supply.")
+server_app = typer.Typer(no_args_is_help=True, help="The data root's background Prefect server (embedded mode).")
 app.add_typer(cache_app, name="cache")
+app.add_typer(server_app, name="server")
 app.add_typer(media_app, name="media")
 app.add_typer(assets_app, name="assets")
 console = Console()
@@ -81,6 +84,14 @@ def report_warnings(warnings: list[str]) -> None:
         errors.print(f"[yellow]warning:[/] {text}")
 
 
+def start_server() -> None:
+    """Input checked: start (or find) the background Prefect server now, so that it boots while the
+    command imports its flows (a no-op with PREFECT_API_URL set)."""
+    from talkflow.runtime import start_background_server
+
+    start_background_server()
+
+
 def export(artifact, dest: Path) -> Path:
     """Copy a stored artifact to a user-visible path."""
     from talkflow.api import _export
@@ -92,7 +103,7 @@ def export(artifact, dest: Path) -> Path:
 @app.command()
 def doctor() -> None:
     """What is installed, which mode Prefect runs in, the store, and which assets are present."""
-    from talkflow import assets, runtime
+    from talkflow import assets
 
     s = get_settings()
     t = Table("check", "status", "detail", title="talkflow doctor")
@@ -123,12 +134,7 @@ def doctor() -> None:
         row("pytorch3d", True, pytorch3d.__version__)
     except Exception as exc:  # noqa: BLE001
         row("pytorch3d", False, f"{exc}; photometric 3DMM refinement is off")
-    mode = "embedded (ephemeral Prefect, PREFECT_HOME=" + str(s.prefect_home) + ")"
-    if not runtime.embedded():
-        import os
-
-        mode = f"server {os.environ['PREFECT_API_URL']}"
-    row("prefect", True, mode)
+    row("prefect", True, _prefect_mode())
     row("store", _store_ok(), s.store)
     if s.redis_url:
         row("locks", _redis_ok(s.redis_url), f"Redis {s.redis_url}")
@@ -147,6 +153,35 @@ def doctor() -> None:
     row("portrait renderer", True, "generator (PTI of the registered generator; --renderer warp for the warp)"
         if generator else "warp (the portrait warped by its 3DMM; register a generator for the generator path)")
     console.print(t)
+
+
+def _prefect_mode() -> str:
+    """Which Prefect server the commands report to."""
+    import os
+
+    from talkflow import runtime, server
+
+    s = get_settings()
+    if not runtime.embedded():
+        return f"server {os.environ['PREFECT_API_URL']} (PREFECT_API_URL)"
+    if s.embedded_server == "ephemeral":
+        return f"embedded: a temporary Prefect server per command (PREFECT_HOME={s.prefect_home})"
+    state = server.current(s)
+    if state is None:
+        return (f"embedded: background server not running; the next command starts one on 127.0.0.1 "
+                f"(PREFECT_HOME={s.prefect_home})")
+    up = _duration(time.time() - state.started_at)
+    return (f"embedded: background server {state.ui_url} (pid {state.pid}, up {up}, stops after "
+            f"{_duration(state.idle_s)} unused or on `talkflow server stop`; PREFECT_HOME={s.prefect_home})")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _store_ok() -> bool:
@@ -195,6 +230,9 @@ def sample_clip(
     size: int = typer.Option(512, help="Frame side in pixels."),
 ) -> None:
     """Make a short talking clip (TTS + the astronaut photo, 25 fps, with audio) at OUT."""
+    if not text.strip():
+        raise InputError("--text is empty; give at least one word")
+    start_server()
     from flows.sample_clip import SampleClipConfig, make_sample_clip
 
     result = run_flow(make_sample_clip, text, SampleClipConfig(seed=seed, size=size),
@@ -260,6 +298,7 @@ def preprocess(
     if deepspeech is not None:
         checks.existing_file(deepspeech, "DeepSpeech features file")
 
+    start_server()
     from flows.preprocess import PreprocessConfig
     from models.audio.features import AudioFeatureConfig
     from talkflow.api import Talkflow
@@ -294,6 +333,7 @@ def import_dataset_cmd(
 
     validate_name(person, "person")
     folder = check_reference_folder(folder)  # a missing part fails before Prefect starts
+    start_server()
     from flows.import_dataset import import_dataset_flow
 
     dataset = run_flow(import_dataset_flow, folder, person, status=f"importing {folder.name}")
@@ -325,6 +365,7 @@ def train(
     checks.choice(preset, ("reference", "cpu-demo"), "--preset")
     checks.gpu_index(gpu)
 
+    start_server()
     from talkflow.api import Talkflow
     from tasks.train import TrainAvatarConfig
 
@@ -380,6 +421,7 @@ def features_cmd(
     checks.choice(kind, checks.FeatureKind, "--kind")
     checks.speech_audio(audio)
 
+    start_server()
     import numpy as np
 
     from talkflow.api import Talkflow
@@ -407,11 +449,15 @@ def portrait(
 ) -> None:
     """A video of the portrait speaking; the character fit (3DMM + PTI or warp rig) is cached per
     character and image."""
-    from flows.portrait import PortraitConfig, choose_renderer, generate_from_portrait
+    from talkflow import checks
 
-    if renderer not in ("auto", "warp", "generator"):
-        raise InputError(f"--renderer must be auto, warp or generator, not {renderer!r}")
-    chosen, _ = choose_renderer(renderer)  # a missing generator fails here, before any work
+    checks.validate_name(character, "character")
+    checks.existing_file(image, "image")
+    checks.audio_or_text(audio, text)
+    chosen, _ = checks.choose_renderer(renderer)  # a missing generator fails here, before any work
+    start_server()
+    from flows.portrait import PortraitConfig, generate_from_portrait
+
     first = "PTI" if chosen == "generator" else "the warp rig"
     console.print(f"renderer: {chosen}" + (" (no generator registered)" if renderer == "auto" and chosen == "warp"
                                            else ""))
@@ -535,6 +581,53 @@ def assets_add(name: str, path: Path) -> None:
     from talkflow import assets
 
     console.print(f"{name} -> {assets.register(name, path)}")
+
+
+# -- the background server -----------------------------------------------------------------
+@server_app.command("start")
+def server_start() -> None:
+    """Start the background server now (any command that runs a flow starts it anyway) and print
+    its UI address."""
+    from talkflow import runtime, server
+
+    if not runtime.embedded():
+        raise InputError("PREFECT_API_URL is set: commands report to that server, not to a background one; "
+                         "unset it to use the background server")
+    if get_settings().embedded_server != "background":
+        errors.print("[yellow]warning:[/] TALKFLOW_EMBEDDED_SERVER=ephemeral: commands will not use this server")
+    with console.status("starting the background Prefect server"):
+        state = server.ensure()
+    console.print(f"background server: {state.ui_url} (API {state.url}, pid {state.pid}); it stops after "
+                  f"{_duration(state.idle_s)} unused, or on `talkflow server stop`")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Whether the data root's background server runs, where, and since when; exit 1 if none runs."""
+    from talkflow import server
+
+    state = server.current()
+    if state is None:
+        console.print(f"no background server for {get_settings().root}; the next command starts one")
+        raise typer.Exit(1)
+    busy = "in use" if server.in_use() else "idle"
+    console.print(f"background server: {state.ui_url} (API {state.url}, pid {state.pid}), up "
+                  f"{_duration(time.time() - state.started_at)}, {busy}; stops after {_duration(state.idle_s)} unused")
+    console.print(f"log: {server.paths().log}")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the data root's background server (a command running meanwhile loses its API)."""
+    from talkflow import server
+
+    busy = server.in_use()
+    state = server.stop()
+    if state is None:
+        console.print(f"no background server was running for {get_settings().root}")
+        return
+    console.print(f"stopped the background server {state.ui_url} (pid {state.pid})"
+                  + (" while a command was using it" if busy else ""))
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ A GPU task wraps its work in `gpu_slot()`:
 The limit `gpu-<class>` has as many slots as the fleet has GPUs of that class
 (deployments/setup.py creates it), so runs queue for a free GPU instead of sharing one.
 The class comes from TALKFLOW_GPU_CLASS, which each GPU pool's job template sets. Without a class
-(embedded runs, CPU pools) the slot is a no-op: one machine, one process, nothing to share.
+(CPU pools) or embedded (the background or a temporary server) the slot is a no-op: one machine,
+one process, nothing to share.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ def gpu_slot(gpu_class: str | None = None, *, timeout_s: float | None = None) ->
     from prefect.concurrency.sync import concurrency
     from prefect.settings import PREFECT_API_URL
 
+    from talkflow.runtime import BACKGROUND_API_ENV
+
     gpu_class = gpu_class or current_gpu_class()
-    if not gpu_class or not PREFECT_API_URL.value():  # no class, or embedded (ephemeral API)
+    url = PREFECT_API_URL.value()
+    if not gpu_class or not url or url == os.environ.get(BACKGROUND_API_ENV):  # no class, or embedded
         yield
         return
 

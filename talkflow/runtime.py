@@ -1,9 +1,15 @@
-"""How Prefect runs: embedded (ephemeral server on SQLite) or against PREFECT_API_URL.
+"""How Prefect runs: embedded (a local server on SQLite) or against PREFECT_API_URL.
 
 `configure_prefect_env` sets Prefect's environment for talkflow; importing flows/ calls it, and so
 does `ensure_result_storage` before the CLI or the API runs a flow. Importing talkflow, models/ or
 tasks/ has no side effect. Stage results (manifests) go to <store>/cache: a local folder through
 PREFECT_RESULTS_LOCAL_STORAGE_PATH, or on S3 through a saved RemoteFileSystem block.
+
+Embedded, the CLI and the API report to the data root's background server (talkflow.server),
+started by the first command and reused by later ones: `start_background_server` (at once, so it
+boots while the command imports the flows), then `use_background_server` before a flow runs.
+PREFECT_API_URL set by the user, or an API Prefect already has (a test harness), wins;
+TALKFLOW_EMBEDDED_SERVER=ephemeral keeps Prefect's temporary server per process.
 """
 
 from __future__ import annotations
@@ -11,15 +17,77 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from talkflow.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from talkflow.server import ServerState
+
 RESULT_BLOCK = "talkflow-store"
 RESULT_BLOCK_SLUG = f"remote-file-system/{RESULT_BLOCK}"
+# PREFECT_API_URL as talkflow set it for the background server (so: not the user's, still embedded)
+BACKGROUND_API_ENV = "TALKFLOW_BACKGROUND_API_URL"
 
 
 def embedded(env: dict[str, str] | os._Environ = os.environ) -> bool:
-    return not env.get("PREFECT_API_URL")
+    """No Prefect API chosen by the user: the background server, or a temporary one."""
+    url = env.get("PREFECT_API_URL")
+    return not url or url == env.get(BACKGROUND_API_ENV)
+
+
+def _wants_background_server() -> bool:
+    if not embedded() or get_settings().embedded_server != "background":
+        return False
+    if "prefect.settings" in sys.modules:  # an API Prefect already has (prefect_test_harness, a profile)
+        from prefect.settings import PREFECT_API_URL
+
+        url = PREFECT_API_URL.value()
+        if url and url != os.environ.get(BACKGROUND_API_ENV):
+            return False
+    return True
+
+
+def _point_prefect_at(url: str) -> None:
+    os.environ["PREFECT_API_URL"] = url
+    os.environ[BACKGROUND_API_ENV] = url
+    if "prefect.context" in sys.modules:
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+
+
+_pending: ServerState | None = None  # started or found by this process, not yet seen answering
+
+
+def start_background_server() -> None:
+    """Find or start the data root's background server without waiting for it (a no-op unless
+    embedded with the background server): a command calls this once its input is checked, so the
+    server starts while the command imports the flows."""
+    global _pending
+    if _pending is None and _wants_background_server():
+        from talkflow import server
+
+        _pending = server.begin()
+        _point_prefect_at(_pending.url)
+
+
+def use_background_server() -> ServerState | None:
+    """Point this process's Prefect at the data root's background server, once it answers (started
+    if need be; replaced if it was stopped meanwhile). None when the background server is not used."""
+    global _pending
+    if not _wants_background_server():
+        return None
+    from talkflow import server
+
+    state = _pending
+    if state is None or not server.healthy(state.url, timeout_s=1.0):
+        state = server.wait_ready(state if state is not None and server.running(state.pid) else server.begin())
+    _pending = state
+    if os.environ.get("PREFECT_API_URL") != state.url:
+        _point_prefect_at(state.url)
+    configure_prefect_env()
+    return state
 
 
 def configure_prefect_env(settings: Settings | None = None) -> None:
@@ -58,6 +126,7 @@ def ensure_result_storage() -> None:
     Credentials are never put in the block: s3fs reads them (and AWS_ENDPOINT_URL) from the
     environment of whichever process runs the task.
     """
+    use_background_server()
     configure_prefect_env()
     s = get_settings()
     if not s.store_is_remote:

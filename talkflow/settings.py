@@ -30,6 +30,20 @@ class Settings(BaseSettings):
     lock_timeout_s: float = Field(
         default=6 * 3600.0, description="Longest wait for another run computing the same stage."
     )
+    embedded_server: Literal["background", "ephemeral"] = Field(
+        default="background",
+        description="Embedded mode (no PREFECT_API_URL): 'background' starts one Prefect server per data root "
+        "on first use, on 127.0.0.1, and later commands reuse it (`talkflow server status|stop`); "
+        "'ephemeral' starts and stops a temporary server in every process (Prefect's default; 8-17 s each).",
+    )
+    server_idle_s: float = Field(
+        default=1800.0, gt=0,
+        description="The background server stops itself after this many seconds with no talkflow process using it.",
+    )
+    server_start_timeout_s: float = Field(
+        default=180.0, gt=0,
+        description="Longest wait for the background server to answer /api/health when it starts.",
+    )
 
     @property
     def root(self) -> Path:
