@@ -269,6 +269,7 @@ def wait_ready(state: ServerState, settings: Settings | None = None) -> ServerSt
             if not running(state.pid):
                 break
             time.sleep(POLL_S)
+        died = not running(state.pid)
         with flocked(p.lock, timeout_s=s.server_start_timeout_s + 30):
             now = read_state(p)
             if now is not None and now.pid != state.pid and _reusable(now, s, state.app):
@@ -278,8 +279,9 @@ def wait_ready(state: ServerState, settings: Settings | None = None) -> ServerSt
             if attempt == 2:
                 break
             state = _spawn(p, s, state.app)
-    raise ServerError(f"the background Prefect server did not answer within {s.server_start_timeout_s:.0f} s "
-                      f"(TALKFLOW_SERVER_START_TIMEOUT_S); its log {p.log} ends:\n{tail(p.log)}")
+    what = ("exited at start" if died else
+            f"did not answer within {s.server_start_timeout_s:.0f} s (TALKFLOW_SERVER_START_TIMEOUT_S)")
+    raise ServerError(f"the background Prefect server {what}, twice; its log {p.log} ends:\n{tail(p.log)}")
 
 
 def ensure(settings: Settings | None = None, *, app: str = PREFECT_APP) -> ServerState:
