@@ -27,4 +27,5 @@ bench: setup
 	$(PY) bench/cache_overhead.py
 
 clean:
+	-$(VENV)/bin/talkflow server stop
 	rm -rf .talkflow

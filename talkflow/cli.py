@@ -451,10 +451,10 @@ def portrait(
     character and image."""
     from talkflow import checks
 
+    chosen, _ = checks.choose_renderer(renderer)  # a missing generator fails here, before any work
     checks.validate_name(character, "character")
     checks.existing_file(image, "image")
     checks.audio_or_text(audio, text)
-    chosen, _ = checks.choose_renderer(renderer)  # a missing generator fails here, before any work
     start_server()
     from flows.portrait import PortraitConfig, generate_from_portrait
 

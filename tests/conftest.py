@@ -17,8 +17,12 @@ from pathlib import Path
 
 DATA_ROOT = Path(tempfile.mkdtemp(prefix="talkflow-tests-"))
 os.environ["TALKFLOW_DATA_ROOT"] = str(DATA_ROOT)
-for name in ("TALKFLOW_STORE_URL", "TALKFLOW_REDIS_URL", "PREFECT_API_URL"):
+for name in ("TALKFLOW_STORE_URL", "TALKFLOW_REDIS_URL", "PREFECT_API_URL", "TALKFLOW_BACKGROUND_API_URL",
+             "TALKFLOW_EMBEDDED_SERVER"):
     os.environ.pop(name, None)
+# A command run in a new process by a test starts its data root's background Prefect server; the
+# fixture below stops it, and this is the backstop should a test be killed first.
+os.environ.setdefault("TALKFLOW_SERVER_IDLE_S", "120")
 
 import pytest  # noqa: E402
 
@@ -39,6 +43,29 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(autouse=True)
+def stop_background_servers(request):
+    """Stop the background servers that commands of the test started in its tmp_path data roots."""
+    tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if tmp is None:
+        return
+    from talkflow import server
+    from talkflow.settings import Settings
+
+    for state in tmp.rglob("server.json"):
+        if state.parent.name == "prefect":
+            server.stop(Settings(data_root=state.parent.parent))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stop_session_background_server():
+    yield
+    from talkflow import server
+
+    server.stop(get_settings())
 
 
 @pytest.fixture(scope="module")
