@@ -97,7 +97,10 @@ def prepare(root: Path, work: Path) -> tuple[Path, float]:
     return image, time.perf_counter() - t0
 
 
-def condition(name: str, root: Path, image: Path, work: Path) -> dict:
+COMMANDS = ("help", "refused", "demo", "portrait", "render")
+
+
+def condition(name: str, root: Path, image: Path, work: Path, commands: tuple[str, ...] = COMMANDS) -> dict:
     extra = {"TALKFLOW_EMBEDDED_SERVER": "ephemeral"} if name == "ephemeral" else {}
 
     def before() -> None:
@@ -107,25 +110,32 @@ def condition(name: str, root: Path, image: Path, work: Path) -> dict:
             talkflow(root, "server", "start")
 
     out: dict[str, float | list[str]] = {}
-    before()
-    out["help_s"] = talkflow(root, "--help", **extra)
-    before()
-    out["refused_s"] = talkflow(root, "render", "--person", "demo", "--audio", str(work / "missing.wav"), expect=2,
-                                **extra)
-    before()
-    n = len(journal(root))
-    out["demo_cached_s"] = talkflow(root, "demo", **extra)
-    if len(journal(root)) != n:
-        sys.exit(f"{name}: the cached demo computed {[e['stage'] for e in journal(root)[n:]]}")
-    audio = speech(work / f"{name}.wav", SENTENCES[name])
-    before()
-    wall, stages, names = timed_with_stages(root, "portrait", "--character", CHARACTER, "--image", str(image),
-                                            "--renderer", "warp", "--audio", str(audio), **extra)
-    out |= {"portrait_s": wall, "portrait_stages_s": stages, "portrait_overhead_s": wall - stages,
-            "portrait_computed": names}
-    before()
-    wall, stages, names = timed_with_stages(root, "render", "--person", "demo", "--text", SENTENCES[name], **extra)
-    out |= {"render_s": wall, "render_stages_s": stages, "render_overhead_s": wall - stages, "render_computed": names}
+    if "help" in commands:
+        before()
+        out["help_s"] = talkflow(root, "--help", **extra)
+    if "refused" in commands:
+        before()
+        out["refused_s"] = talkflow(root, "render", "--person", "demo", "--audio", str(work / "missing.wav"),
+                                    expect=2, **extra)
+    if "demo" in commands:
+        before()
+        n = len(journal(root))
+        out["demo_cached_s"] = talkflow(root, "demo", **extra)
+        if len(journal(root)) != n:
+            sys.exit(f"{name}: the cached demo computed {[e['stage'] for e in journal(root)[n:]]}")
+    if "portrait" in commands:
+        audio = speech(work / f"{name}.wav", SENTENCES[name])
+        before()
+        wall, stages, names = timed_with_stages(root, "portrait", "--character", CHARACTER, "--image", str(image),
+                                                "--renderer", "warp", "--audio", str(audio), **extra)
+        out |= {"portrait_s": wall, "portrait_stages_s": stages, "portrait_overhead_s": wall - stages,
+                "portrait_computed": names}
+    if "render" in commands:
+        before()
+        wall, stages, names = timed_with_stages(root, "render", "--person", "demo", "--text", SENTENCES[name],
+                                                **extra)
+        out |= {"render_s": wall, "render_stages_s": stages, "render_overhead_s": wall - stages,
+                "render_computed": names}
     return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
 
 
@@ -133,6 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, help="A data root to reuse (default: a new temporary one).")
     parser.add_argument("--conditions", default="ephemeral,cold,warm", help="Which conditions, in this order.")
+    parser.add_argument("--commands", default=",".join(COMMANDS), help="Which commands (default: all).")
     args = parser.parse_args()
     root = (args.data_root or Path(tempfile.mkdtemp(prefix="talkflow-cli-latency-"))).resolve()
     work = Path(tempfile.mkdtemp(prefix="talkflow-cli-latency-inputs-"))
@@ -140,7 +151,7 @@ def main() -> None:
     results = {"bench": "cli_latency", "data_root": str(root), "prepare_s": round(prepare_s, 1)}
     try:
         for name in args.conditions.split(","):
-            results[name] = condition(name, root, image, work)
+            results[name] = condition(name, root, image, work, tuple(args.commands.split(",")))
             print(json.dumps({name: results[name]}), flush=True)
     finally:
         talkflow(root, "server", "stop")
