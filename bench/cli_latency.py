@@ -82,6 +82,9 @@ def speech(path: Path, text: str) -> Path:
     return path
 
 
+DEMO_ARGS: list[str] = []  # --demo-text/--demo-new-text: a root whose demo was made with other sentences
+
+
 def prepare(root: Path, work: Path) -> tuple[Path, float]:
     """The demo and a first portrait of the character, cached; returns the portrait image."""
     import numpy as np
@@ -91,7 +94,7 @@ def prepare(root: Path, work: Path) -> tuple[Path, float]:
     image = work / "astronaut.png"
     Image.fromarray(np.asarray(data.astronaut())).save(image)
     t0 = time.perf_counter()
-    talkflow(root, "demo")
+    talkflow(root, "demo", *DEMO_ARGS)
     talkflow(root, "portrait", "--character", CHARACTER, "--image", str(image), "--renderer", "warp",
              "--audio", str(speech(work / "setup.wav", SENTENCES["setup"])))
     return image, time.perf_counter() - t0
@@ -120,7 +123,7 @@ def condition(name: str, root: Path, image: Path, work: Path, commands: tuple[st
     if "demo" in commands:
         before()
         n = len(journal(root))
-        out["demo_cached_s"] = talkflow(root, "demo", **extra)
+        out["demo_cached_s"] = talkflow(root, "demo", *DEMO_ARGS, **extra)
         if len(journal(root)) != n:
             sys.exit(f"{name}: the cached demo computed {[e['stage'] for e in journal(root)[n:]]}")
     if "portrait" in commands:
@@ -144,7 +147,12 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, help="A data root to reuse (default: a new temporary one).")
     parser.add_argument("--conditions", default="ephemeral,cold,warm", help="Which conditions, in this order.")
     parser.add_argument("--commands", default=",".join(COMMANDS), help="Which commands (default: all).")
+    parser.add_argument("--demo-text", help="The demo's --text (a root made with other sentences).")
+    parser.add_argument("--demo-new-text", help="The demo's --new-text.")
     args = parser.parse_args()
+    for flag, value in (("--text", args.demo_text), ("--new-text", args.demo_new_text)):
+        if value:
+            DEMO_ARGS.extend([flag, value])
     root = (args.data_root or Path(tempfile.mkdtemp(prefix="talkflow-cli-latency-"))).resolve()
     work = Path(tempfile.mkdtemp(prefix="talkflow-cli-latency-inputs-"))
     image, prepare_s = prepare(root, work)
