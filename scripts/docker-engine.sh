@@ -7,8 +7,9 @@
 #
 # `start` uses a running engine when there is one and starts nothing. Otherwise, as root, it
 # installs Debian's docker.io when dockerd is missing and starts `dockerd` in the background
-# (no systemd needed). It exits 3, with the reason on one line, when no engine can be had
-# (not root, no apt-get, install or start failed): callers skip on 3.
+# (no systemd needed), and Debian's docker-compose (Compose v1) when no Compose is installed. It
+# exits 3, with the reason on one line, when no engine can be had (not root, no apt-get, install
+# or start failed): callers skip on 3.
 # State (PID, log): $TALKFLOW_DOCKER_STATE, default /run/talkflow-docker.
 set -euo pipefail
 
@@ -31,24 +32,37 @@ ours() {  # PID of the dockerd this script started, if it still runs
 install_engine() {
   [[ $(id -u) -eq 0 ]] || cannot "dockerd is not installed and this is not root (install Docker, or run as root)"
   command -v apt-get >/dev/null || cannot "dockerd is not installed and there is no apt-get"
-  say "installing Debian's docker.io with apt-get"
+  local pkgs=(docker.io)
+  has_compose || pkgs+=(docker-compose)
+  say "installing Debian's ${pkgs[*]} with apt-get"
   local t0=$SECONDS
   apt-get update -qq >/dev/null 2>&1 || true
   # policy-rc.d 101: the package's scripts must not try to start a service (no init system here)
   local policy=/usr/sbin/policy-rc.d restore=""
   if [[ ! -e $policy ]]; then printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && restore=rm; fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >"$STATE/apt.log" 2>&1 \
-    || { [[ -n $restore ]] && rm -f "$policy"; cannot "apt-get install docker.io failed (see $STATE/apt.log)"; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >"$STATE/apt.log" 2>&1 \
+    || { [[ -n $restore ]] && rm -f "$policy"; cannot "apt-get install ${pkgs[*]} failed (see $STATE/apt.log)"; }
   [[ -n $restore ]] && rm -f "$policy"
-  say "docker.io installed in $((SECONDS - t0)) s"
+  say "${pkgs[*]} installed in $((SECONDS - t0)) s"
+}
+
+has_compose() { docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; }
+
+install_compose() {  # Compose only checks files here (no registry to pull its images from)
+  has_compose && return 0
+  [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null || return 0
+  say "installing Debian's docker-compose with apt-get"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >"$STATE/apt.log" 2>&1 \
+    || say "apt-get install docker-compose failed (see $STATE/apt.log)"
 }
 
 start() {
   mkdir -p "$STATE"
-  if answers; then say "an engine is running"; return 0; fi
+  if answers; then say "an engine is running"; install_compose; return 0; fi
   if ours >/dev/null; then cannot "the dockerd started earlier (PID $(cat "$PIDFILE")) does not answer; see $LOG"; fi
   [[ $(id -u) -eq 0 ]] || cannot "none answers and only root can start dockerd here"
   command -v dockerd >/dev/null || install_engine
+  install_compose
   command -v dockerd >/dev/null || cannot "dockerd is still missing after the install"
   local t0=$SECONDS
   # its own session: the engine outlives this script and is stopped by `stop`, by PID
