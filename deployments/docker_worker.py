@@ -85,9 +85,12 @@ with warnings.catch_warnings():
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`prefect ARGV...` (the CLI reads sys.argv), with TalkflowDockerWorker registered above."""
     from prefect.cli import app
 
-    app(sys.argv[1:] if argv is None else argv)
+    if argv is not None:
+        sys.argv = ["prefect", *argv]
+    app()
 
 
 if __name__ == "__main__":
