@@ -1,9 +1,12 @@
 # The two entry points: `make demo` and `make test`; both set everything up first.
+# `make test-docker` runs the Docker work-pool test (builds the CPU worker image; starts a Docker
+# engine as root when none runs), which `make test` leaves out; `make image-cpu` / `image-gpu`
+# build the worker image.
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench ci clean
+.PHONY: setup demo test test-fast test-docker image-cpu image-gpu lint bench ci clean
 
 setup:
 	@bash scripts/setup.sh
@@ -12,10 +15,19 @@ demo: setup
 	$(VENV)/bin/talkflow demo
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/test_docker_pool.py $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" --ignore=tests/test_docker_pool.py $(PYTEST_ARGS)
+
+test-docker: setup
+	$(PY) -m pytest tests/test_docker_pool.py -s $(PYTEST_ARGS)
+
+image-cpu:
+	bash scripts/docker-build.sh cpu
+
+image-gpu:
+	bash scripts/docker-build.sh gpu
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -31,6 +31,7 @@ DEFAULT_IMAGE = "talkflow-worker:latest"
 DEFAULT_DATA_ROOT_HOST = "/srv/talkflow"
 DATA_ROOT_IN_CONTAINER = "/data"
 DEFAULT_SHM_SIZE = "16g"
+CA_BUNDLE_IN_CONTAINER = "/etc/talkflow/ca-bundle.crt"
 CPU_POOL = "cpu"
 TEMPLATE_JSON = Path(__file__).with_name("docker-gpu-template.json")
 
@@ -79,11 +80,16 @@ def docker_job_template(
     shm_size: str = DEFAULT_SHM_SIZE,
     gpu_count: int = -1,
     networks: list[str] | None = None,
+    network_mode: str | None = None,
+    ca_bundle: str | None = None,
 ) -> dict[str, Any]:
     """A Docker work pool base job template for talkflow runs.
 
     gpu_class: baked into the runs' TALKFLOW_GPU_CLASS (which `talkflow.gpu.gpu_slot` uses);
     None takes it from the worker's environment. gpu_count: -1 gives a run every GPU of its host.
+    network_mode: e.g. "host" (runs share the host's network: no bridge traffic).
+    ca_bundle: a CA bundle on the host, mounted read-only into each run and trusted there
+    (TALKFLOW_CA_BUNDLE, see docker/with-ca.sh); never copied into the image or the server.
     """
     from prefect_docker.worker import DockerWorker
 
@@ -141,11 +147,21 @@ def docker_job_template(
         "Environment of each run. Values written {{ $NAME }} are taken from the worker's own "
         "environment when the run starts; put no secret values here."
     )
+    volumes = [f"{data_root_host}:{DATA_ROOT_IN_CONTAINER}"]
+    if ca_bundle:
+        volumes.append(f"{ca_bundle}:{CA_BUNDLE_IN_CONTAINER}:ro")
+        env["TALKFLOW_CA_BUNDLE"] = CA_BUNDLE_IN_CONTAINER
     props["image"]["default"] = image
-    props["volumes"]["default"] = [f"{data_root_host}:{DATA_ROOT_IN_CONTAINER}"]
+    # a local or pinned tag: pull only when absent (prefect-docker pulls `:latest` on every run)
+    props["image_pull_policy"]["default"] = "IfNotPresent"
+    props["volumes"]["default"] = volumes
     props["auto_remove"]["default"] = True
+    if networks and network_mode:
+        raise ValueError("give Docker networks or a network mode, not both")
     if networks:
         props["networks"]["default"] = list(networks)
+    if network_mode:
+        props["network_mode"]["default"] = network_mode
     template["variables"]["description"] = (
         "talkflow runs in Docker" + (" on NVIDIA GPUs" if gpu else " (CPU only)")
     )
@@ -172,6 +188,8 @@ def pool_definitions(
     data_root_host: str = DEFAULT_DATA_ROOT_HOST,
     shm_size: str = DEFAULT_SHM_SIZE,
     networks: list[str] | None = None,
+    network_mode: str | None = None,
+    ca_bundle: str | None = None,
 ) -> list[PoolDefinition]:
     """One Docker pool per GPU class (["a100", "l4"] -> gpu-a100, gpu-l4), plus `cpu`.
 
@@ -188,7 +206,7 @@ def pool_definitions(
             name=gpu_pool_name(c),
             base_job_template=docker_job_template(
                 gpu=True, gpu_class=c, image=image, data_root_host=data_root_host,
-                shm_size=shm_size, networks=networks,
+                shm_size=shm_size, networks=networks, network_mode=network_mode, ca_bundle=ca_bundle,
             ),
             description=f"talkflow GPU runs on {c.upper()} hosts (Docker, NVIDIA runtime)",
             gpu_class=c,
@@ -202,7 +220,7 @@ def pool_definitions(
                 name=CPU_POOL,
                 base_job_template=docker_job_template(
                     gpu=False, image=image, data_root_host=data_root_host,
-                    shm_size="2g", networks=networks,
+                    shm_size="2g", networks=networks, network_mode=network_mode, ca_bundle=ca_bundle,
                 ),
                 description="talkflow CPU stages (media, TTS, sample clips) in Docker",
             )

@@ -102,9 +102,12 @@ def deploy_targets(
     process_pools: Iterable[str] = (),
     code_dir: str | None = None,
     cpu_pool: bool = True,
+    cpu_only: bool = False,
 ) -> dict[str, str]:
     """The Prefect variables prefect.yaml reads: which pools its deployments go to, and where
-    a run finds the code. Raises ValueError when the chosen infrastructure has no pool."""
+    a run finds the code. Raises ValueError when the chosen infrastructure has no pool.
+
+    cpu_only: Docker without GPU pools; every deployment goes to the Docker `cpu` pool."""
     if deploy_to == "process":
         pools = list(process_pools)
         if not pools:
@@ -113,9 +116,14 @@ def deploy_targets(
                 "talkflow_code_dir": code_dir or str(REPO_ROOT)}
     if deploy_to == "docker":
         classes = list(dict.fromkeys(gpu_classes))
-        if not classes:
-            raise ValueError("--deploy-to docker needs a GPU pool: add --gpu-classes, e.g. a100,l4")
         from deployments.gpu_pool import CPU_POOL, gpu_pool_name
+
+        if cpu_only and cpu_pool:
+            return {"talkflow_cpu_pool": CPU_POOL, "talkflow_gpu_pool": CPU_POOL,
+                    "talkflow_code_dir": code_dir or CODE_DIR_IN_IMAGE}
+        if not classes:
+            raise ValueError("--deploy-to docker needs a GPU pool: add --gpu-classes, e.g. a100,l4 "
+                             "(or --cpu-only: every deployment on the Docker cpu pool)")
 
         gpu = gpu_pool_name(classes[0])  # without the Docker `cpu` pool, CPU flows run there too
         return {"talkflow_cpu_pool": CPU_POOL if cpu_pool else gpu, "talkflow_gpu_pool": gpu,
@@ -188,9 +196,12 @@ def setup_server(
     data_root_host: str = DEFAULT_DATA_ROOT_HOST,
     shm_size: str = DEFAULT_SHM_SIZE,
     networks: list[str] | None = None,
+    network_mode: str | None = None,
+    ca_bundle: str | None = None,
     result_storage: bool = True,
     deploy_to: DeployTo | None = None,
     code_dir: str | None = None,
+    cpu_only: bool = False,
 ) -> dict[str, Any]:
     """Everything a server needs before `prefect deploy --all`; returns what it made.
 
@@ -202,11 +213,11 @@ def setup_server(
     gpu_classes, process_pools = list(gpu_classes), list(process_pools)
     deploy_to = deploy_to or ("process" if process_pools else "docker")
     targets = deploy_targets(deploy_to, gpu_classes=gpu_classes, process_pools=process_pools,
-                             code_dir=code_dir, cpu_pool=cpu_pool)
+                             code_dir=code_dir, cpu_pool=cpu_pool, cpu_only=cpu_only)
     docker = bool(gpu_classes) or deploy_to == "docker"
     pools = (pool_definitions(
         gpu_classes, gpus=gpus, cpu=cpu_pool, image=image, data_root_host=data_root_host,
-        shm_size=shm_size, networks=networks,
+        shm_size=shm_size, networks=networks, network_mode=network_mode, ca_bundle=ca_bundle,
     ) if docker else []) + [process_pool(name) for name in process_pools]
     with get_client(sync_client=True) as client:
         made = {"pools": ensure_pools(client, pools), "limits": ensure_limits(client, gpu_limits(pools))}
@@ -256,6 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     full.add_argument("--shm-size", default=DEFAULT_SHM_SIZE)
     full.add_argument("--network", action="append", default=[],
                       help="Docker network the runs join (the compose stack's network)")
+    full.add_argument("--network-mode", default=None,
+                      help="Docker network mode of the runs, e.g. host (no bridge traffic)")
+    full.add_argument("--ca-bundle", default=os.environ.get("TALKFLOW_CA_BUNDLE_HOST"),
+                      help="CA bundle on the Docker hosts, mounted read-only into each run and "
+                           "trusted there (for a network that re-signs TLS)")
+    full.add_argument("--cpu-only", action="store_true",
+                      help="Docker without GPU pools: every deployment goes to the Docker cpu pool")
     sub.add_parser("result-storage", help="only the result-storage block")
     sub.add_parser("env", help="print export lines for the Prefect result settings")
     wait = sub.add_parser("wait", help="wait for PREFECT_API_URL/health")
@@ -278,14 +296,16 @@ def main(argv: list[str] | None = None) -> int:
         args = args if args.command else full.parse_args([])
         try:
             deploy_targets(args.deploy_to or ("process" if args.process_pool else "docker"),
-                           gpu_classes=args.gpu_classes, process_pools=args.process_pool)
+                           gpu_classes=args.gpu_classes, process_pools=args.process_pool,
+                           cpu_pool=not args.no_cpu_pool, cpu_only=args.cpu_only)
         except ValueError as exc:
             parser.error(str(exc))
         made = setup_server(
             gpu_classes=args.gpu_classes, gpus=args.gpus, cpu_pool=not args.no_cpu_pool,
             process_pools=args.process_pool, image=args.image, data_root_host=args.data_root_host,
-            shm_size=args.shm_size, networks=args.network or None, deploy_to=args.deploy_to,
-            code_dir=args.code_dir,
+            shm_size=args.shm_size, networks=args.network or None, network_mode=args.network_mode,
+            ca_bundle=args.ca_bundle, deploy_to=args.deploy_to, code_dir=args.code_dir,
+            cpu_only=args.cpu_only,
         )
         print(json.dumps(made))
         return 0

@@ -13,7 +13,10 @@
 # Environment: PREFECT_API_URL (required for worker/setup), TALKFLOW_WORKER_POOL,
 # TALKFLOW_WORKER_TYPE (docker|process, default docker), TALKFLOW_WORKER_NAME,
 # TALKFLOW_WORKER_LIMIT (runs at once), TALKFLOW_API_WAIT_S (default 120), TALKFLOW_PYTHON,
+# TALKFLOW_CA_BUNDLE (a CA bundle file to trust, mounted read-only; see with-ca.sh),
 # and the store settings: TALKFLOW_STORE_URL, TALKFLOW_REDIS_URL, AWS_*.
+# A Docker worker is prefect-docker's, started through deployments.docker_worker (one clear
+# error line for a GPU run on a host without the NVIDIA runtime).
 set -euo pipefail
 
 PYTHON=${TALKFLOW_PYTHON:-python}
@@ -29,6 +32,10 @@ for name in $(compgen -e); do
     TALKFLOW_*|AWS_*) if [[ -z ${!name-} ]]; then unset "$name"; fi ;;
   esac
 done
+
+# an extra CA bundle, when TALKFLOW_CA_BUNDLE names one: trusted by pip, requests, boto, httpx
+# shellcheck source=docker/with-ca.sh
+. "$HERE/with-ca.sh"
 
 # Prefect reads its settings once, when imported: result storage must be in the environment
 # before any prefect process starts (the worker, and each run it spawns).
@@ -57,6 +64,7 @@ case $mode in
     if [[ -n ${TALKFLOW_WORKER_NAME:-} ]]; then args+=(--name "$TALKFLOW_WORKER_NAME"); fi
     if [[ -n ${TALKFLOW_WORKER_LIMIT:-} ]]; then args+=(--limit "$TALKFLOW_WORKER_LIMIT"); fi
     echo "entrypoint: prefect ${args[*]} $*" >&2
+    if [[ $type == docker ]]; then exec "$PYTHON" -m deployments.docker_worker "${args[@]}" "$@"; fi
     exec "$PYTHON" -m prefect "${args[@]}" "$@"
     ;;
   setup)

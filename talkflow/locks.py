@@ -4,7 +4,13 @@ Prefect's FileSystemLockManager creates a lock file empty and then writes it, so
 reads it in between fails (`EOF while parsing a value`), and a killed holder leaves its file
 behind forever. `FlockLockManager` uses the kernel's advisory locks instead: every acquisition
 opens its own file description, so threads of one process exclude each other just like
-processes do, and a lock dies with its holder. Across hosts, Redis (prefect-redis) is used.
+processes do, and a lock dies with its holder.
+
+Across hosts, Redis (prefect-redis). Prefect takes its locks with no hold timeout, so a Redis
+lock whose holder is killed (a run's container killed mid-stage) would stay forever and every
+later run of that stage would wait on it. `LeasedRedisLockManager` takes each lock for a short
+lease and renews it from a thread while the holder lives: a killed holder's lock expires after
+at most one lease.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ import time
 from pathlib import Path
 
 from prefect.locking.protocol import LockManager
+from prefect_redis.locking import RedisLockManager
+from redis.exceptions import LockError, RedisError
+from redis.lock import Lock
 
 from talkflow.settings import get_settings
 
@@ -108,7 +117,7 @@ class SettingsLockManager(LockManager):
 
     def _backend(self) -> LockManager:
         s = get_settings()
-        return _redis(s.redis_url) if s.redis_url else _flock(str(s.locks_dir))
+        return _redis(s.redis_url, s.lock_lease_s) if s.redis_url else _flock(str(s.locks_dir))
 
     def acquire_lock(self, key, holder, acquire_timeout=None, hold_timeout=None) -> bool:
         return self._backend().acquire_lock(key, holder, acquire_timeout, hold_timeout)
@@ -132,6 +141,51 @@ class SettingsLockManager(LockManager):
         return await self._backend().await_for_lock(key, timeout)
 
 
+class LeasedRedisLockManager(RedisLockManager):
+    """prefect-redis's lock manager with leases: see the module's docstring."""
+
+    def __init__(self, connection_url: str, lease_s: float):
+        super().__init__(connection_url=connection_url)
+        self.lease_s = lease_s
+        self._renewers: dict[str, threading.Event] = {}
+
+    def acquire_lock(self, key, holder, acquire_timeout=None, hold_timeout=None) -> bool:
+        got = super().acquire_lock(key, holder, acquire_timeout, hold_timeout or self.lease_s)
+        if got and hold_timeout is None:
+            self._renew(key, holder)
+        return got
+
+    async def aacquire_lock(self, key, holder, acquire_timeout=None, hold_timeout=None) -> bool:
+        got = await super().aacquire_lock(key, holder, acquire_timeout, hold_timeout or self.lease_s)
+        if got and hold_timeout is None:
+            self._renew(key, holder)
+        return got
+
+    def release_lock(self, key, holder) -> None:
+        stop = self._renewers.pop(key, None)
+        if stop is not None:
+            stop.set()
+        super().release_lock(key, holder)
+
+    def _renew(self, key: str, holder: str) -> None:
+        """Reset the lock's time to live to a full lease every third of a lease, until released."""
+        lock = Lock(self.client, self._lock_name_for_key(key), timeout=self.lease_s, thread_local=False)
+        lock.local.token = holder.encode()
+        stop = threading.Event()
+        self._renewers[key] = stop
+
+        def renew() -> None:
+            while not stop.wait(self.lease_s / 3):
+                try:
+                    lock.reacquire()
+                except LockError:  # no longer ours (released meanwhile, or expired)
+                    return
+                except RedisError:  # Redis unreachable for a moment: try again next time
+                    continue
+
+        threading.Thread(target=renew, name=f"lock-lease-{key[:16]}", daemon=True).start()
+
+
 _MANAGERS: dict[tuple[str, str], LockManager] = {}
 _MANAGERS_MUTEX = threading.Lock()
 
@@ -150,10 +204,5 @@ def _flock(directory: str) -> FlockLockManager:
     return _shared("flock", directory, lambda: FlockLockManager(Path(directory)))
 
 
-def _redis(url: str) -> LockManager:
-    def make() -> LockManager:
-        from prefect_redis.locking import RedisLockManager
-
-        return RedisLockManager(connection_url=url)
-
-    return _shared("redis", url, make)
+def _redis(url: str, lease_s: float) -> LockManager:
+    return _shared("redis", f"{url}#{lease_s}", lambda: LeasedRedisLockManager(url, lease_s))

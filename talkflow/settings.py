@@ -27,6 +27,11 @@ class Settings(BaseSettings):
         default=None,
         description="redis://host:port/db for cache locks across hosts; file locks when unset.",
     )
+    lock_lease_s: float = Field(
+        default=30.0, gt=0,
+        description="Redis locks: a holder renews its lock every third of this; a killed holder's "
+        "lock expires after it.",
+    )
     lock_timeout_s: float = Field(
         default=6 * 3600.0, description="Longest wait for another run computing the same stage."
     )

@@ -92,3 +92,42 @@ def test_cpu_threads_restores_after_overlapping_blocks():
     after = torch.get_num_threads()
     torch.set_num_threads(before)
     assert seen == [1, 1] and after == 2
+
+
+HOLD_AND_WAIT = """
+import sys, time
+from talkflow.locks import LeasedRedisLockManager
+m = LeasedRedisLockManager("redis://127.0.0.1:6379/0", lease_s=1.5)
+assert m.acquire_lock(sys.argv[1], "killed-holder")
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_redis_lock_is_renewed_while_held_and_expires_after_its_holder_is_killed():
+    """A lock outlives many leases while its holder lives; SIGKILL the holder (a run's container
+    killed mid-stage) and the next caller gets it within about one lease, not never."""
+    import subprocess
+    import sys
+    import uuid
+
+    from talkflow.locks import LeasedRedisLockManager
+
+    key = f"ci-lease-{uuid.uuid4().hex}"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_AND_WAIT, key], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        other = LeasedRedisLockManager("redis://127.0.0.1:6379/0", lease_s=1.5)
+        assert not other.acquire_lock(key, "second", acquire_timeout=4.0)  # renewed past 2 leases
+        holder.kill()
+        holder.wait(10)
+        t0 = time.monotonic()
+        assert other.acquire_lock(key, "second", acquire_timeout=10.0)
+        assert time.monotonic() - t0 < 1.5 + 0.5
+        time.sleep(2.0)  # ours renews too: still held after more than a lease
+        assert other.is_lock_holder(key, "second") and other.is_locked(key)
+        other.release_lock(key, "second")
+        assert not other.is_locked(key)
+    finally:
+        holder.kill()
+        holder.wait(10)

@@ -491,6 +491,30 @@ def test_gpu_job_configuration_carries_gpus_shm_volume_and_env(monkeypatch):
     assert cpu_config.env["TALKFLOW_DEVICE"] == "cpu" and "TALKFLOW_GPU_CLASS" not in cpu_config.env
 
 
+def test_docker_pools_on_the_host_network_with_a_ca_bundle_and_no_gpu():
+    """What a Docker setup on one machine without GPUs asks for (tests/test_docker_pool.py runs it):
+    every deployment on the Docker `cpu` pool, runs on the host's network, the CA bundle mounted
+    read-only and named to the run, images pulled only when absent."""
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    from deployments.gpu_pool import CA_BUNDLE_IN_CONTAINER, docker_job_template, pool_definitions
+    from deployments.setup import deploy_targets
+
+    assert deploy_targets("docker", cpu_only=True) == {
+        "talkflow_cpu_pool": "cpu", "talkflow_gpu_pool": "cpu", "talkflow_code_dir": "/opt/talkflow"}
+    with pytest.raises(ValueError, match="--cpu-only"):
+        deploy_targets("docker")
+    cpu = {p.name: p for p in pool_definitions(["a100"], network_mode="host", ca_bundle="/etc/ssl/ca.crt",
+                                               data_root_host="/srv/tf")}["cpu"]
+    config = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(cpu.base_job_template, {}))
+    assert config.get_network_mode() == "host" and config.networks == []
+    assert config.volumes == ["/srv/tf:/data", f"/etc/ssl/ca.crt:{CA_BUNDLE_IN_CONTAINER}:ro"]
+    assert config.env["TALKFLOW_CA_BUNDLE"] == CA_BUNDLE_IN_CONTAINER
+    assert config.image_pull_policy == "IfNotPresent"
+    with pytest.raises(ValueError, match="not both"):
+        docker_job_template(networks=["talkflow"], network_mode="host")
+
+
 def test_pool_definitions_and_the_template_file():
     from deployments.gpu_pool import TEMPLATE_JSON, docker_job_template, gpu_limits, pool_definitions
 

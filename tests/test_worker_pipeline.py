@@ -19,7 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import api, clean_env, deploy_all, prefect_server, setup_server, start, stop, tail
+from tests.servers import (
+    artifacts_of,
+    clean_env,
+    deploy_all,
+    prefect_server,
+    run,
+    run_logs,
+    setup_server,
+    start,
+    stop,
+    tail,
+    task_runs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -29,63 +41,6 @@ SMALL = 256  # px: dlib still finds the portrait's face (see flows/demo.py)
 TEXT = "Hello there, this is a short test."
 NEW_TEXT = "A new sentence."
 RUN_TIMEOUT_S = {"sample-clip": 300, "preprocess": 900, "train": 900, "infer": 600}
-
-
-def run(url: str, deployment: str, parameters: dict, timeout_s: float, logs) -> tuple:
-    from prefect.deployments import run_deployment
-
-    t0 = time.perf_counter()
-    with api(url):
-        flow_run = run_deployment(deployment, parameters=parameters, timeout=timeout_s, poll_interval=2)
-    seconds = time.perf_counter() - t0
-    assert flow_run.state is not None and flow_run.state.is_completed(), (deployment, flow_run.state, logs())
-    return flow_run, round(seconds, 1)
-
-
-def artifacts_of(url: str, flow_run_id) -> dict:
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with api(url), get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    return {a.key: a for a in found if a.key}
-
-
-def run_logs(url: str, flow_run_id, expect: str, timeout_s: float = 30.0) -> str:
-    """The flow run's log messages, once one contains `expect` (the run's processes ship their
-    logs in batches, which may reach the server a moment after the run has ended) or the time is up."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    deadline = time.monotonic() + timeout_s
-    with api(url), get_client(sync_client=True) as client:
-        while True:
-            logs, page = [], None
-            while page is None or len(page) == 200:  # the API returns at most 200 per call
-                page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                                        limit=200, offset=len(logs))
-                logs += page
-            text = "\n".join(entry.message for entry in logs)
-            if expect in text or time.monotonic() > deadline:
-                return text
-            time.sleep(1.0)
-
-
-def task_runs(url: str, flow_run_id, timeout_s: float = 30.0) -> dict:
-    """The flow run's task runs by stage name, once the server has recorded them all as completed
-    (it records task runs from the worker's events, a moment after the run ends)."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + timeout_s
-    with api(url), get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            done = all(r.state_type is not None and r.state_type.value == "COMPLETED" for r in runs)
-            if (runs and done) or time.monotonic() > deadline:
-                return {r.name.rsplit("-", 1)[0]: r for r in runs}
-            time.sleep(1.0)
 
 
 def output_path(arts: dict, base: str) -> Path:
