@@ -140,7 +140,7 @@ def test_sample_clip_then_cache_commands(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert out_mp4.stat().st_size > 1000
     ls = talkflow("cache", "ls", data_root=tmp_path / "root")
-    assert "tts v1" in ls.stdout and "sample_clip v1" in ls.stdout
+    assert "tts v1" in ls.stdout and "sample_clip v2" in ls.stdout
     assert talkflow("cache", "verify", data_root=tmp_path / "root").returncode == 0
     du = talkflow("cache", "du", data_root=tmp_path / "root")
     assert "entries     : 2" in du.stdout
