@@ -33,7 +33,8 @@ from tests.servers import (
     task_runs,
 )
 
-pytestmark = pytest.mark.slow
+# the whole pipeline through a worker: 6-7 min alone on 2 cores, more beside other work
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "local"
