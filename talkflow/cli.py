@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from talkflow.contract import kinds_text
 from talkflow.errors import InputError, TalkflowError
 from talkflow.settings import get_settings
 
@@ -276,7 +277,7 @@ def demo(
 
 
 # -- ER-NeRF -------------------------------------------------------------------------------
-FEATURE_KINDS = "logmel, phonemes, hubert or wav2vec2"
+FEATURE_KINDS = kinds_text()  # talkflow.contract.FEATURES (docs/media-contract.md)
 
 
 @app.command()
@@ -293,8 +294,8 @@ def preprocess(
     from talkflow import checks
 
     checks.validate_name(person, "person")
-    checks.choice(features, checks.FeatureKind, "--features")
-    checks.talking_video(video)
+    checks.feature_kind(features, "--features")  # a missing model fails here, before any work
+    checks.talking_video(video)  # too short, no sound, sound ending early: refused here
     if deepspeech is not None:
         checks.existing_file(deepspeech, "DeepSpeech features file")
 
@@ -418,7 +419,7 @@ def features_cmd(
     """The (T, 16, D) audio features of AUDIO that an avatar trained on KIND reads (.npy)."""
     from talkflow import checks
 
-    checks.choice(kind, checks.FeatureKind, "--kind")
+    checks.feature_kind(kind, "--kind")  # a missing model fails here, before any work
     checks.speech_audio(audio)
 
     start_server()
@@ -453,7 +454,7 @@ def portrait(
 
     chosen, _ = checks.choose_renderer(renderer)  # a missing generator fails here, before any work
     checks.validate_name(character, "character")
-    checks.existing_file(image, "image")
+    checks.portrait_image(image)  # missing, unreadable or too small: refused here
     checks.audio_or_text(audio, text)
     start_server()
     from flows.portrait import PortraitConfig, generate_from_portrait
