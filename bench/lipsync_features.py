@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from talkflow.contract import SAMPLE_RATE, VIDEO_FPS  # noqa: E402
+from talkflow.contract import FEATURES, SAMPLE_RATE, VIDEO_FPS  # noqa: E402
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,7 +69,8 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--kinds", default="logmel,phonemes,logmel+phonemes")
+    built_in = [k for k, s in FEATURES.items() if s.computed and not s.asset]  # no registered model needed
+    p.add_argument("--kinds", default=",".join([*built_in, "+".join(built_in)]))
     p.add_argument("--lam", type=float, default=100.0, help="ridge penalty on standardised features")
     args = p.parse_args()
 
