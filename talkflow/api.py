@@ -346,6 +346,7 @@ class Talkflow:
         <wav_path without suffix>_<kind>.npy."""
         checks.feature_kind(kind, "kind")
         wav = checks.speech_audio(wav_path)
+        checks.output_file(out_path, "out_path")
         result = self.run("extract_audio_features", audio=wav.resolve(), kind=kind, gpu_id=gpu_id)
         dest = Path(out_path) if out_path is not None else wav.with_name(f"{wav.stem}_{kind}.npy")
         return _export(result["feats"], dest)

@@ -97,6 +97,25 @@ def speech_audio(path: Path | str, max_duration_s: float = MAX_SPEECH_S) -> Path
     return p
 
 
+def output_file(path: Path | str | None, what: str = "output") -> Path | None:
+    """The path a command will write (None: its default), if a file can be made there: not a folder,
+    and its nearest existing parent a writable folder."""
+    import os
+
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"the {what} '{p}' is a folder; give a file name in it")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"the {what} '{p}' cannot be written ('{parent}' is not a writable folder); "
+                         "give a path in a folder you can write to")
+    return p
+
+
 def portrait_image(path: Path | str, min_size: int = MIN_PORTRAIT_PX) -> Path:
     """A readable image file of at least `min_size` px a side (its header is read, not its pixels)."""
     from PIL import Image, UnidentifiedImageError
@@ -159,5 +178,5 @@ def gpu_index(gpu_id: int | str | None) -> str | None:
 
 
 __all__ = ["FeatureKind", "NAME_RE", "Renderer", "TrainStage", "audio_or_text", "choice", "choose_renderer",
-           "existing_file", "feature_kind", "gpu_index", "portrait_image",
+           "existing_file", "feature_kind", "gpu_index", "output_file", "portrait_image",
            "speech_audio", "talking_video", "validate_name"]

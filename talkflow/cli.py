@@ -400,6 +400,7 @@ def render(
     if person is not None:
         checks.validate_name(person, "person")
     checks.audio_or_text(audio, text)
+    checks.output_file(out, "--out")
     checks.gpu_index(gpu)
 
     from talkflow.api import Talkflow
@@ -421,6 +422,7 @@ def features_cmd(
 
     checks.feature_kind(kind, "--kind")  # a missing model fails here, before any work
     checks.speech_audio(audio)
+    checks.output_file(out, "--out")
 
     start_server()
     import numpy as np
@@ -456,6 +458,7 @@ def portrait(
     checks.validate_name(character, "character")
     checks.portrait_image(image)  # missing, unreadable or too small: refused here
     checks.audio_or_text(audio, text)
+    checks.output_file(out, "--out")
     start_server()
     from flows.portrait import PortraitConfig, generate_from_portrait
 
