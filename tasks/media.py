@@ -68,7 +68,7 @@ def normalize_video(
         info, need_audio=config.require_audio, min_duration_s=config.min_duration_s,
         max_audio_gap_s=config.max_audio_gap_s,
     )
-    gap = media.audio_shortfall_s(info) if info.has_audio else 0.0
+    gap = media.audio_shortfall_s(info) if config.require_audio else 0.0  # within max_audio_gap_s here
     trim = info.audio_end_s if gap > AUDIO_SLACK_S else None
     with scratch("normalize") as work:
         out_video, out_wav = work / "video.mp4", work / "audio.wav"
