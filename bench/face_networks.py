@@ -127,6 +127,7 @@ def main() -> None:
     from models.face.selfie_segmentation import SelfieSegmenter
     from models.face.video_landmarks import LandmarkConfig, SmoothConfig, smooth_landmarks, track_video_landmarks
     from models.synth.talking_photo import _head_noise, _mouth_height, animate_portrait, sample_portrait
+    from talkflow.contract import VIDEO_FPS
 
     m = args.models
     detector = BlazeFaceDetector(m / "face_detection_short_range.tflite")
@@ -159,7 +160,7 @@ def main() -> None:
     env = speech_like(t, args.seed)
     frames = animate_portrait(portrait, lm0, env, seed=args.seed)
     drops = env * 0.6 * _mouth_height(lm0.astype(np.float64))
-    noise = _head_noise(np.random.default_rng(args.seed), t, 25)
+    noise = _head_noise(np.random.default_rng(args.seed), t, VIDEO_FPS)
     angles, shifts, centre = np.deg2rad(2.0) * noise[0], 3.0 * noise[1:], lm0.astype(np.float64).mean(0)
     score = lambda lms: point_scores(lms, drops, angles, shifts, centre)  # noqa: E731
 

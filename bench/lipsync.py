@@ -36,7 +36,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from talkflow.contract import FEATURES  # noqa: E402 (torch-free: the table of feature kinds)
+
 PERSON = "lipsync"
+BUILT_IN_KINDS = [k for k, s in FEATURES.items() if s.computed and not s.asset]  # need no registered model
 PASSAGE = (
     "The morning light fell softly across the quiet harbour. ",
     "Fishermen pulled their boats onto the shore and mended the nets. ",
@@ -55,7 +59,7 @@ def passage(seconds: float) -> str:
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--features", choices=["logmel", "phonemes"], default="logmel")
+    p.add_argument("--features", choices=BUILT_IN_KINDS, default=BUILT_IN_KINDS[0])
     p.add_argument("--preset", choices=["small", "reference"], default="small")
     p.add_argument("--seconds", type=float, default=60.0, help="approximate length of the sample clip")
     p.add_argument("--size", type=int, default=256, help="frame side, px (LMD is reported at 512)")

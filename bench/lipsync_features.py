@@ -25,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from talkflow.contract import FEATURES, SAMPLE_RATE, VIDEO_FPS  # noqa: E402
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -45,8 +46,8 @@ def _windows(samples: np.ndarray, n: int, kinds: str) -> np.ndarray:
     """(n, 16 * sum D) flattened windows of one kind or several joined by '+'."""
     from models.audio.features import extract_features
 
-    return np.concatenate([extract_features(samples, 16_000, n, kind=k)[0].reshape(n, -1) for k in kinds.split("+")],
-                          1)
+    return np.concatenate([extract_features(samples, SAMPLE_RATE, n, kind=k)[0].reshape(n, -1)
+                           for k in kinds.split("+")], 1)
 
 
 def _mouth(samples: np.ndarray, text: str, loudness: bool) -> dict:
@@ -54,9 +55,9 @@ def _mouth(samples: np.ndarray, text: str, loudness: bool) -> dict:
     from models.audio.visemes import VisemeConfig, viseme_tracks
     from models.synth.talking_photo import speech_envelope
 
-    env = speech_envelope(samples, 16_000, fps=25)
+    env = speech_envelope(samples, SAMPLE_RATE, fps=VIDEO_FPS)
     config = VisemeConfig() if loudness else VisemeConfig(loudness_weight=0.0)
-    return viseme_tracks(align_phones(samples, 16_000, text), len(env), 25, loudness=env, config=config)
+    return viseme_tracks(align_phones(samples, SAMPLE_RATE, text), len(env), VIDEO_FPS, loudness=env, config=config)
 
 
 def main() -> None:
@@ -68,7 +69,8 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--kinds", default="logmel,phonemes,logmel+phonemes")
+    built_in = [k for k, s in FEATURES.items() if s.computed and not s.asset]  # no registered model needed
+    p.add_argument("--kinds", default=",".join([*built_in, "+".join(built_in)]))
     p.add_argument("--lam", type=float, default=100.0, help="ridge penalty on standardised features")
     args = p.parse_args()
 
@@ -82,8 +84,8 @@ def main() -> None:
     n, n_new = len(target["opening"]), len(new_target["opening"])
     cut = int(n * 0.9)
 
-    out = {"bench": "lipsync_features", "train_s": round(train_x.size / 16_000, 2),
-           "new_s": round(new_x.size / 16_000, 2), "kinds": {}}
+    out = {"bench": "lipsync_features", "train_s": round(train_x.size / SAMPLE_RATE, 2),
+           "new_s": round(new_x.size / SAMPLE_RATE, 2), "kinds": {}}
     for kinds in args.kinds.split(","):
         t0 = time.perf_counter()
         x, xn = _windows(train_x, n, kinds), _windows(new_x, n_new, kinds)

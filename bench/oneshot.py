@@ -35,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from models.eval.lipsync import SCORING_SENTENCE  # noqa: E402
+from talkflow.contract import SAMPLE_RATE, VIDEO_FPS  # noqa: E402
 
 TEXTS = ("Good morning, and welcome to the show.", SCORING_SENTENCE)
 OWN_WORK = ("tts", "prepare_audio", "audio2exp", "warp_render", "portrait_render", "mux")
@@ -79,7 +80,7 @@ def run_phase(name: str, renderer: str, image: Path) -> dict:
 
 
 def read_video(video: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """(frames (T, H, W, 3) uint8, mono 16 kHz samples, 16000) of an mp4."""
+    """(frames (T, H, W, 3) uint8, mono samples at SAMPLE_RATE, SAMPLE_RATE) of an mp4."""
     sys.path.insert(0, str(ROOT))
     from talkflow import media
 
@@ -89,7 +90,8 @@ def read_video(video: Path) -> tuple[np.ndarray, np.ndarray, int]:
     frames = np.frombuffer(raw, np.uint8).reshape(-1, info.height, info.width, 3)
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "a.wav"
-        subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-ac", "1", "-ar", "16000", str(wav)], check=True)
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(video), "-ac", "1", "-ar", str(SAMPLE_RATE), str(wav)],
+                       check=True)
         samples, sr = media.read_wav(wav)
     return frames, samples, sr
 
@@ -105,7 +107,7 @@ def controls(image: Path, samples: np.ndarray, sr: int, n_frames: int) -> dict:
 
     img = np.asarray(Image.open(image).convert("RGB"))
     lm = largest_face_landmarks(img)
-    env = speech_envelope(samples, sr, 25)[:n_frames]
+    env = speech_envelope(samples, sr, VIDEO_FPS)[:n_frames]
     out = {}
     for name, opening in (("loudness_only", env), ("frozen", np.zeros_like(env))):
         frames = animate_portrait(img, lm, opening, head_motion_px=0.0, head_rotation_deg=0.0)

@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from talkflow.contract import VIDEO_FPS  # noqa: E402 (torch- and settings-free)
+
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it rests in the warm sun. "
 TARGETS = {"cpu": 180.0, "cuda": 60.0}  # projected seconds for a 60 s clip
 
@@ -112,12 +115,12 @@ def run_one(video: Path, size: int, loop_frames: int) -> dict:
         "device": device,
         "device_name": device_name(device),
         "frames": n,
-        "clip_s": round(n / 25, 2),
+        "clip_s": round(n / VIDEO_FPS, 2),
         "steps": steps,
         "total_s": round(total, 2),
         "cpu_s": round(cpu, 1),
         "total_fps": round(n / total, 2),
-        "projected_60s_clip_s": round(total * 1500 / n, 1),
+        "projected_60s_clip_s": round(total * 60 * VIDEO_FPS / n, 1),
         "fit_fps_batched": round(batched, 1),
         "fit_fps_per_frame": round(per_frame, 2),
         "fit_speedup": round(batched / per_frame, 1),

@@ -16,7 +16,6 @@ from typing import Literal
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from models.audio.features import SAMPLE_RATE
 from models.nerffacespeech.audio2exp import PhoneticDriverConfig
 from models.nerffacespeech.face_fit import FaceFitConfig
 from models.nerffacespeech.pti import PTIConfig
@@ -24,6 +23,7 @@ from models.nerffacespeech.render import RenderConfig
 from models.portrait_warp import WarpRenderConfig, WarpRigConfig
 from talkflow import assets
 from talkflow.checks import Renderer, audio_or_text, choose_renderer, validate_name  # noqa: F401 (re-exported)
+from talkflow.contract import SAMPLE_RATE, VIDEO_FPS
 from talkflow.store import StageResult
 from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.outputs import publish_output
@@ -56,7 +56,7 @@ class PortraitConfig(BaseModel):
                                          "mapping (phones -> visemes -> mouth modes) used by both renderers when no "
                                          "audio2exp network is registered.")
     speech: SpeechConfig = Field(default_factory=SpeechConfig, description="The TTS voice (when text is given).")
-    fps: int = Field(25, ge=1, le=60, description="Frame rate of the video, frames per second.")
+    fps: int = Field(VIDEO_FPS, ge=1, le=60, description="Frame rate of the video, frames per second.")
 
 
 def pti_settings(config: PortraitConfig, checkpoint: Path | None) -> PTIConfig:

@@ -15,7 +15,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from models.audio.features import MODEL_KINDS, AudioFeatureConfig
+from models.audio.features import AudioFeatureConfig
 from models.face.background import BackgroundConfig
 from models.face.blink import BlinkConfig
 from models.face.composite import TorsoConfig
@@ -23,6 +23,7 @@ from models.face.parsing import ParsingConfig, resolve_method
 from models.face.video_landmarks import LandmarkConfig
 from talkflow import assets
 from talkflow.cache import validate_name
+from talkflow.contract import FEATURES
 from talkflow.store import StageResult
 from tasks.dataset import assemble_dataset, dataset_key, register_dataset, register_source
 from tasks.media import FramesConfig, NormalizeConfig, extract_frames, normalize_video
@@ -39,7 +40,7 @@ from tasks.tracking import TrackingConfig, track_faces
 
 
 class PreprocessConfig(BaseModel):
-    """Every step's settings; defaults follow ER-NeRF (25 fps, 512 px, 16 kHz)."""
+    """Every step's settings; defaults follow ER-NeRF (talkflow.contract's frame and sample rates, 512 px)."""
 
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig,
                                        description="Frame rate, square crop and audio of the normalized video.")
@@ -78,6 +79,8 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
         config: settings of every step.
     """
     ns = validate_name(person, "person")
+    asset = FEATURES[config.audio.kind].asset
+    model_dir = assets.require(asset) if asset else None  # a missing model fails before any work
     normalized = normalize_video(video, config.normalize, namespace=ns)
     frames = extract_frames(normalized["video"], config.frames, namespace=ns)
     lm_cfg = config.landmarks
@@ -86,9 +89,6 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
                                  mesh=assets.shipped("face_mesh") if use_mesh else None,
                                  detector=assets.shipped("face_detection") if lm_cfg.mesh_fallback else None,
                                  namespace=ns)
-    model_dir = assets.locate(config.audio.kind) if config.audio.kind in MODEL_KINDS else None
-    if config.audio.kind in MODEL_KINDS and model_dir is None:
-        assets.require(config.audio.kind)  # raises with what to register
     # Band statistics from the training frames only: the held-out end (tracking.val_fraction) never leaks.
     n_frames = frames.meta["n_frames"]
     n_train = n_frames - max(1, round(n_frames * config.tracking.val_fraction))

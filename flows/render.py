@@ -12,10 +12,10 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from models.audio.features import COMPUTED_KINDS, MODEL_KINDS, SAMPLE_RATE, AudioFeatureConfig
-from models.ernerf.audio import FEATURE_DIMS
+from models.audio.features import AudioFeatureConfig
 from talkflow import assets
 from talkflow.checks import audio_or_text, validate_name
+from talkflow.contract import COMPUTED_KINDS, FEATURE_DIMS, FEATURES, SAMPLE_RATE
 from talkflow.errors import InputError, MediaUnreadable
 from talkflow.store import Artifact, StageResult
 from tasks.media import MuxConfig, mux_video, prepare_audio
@@ -71,7 +71,8 @@ def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVid
     fps = avatar.dataset.meta["fps"]  # the normalize stage's, as every dataset records it
     sample_rate = avatar.dataset.meta.get("sample_rate") or SAMPLE_RATE  # older datasets: the models' rate
     prepared = prepare_audio(source, fps=fps, sample_rate=sample_rate, namespace=ns)
-    model_dir = assets.require(feature_cfg.kind) if feature_cfg.kind in MODEL_KINDS else None
+    asset = FEATURES[feature_cfg.kind].asset
+    model_dir = assets.require(asset) if asset else None
     features = audio_features(prepared["audio"], prepared.meta["n_frames"], feature_cfg, model_dir=model_dir,
                               namespace=ns)
     frames = render_frames_stage(checkpoint, avatar.dataset, features, config.render, namespace=ns)

@@ -44,6 +44,7 @@ from pydantic import BaseModel
 
 from talkflow import checks
 from talkflow.checks import FeatureKind, TrainStage
+from talkflow.contract import MIN_PORTRAIT_PX
 from talkflow.errors import InputError, TalkflowError
 
 if TYPE_CHECKING:
@@ -288,7 +289,13 @@ class Talkflow:
         written at `data_path` (default <data_root>/datasets/<task_id>; links into the store, or
         copies with copy=True) with its manifest, which train() reads."""
         checks.validate_name(task_id, "task_id")
-        video = checks.talking_video(video_path)
+        if config is not None:
+            checks.feature_kind(config.audio.kind, "config.audio.kind")
+            video = checks.talking_video(video_path, need_audio=config.normalize.require_audio,
+                                         min_duration_s=config.normalize.min_duration_s,
+                                         max_audio_gap_s=config.normalize.max_audio_gap_s)
+        else:
+            video = checks.talking_video(video_path)
         from talkflow.settings import get_settings
 
         dest = Path(data_path) if data_path is not None else get_settings().root / "datasets" / task_id
@@ -335,10 +342,11 @@ class Talkflow:
     def extract_audio_features(self, wav_path: Path | str, kind: FeatureKind = "logmel", *,
                                out_path: Path | str | None = None, gpu_id: int | None = None) -> Path:
         """The (T, 16, D) float32 .npy of `wav_path` that an avatar trained on `kind` features reads
-        (T: frames at 25 fps; D: 80 logmel, 1024 hubert, 1024 wav2vec2). Default out_path:
+        (T: video frames; D: the kind's width; both in docs/media-contract.md). Default out_path:
         <wav_path without suffix>_<kind>.npy."""
-        checks.choice(kind, FeatureKind, "kind")
+        checks.feature_kind(kind, "kind")
         wav = checks.speech_audio(wav_path)
+        checks.output_file(out_path, "out_path")
         result = self.run("extract_audio_features", audio=wav.resolve(), kind=kind, gpu_id=gpu_id)
         dest = Path(out_path) if out_path is not None else wav.with_name(f"{wav.stem}_{kind}.npy")
         return _export(result["feats"], dest)
@@ -372,7 +380,7 @@ class Talkflow:
         the character's fit (3DMM + PTI) is cached per character and image content. `transcript`:
         what the audio says, when known (its phones are then aligned, not recognised)."""
         checks.validate_name(character, "character")
-        image = checks.existing_file(image_path, "image")
+        image = checks.portrait_image(image_path, config.fit.min_size if config is not None else MIN_PORTRAIT_PX)
         source = checks.audio_or_text(audio_path, text)
         audio = source.resolve() if isinstance(source, Path) else None
         result = self.run("portrait", character=character, image=image.resolve(), audio=audio, text=text,

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from talkflow.contract import DEFAULT_FEATURES, FEATURES
 from talkflow.errors import AssetMissing, InputError
 from talkflow.settings import get_settings
 
@@ -35,10 +36,8 @@ KNOWN: dict[str, AssetSpec] = {
                   "generic landmark-based head model for poses and cameras"),
         AssetSpec("bisenet", "79999_iter.pth", "BiSeNet face parsing weights",
                   "classical parsing from landmarks and background estimation"),
-        AssetSpec("hubert", "hubert-large-ls960-ft/", "HuBERT audio features (transformers folder)",
-                  "log-mel audio features"),
-        AssetSpec("wav2vec2", "wav2vec2-large-xlsr-53-esperanto/",
-                  "wav2vec2 audio features (transformers folder)", "log-mel audio features"),
+        *(AssetSpec(f.asset, f.asset_file, f"the {f.name} audio features' model (a transformers folder)",
+                    f"{DEFAULT_FEATURES} audio features") for f in FEATURES.values() if f.asset),
         AssetSpec("lpips", "alex.pth", "LPIPS (AlexNet) perceptual loss for the lips stage",
                   "a documented patch loss without pretrained features"),
         AssetSpec("generator", "ffhq512.talkflow.pt",

@@ -12,12 +12,21 @@ import re
 from pathlib import Path
 from typing import Literal, get_args
 
-from talkflow.errors import AssetMissing, InputError, MediaUnreadable, SpeechError
+from talkflow.contract import (
+    COMPUTED_KINDS,
+    MAX_AUDIO_GAP_S,
+    MAX_SPEECH_S,
+    MIN_CLIP_S,
+    MIN_PORTRAIT_PX,
+    FeatureKind,
+    FeatureSpec,
+    feature_spec,
+)
+from talkflow.errors import AssetMissing, ImageTooSmall, InputError, MediaError, MediaUnreadable, SpeechError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 TrainStage = Literal["auto", "head", "lips", "torso"]
-FeatureKind = Literal["logmel", "phonemes", "hubert", "wav2vec2"]  # the kinds talkflow computes from audio
 Renderer = Literal["auto", "warp", "generator"]  # the one-shot portrait renderers
 
 
@@ -50,34 +59,97 @@ def existing_file(path: Path | str, what: str = "file") -> Path:
 
 
 def audio_or_text(audio: Path | str | None, text: str | None) -> Path | str:
-    """The one audio-or-text rule: exactly one of them; an audio path must exist, a text must say something."""
+    """The one audio-or-text rule: exactly one of them; an audio path must hold speech (`speech_audio`),
+    a text must say something."""
     if (audio is None) == (text is None):
         raise InputError("give exactly one of audio or text")
     if audio is not None:
-        return existing_file(audio, "audio")
+        return speech_audio(audio)
     if not text.strip():
         raise SpeechError("the text to speak is empty; give at least one word")
     return text
 
 
-def talking_video(path: Path | str, *, need_audio: bool = True) -> Path:
-    """A readable video (ffprobe) with a moving picture and, if asked, a sound track."""
+def talking_video(path: Path | str, *, need_audio: bool = True, min_duration_s: float = MIN_CLIP_S,
+                  max_audio_gap_s: float = MAX_AUDIO_GAP_S) -> Path:
+    """A readable video (ffprobe) with a moving picture of at least `min_duration_s` and, if asked, a
+    sound track that ends at most `max_audio_gap_s` before the picture (docs/media-contract.md)."""
     from talkflow import media
 
     p = existing_file(path, "video")
-    media.require_video(media.probe(p), need_audio=need_audio)
+    media.require_video(media.probe(p), need_audio=need_audio, min_duration_s=min_duration_s,
+                        max_audio_gap_s=max_audio_gap_s if need_audio else None)
     return p
 
 
-def speech_audio(path: Path | str) -> Path:
-    """A readable file with an audio stream (any container ffmpeg reads)."""
+def speech_audio(path: Path | str, max_duration_s: float = MAX_SPEECH_S) -> Path:
+    """A readable file with an audio stream (any container ffmpeg reads) of at most `max_duration_s`."""
     from talkflow import media
     from talkflow.errors import NoAudioStream
 
     p = existing_file(path, "audio")
-    if not media.probe(p).has_audio:
+    info = media.probe(p)
+    if not info.has_audio:
         raise NoAudioStream(f"'{p.name}' has no audio track; give a wav/mp3/m4a with speech")
+    if info.duration_s > max_duration_s:
+        raise MediaError(f"'{p.name}' lasts {info.duration_s:.0f} s, more than {max_duration_s:.0f} s; split it "
+                         "and render the parts")
     return p
+
+
+def output_file(path: Path | str | None, what: str = "output") -> Path | None:
+    """The path a command will write (None: its default), if a file can be made there: not a folder,
+    and its nearest existing parent a writable folder."""
+    import os
+
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"the {what} '{p}' is a folder; give a file name in it")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"the {what} '{p}' cannot be written ('{parent}' is not a writable folder); "
+                         "give a path in a folder you can write to")
+    return p
+
+
+def portrait_image(path: Path | str, min_size: int = MIN_PORTRAIT_PX) -> Path:
+    """A readable image file of at least `min_size` px a side (its header is read, not its pixels)."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = existing_file(path, "image")
+    try:
+        with Image.open(p) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"'{p.name}' is not an image Pillow can read ({exc}); give a PNG or JPEG portrait") from exc
+    if min(width, height) < min_size:
+        raise ImageTooSmall(f"the portrait '{p.name}' is {width}x{height} px; give at least {min_size}x{min_size} px "
+                            "with the face filling a good part of it")
+    return p
+
+
+def feature_kind(kind: str, what: str = "kind") -> FeatureSpec:
+    """The table row of an audio feature kind talkflow can compute now: InputError for an unknown kind or
+    one it cannot compute (DeepSpeech), AssetMissing (naming how to register it) for a missing model."""
+    from talkflow import assets
+
+    if kind not in COMPUTED_KINDS:
+        try:
+            spec = feature_spec(kind)
+        except ValueError:
+            choice(kind, COMPUTED_KINDS, what)  # raises, listing the kinds
+            raise
+        raise InputError(f"talkflow does not compute {kind} features: ER-NeRF's extractor writes them "
+                         f"({spec.reference_file}); give that file to `talkflow preprocess --deepspeech FILE`, or "
+                         f"use {what} {', '.join(COMPUTED_KINDS)}")
+    spec = feature_spec(kind)
+    if spec.asset is not None:
+        assets.require(spec.asset)
+    return spec
 
 
 def choose_renderer(requested: Renderer = "auto") -> tuple[Literal["warp", "generator"], Path | None]:
@@ -106,5 +178,5 @@ def gpu_index(gpu_id: int | str | None) -> str | None:
 
 
 __all__ = ["FeatureKind", "NAME_RE", "Renderer", "TrainStage", "audio_or_text", "choice", "choose_renderer",
-           "existing_file", "gpu_index",
+           "existing_file", "feature_kind", "gpu_index", "output_file", "portrait_image",
            "speech_audio", "talking_video", "validate_name"]

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from talkflow.contract import kinds_text
 from talkflow.errors import InputError, TalkflowError
 from talkflow.settings import get_settings
 
@@ -276,7 +277,7 @@ def demo(
 
 
 # -- ER-NeRF -------------------------------------------------------------------------------
-FEATURE_KINDS = "logmel, phonemes, hubert or wav2vec2"
+FEATURE_KINDS = kinds_text()  # talkflow.contract.FEATURES (docs/media-contract.md)
 
 
 @app.command()
@@ -293,8 +294,8 @@ def preprocess(
     from talkflow import checks
 
     checks.validate_name(person, "person")
-    checks.choice(features, checks.FeatureKind, "--features")
-    checks.talking_video(video)
+    checks.feature_kind(features, "--features")  # a missing model fails here, before any work
+    checks.talking_video(video)  # too short, no sound, sound ending early: refused here
     if deepspeech is not None:
         checks.existing_file(deepspeech, "DeepSpeech features file")
 
@@ -399,6 +400,7 @@ def render(
     if person is not None:
         checks.validate_name(person, "person")
     checks.audio_or_text(audio, text)
+    checks.output_file(out, "--out")
     checks.gpu_index(gpu)
 
     from talkflow.api import Talkflow
@@ -418,8 +420,9 @@ def features_cmd(
     """The (T, 16, D) audio features of AUDIO that an avatar trained on KIND reads (.npy)."""
     from talkflow import checks
 
-    checks.choice(kind, checks.FeatureKind, "--kind")
+    checks.feature_kind(kind, "--kind")  # a missing model fails here, before any work
     checks.speech_audio(audio)
+    checks.output_file(out, "--out")
 
     start_server()
     import numpy as np
@@ -453,8 +456,9 @@ def portrait(
 
     chosen, _ = checks.choose_renderer(renderer)  # a missing generator fails here, before any work
     checks.validate_name(character, "character")
-    checks.existing_file(image, "image")
+    checks.portrait_image(image)  # missing, unreadable or too small: refused here
     checks.audio_or_text(audio, text)
+    checks.output_file(out, "--out")
     start_server()
     from flows.portrait import PortraitConfig, generate_from_portrait
 

@@ -37,6 +37,14 @@ class MediaTooShort(MediaError):
     """The file is shorter than the configured minimum."""
 
 
+class AudioEndsEarly(MediaError):
+    """A talking video's sound track ends well before its picture."""
+
+
+class ImageTooSmall(InputError):
+    """An image has fewer pixels than the step that reads it needs."""
+
+
 class SpeechError(InputError):
     """Text-to-speech input is unusable (e.g. empty text)."""
 

@@ -19,7 +19,9 @@ import numpy as np
 import pydantic
 from PIL import Image
 
+from talkflow.contract import AUDIO_SLACK_S, SAMPLE_RATE, VIDEO_FPS
 from talkflow.errors import (
+    AudioEndsEarly,
     EmptyMedia,
     MediaError,
     MediaTooShort,
@@ -32,6 +34,7 @@ from talkflow.errors import (
 __all__ = [
     "MediaInfo",
     "FrameFolder",
+    "audio_shortfall_s",
     "extract_audio",
     "extract_frames",
     "mux",
@@ -71,6 +74,8 @@ class MediaInfo(pydantic.BaseModel):
     sample_rate: int | None = None
     channels: int | None = None
     variable_frame_rate: bool = False  # avg and r frame rates differ by more than 1 %
+    video_end_s: float | None = None  # where the picture ends (stream start + duration), when ffprobe says
+    audio_end_s: float | None = None  # where the sound ends, when ffprobe says
 
 
 # --------------------------------------------------------------------------- helpers
@@ -127,6 +132,18 @@ def _int(text) -> int | None:
         return int(text)
     except (TypeError, ValueError):
         return None
+
+
+def _stream_end(stream: dict) -> float | None:
+    """Start + duration of a stream, s: its `duration`, else a DURATION tag (Matroska); None if unknown."""
+    duration = _float(stream.get("duration"))
+    if duration is None:
+        tag = (stream.get("tags") or {}).get("DURATION") or ""
+        m = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d+)?)", tag.strip())
+        duration = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else None
+    if duration is None:
+        return None
+    return (_float(stream.get("start_time")) or 0.0) + duration
 
 
 def _rotation(stream: dict) -> int:
@@ -283,6 +300,8 @@ def probe(path: str | Path) -> MediaInfo:
 
     a = audios[0] if audios else {}
     return MediaInfo(
+        video_end_s=_stream_end(videos[0]) if videos and not still else None,
+        audio_end_s=_stream_end(a) if a else None,
         path=str(p),
         format_name=format_name,
         duration_s=duration or 0.0,
@@ -301,10 +320,19 @@ def probe(path: str | Path) -> MediaInfo:
     )
 
 
+def audio_shortfall_s(info: MediaInfo) -> float:
+    """How long the picture outlasts the sound, s (0 when it does not, or when ffprobe cannot tell)."""
+    if info.video_end_s is None or info.audio_end_s is None:
+        return 0.0
+    return max(info.video_end_s - info.audio_end_s, 0.0)
+
+
 def require_video(
-    info: MediaInfo, *, need_audio: bool = True, min_duration_s: float = 0.0
+    info: MediaInfo, *, need_audio: bool = True, min_duration_s: float = 0.0,
+    max_audio_gap_s: float | None = None,
 ) -> None:
-    """Raise unless ``info`` is a real (moving) video, with audio if ``need_audio``, long enough."""
+    """Raise unless ``info`` is a real (moving) video, with audio if ``need_audio``, long enough, and
+    (with ``max_audio_gap_s``) with a sound track that ends at most that long before the picture."""
     name = _name(info.path)
     if not info.has_video:
         raise NoVideoStream(
@@ -329,6 +357,13 @@ def require_video(
             f"'{name}' is {info.duration_s:.2f} s long but at least {min_duration_s:.2f} s is required. "
             "Provide a longer video."
         )
+    gap = audio_shortfall_s(info) if need_audio and max_audio_gap_s is not None else 0.0
+    if gap > max(max_audio_gap_s or 0.0, AUDIO_SLACK_S):
+        raise AudioEndsEarly(
+            f"'{name}': its sound ends at {info.audio_end_s:.2f} s, {gap:.2f} s before its picture "
+            f"({info.video_end_s:.2f} s; at most {max_audio_gap_s:.2f} s is trimmed). Re-export it with the whole "
+            f"sound track, or cut the video to its sound: ffmpeg -i '{name}' -t {info.audio_end_s:.2f} cut.mp4"
+        )
 
 
 # --------------------------------------------------------------------------- transcoding
@@ -339,15 +374,17 @@ def normalize_video(
     dst_video: str | Path,
     dst_wav: str | Path,
     *,
-    fps: int = 25,
+    fps: int = VIDEO_FPS,
     size: int = 512,
-    sample_rate: int = 16000,
+    sample_rate: int = SAMPLE_RATE,
     crf: int = 18,
+    duration_s: float | None = None,
 ) -> None:
     """Transcode ``src`` to a square constant-fps H.264 mp4 (no audio) plus a mono 16-bit wav.
 
     The video is centre-cropped to a square of side min(w, h), scaled to ``size`` x ``size``
-    and resampled to exactly ``fps``. ``dst_wav`` is written only when ``src`` has audio.
+    and resampled to exactly ``fps``; ``duration_s`` cuts both at that time (the end of a sound
+    track shorter than the picture). ``dst_wav`` is written only when ``src`` has audio.
     Both outputs come from a single ffmpeg run and are moved into place only on success.
     """
     info = probe(src)
@@ -359,6 +396,7 @@ def normalize_video(
     tmp_v, tmp_a = _tmp_path(dst_video), _tmp_path(dst_wav)
 
     inp = ffmpeg.input(str(src))
+    cut = {} if duration_s is None else {"t": f"{duration_s:.6f}"}
     side = "min(iw,ih)"  # ffmpeg-python escapes the comma for the filtergraph
     video = (
         inp.video.filter("fps", fps=fps)
@@ -375,12 +413,13 @@ def normalize_video(
             pix_fmt="yuv420p",
             r=fps,
             movflags="+faststart",
+            **cut,
         )
     ]
     if info.has_audio:
         outputs.append(
             inp.audio.output(
-                str(tmp_a), acodec="pcm_s16le", ac=1, ar=sample_rate, f="wav"
+                str(tmp_a), acodec="pcm_s16le", ac=1, ar=sample_rate, f="wav", **cut
             )
         )
     try:
@@ -423,7 +462,7 @@ def extract_frames(
 
 
 def extract_audio(
-    src: str | Path, dst_wav: str | Path, *, sample_rate: int = 16000
+    src: str | Path, dst_wav: str | Path, *, sample_rate: int = SAMPLE_RATE
 ) -> None:
     """Decode the first audio stream of ``src`` to a mono 16-bit PCM wav at ``sample_rate``."""
     info = probe(src)
@@ -451,7 +490,7 @@ def mux(
     audio: str | Path | None,
     out_mp4: str | Path,
     *,
-    fps: int = 25,
+    fps: int = VIDEO_FPS,
     ext: str = "jpg",
     crf: int = 18,
 ) -> None:

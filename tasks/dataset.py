@@ -19,10 +19,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from models.audio.features import FeatureInfo, save_features, window_features
-from models.ernerf.audio import FEATURE_DIMS
 from models.face.blink import read_au45, write_au_csv
 from models.face.video_landmarks import read_lms, write_lms
 from talkflow.cache import stage
+from talkflow.contract import FEATURE_DIMS, FEATURES, VIDEO_FPS
 from talkflow.errors import InputError
 from talkflow.hashing import sha256_file
 from talkflow.store import StageResult, get_store
@@ -42,9 +42,9 @@ FILES = {
 }
 
 
-# the file name ER-NeRF's loader reads for each feature kind (nerf_triplane/provider.py)
-REFERENCE_FEATURES = {"deepspeech": "aud_ds.npy", "hubert": "aud_hu.npy", "wav2vec2": "aud_eo.npy",
-                      "logmel": "aud.npy", "phonemes": "aud.npy"}  # aud.npy: any other kind (told by D)
+# the file name ER-NeRF's loader reads for each feature kind (nerf_triplane/provider.py); aud.npy holds
+# any kind the reference has no name for (told apart by D)
+REFERENCE_FEATURES = {k: s.reference_file for k, s in FEATURES.items()}
 DATASET_STAGES = ("dataset", "import_dataset")  # the manifests training accepts
 
 
@@ -170,12 +170,13 @@ REFERENCE_PARTS = ("transforms_train.json", "transforms_val.json", "ori_imgs/", 
 
 
 def _reference_features(folder: Path) -> tuple[Path, str | None]:
-    found = [folder / n for n in dict.fromkeys(REFERENCE_FEATURES.values()) if (folder / n).is_file()]
+    files = list(REFERENCE_FEATURES.values())
+    names = sorted(dict.fromkeys(files), key=lambda n: files.count(n) > 1)  # one kind's names first, aud.npy last
+    found = [folder / n for n in names if (folder / n).is_file()]
     if not found:
         raise InputError(f"{folder} has no audio features: ER-NeRF's process.py writes one of "
-                         f"{', '.join(dict.fromkeys(REFERENCE_FEATURES.values()))} (from aud.wav); extract them and "
-                         "import again")
-    path = found[0]  # the named kinds first, aud.npy last
+                         f"{', '.join(names)} (from aud.wav); extract them and import again")
+    path = found[0]
     kind = {v: k for k, v in REFERENCE_FEATURES.items()}[path.name]
     return path, (None if path.name == "aud.npy" else kind)
 
@@ -260,7 +261,7 @@ def import_dataset(folder: Path, namespace: str | None = None) -> StageResult:
         for p in images:
             shutil.copyfile(p, work / "ori_imgs" / p.name)
         npy, info_json = save_features(work / "feats", feats, FeatureInfo(kind=kind, dim=int(feats.shape[-1])))
-        write_au_csv(work / "au.csv", read_au45(folder / "au.csv"), fps=25)
+        write_au_csv(work / "au.csv", read_au45(folder / "au.csv"), fps=VIDEO_FPS)
         parts = {
             "audio": store.put_file(folder / "aud.wav"), "frames": store.put_dir(work / "ori_imgs"),
             "lms": store.put_file(work / "lms.npy"), "feats": store.put_file(npy),
@@ -276,7 +277,7 @@ def import_dataset(folder: Path, namespace: str | None = None) -> StageResult:
     with Image.open(folder / "bc.jpg") as bc:
         size = int(bc.size[0])
     return StageResult(artifacts=parts, meta={
-        "n_frames": n, "size": size, "fps": 25, "focal": float(transforms["train"]["focal_len"]),
+        "n_frames": n, "size": size, "fps": VIDEO_FPS, "focal": float(transforms["train"]["focal_len"]),
         "features": FeatureInfo(kind=kind, dim=int(feats.shape[-1])).model_dump(),
         "n_train": len(transforms["train"]["frames"]), "n_val": len(transforms["val"]["frames"]),
         "parsing": "imported", "tracking": "imported", "source": "ER-NeRF folder"})

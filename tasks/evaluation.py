@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from talkflow import media
 from talkflow.cache import stage
+from talkflow.contract import SAMPLE_RATE
 from talkflow.store import Artifact, StageResult
 from tasks.inputs import local_file, scratch
 
@@ -21,7 +22,7 @@ def score_lip_sync(video: Artifact, text: str | None = None, namespace: str | No
     path = local_file(video)
     info = media.probe(path)
     with scratch("lipsync") as work:
-        media.extract_audio(path, work / "audio.wav", sample_rate=16_000)
+        media.extract_audio(path, work / "audio.wav", sample_rate=SAMPLE_RATE)
         samples, rate = media.read_wav(work / "audio.wav")
         n = media.extract_frames(path, work / "frames", ext="png")
         frames = np.stack([np.asarray(Image.open(work / "frames" / f"{i}.png").convert("RGB")) for i in range(n)])

@@ -8,6 +8,15 @@ from pydantic import BaseModel, Field
 
 from talkflow import media
 from talkflow.cache import stage
+from talkflow.contract import (
+    AUDIO_SLACK_S,
+    MAX_AUDIO_GAP_S,
+    MAX_SPEECH_S,
+    MIN_CLIP_S,
+    SAMPLE_RATE,
+    VIDEO_FPS,
+    frame_count,
+)
 from talkflow.errors import EmptyMedia, InputError, NoAudioStream
 from talkflow.store import Artifact, StageResult, get_store
 from tasks.inputs import local_file, scratch
@@ -16,11 +25,14 @@ from tasks.inputs import local_file, scratch
 class NormalizeConfig(BaseModel):
     """A talking video as ER-NeRF trains on it: constant frame rate, square, 16 kHz mono audio."""
 
-    fps: int = Field(25, ge=1, le=120, description="Output frame rate (ER-NeRF uses 25).")
+    fps: int = Field(VIDEO_FPS, ge=1, le=120, description=f"Output frame rate (ER-NeRF uses {VIDEO_FPS}).")
     size: int = Field(512, ge=32, le=2048, description="Side of the centred square crop, pixels.")
-    sample_rate: int = Field(16000, description="Audio sample rate (speech models use 16 kHz).")
-    min_duration_s: float = Field(1.0, ge=0, description="Shorter videos are rejected.")
+    sample_rate: int = Field(SAMPLE_RATE, description="Audio sample rate, Hz (what the speech models read).")
+    min_duration_s: float = Field(MIN_CLIP_S, ge=0, description="Shorter videos are rejected.")
     require_audio: bool = Field(True, description="Reject videos without an audio track.")
+    max_audio_gap_s: float = Field(
+        MAX_AUDIO_GAP_S, ge=0, description="A picture that outlasts its sound by at most this much, s, is trimmed "
+        "to the end of the sound (with a warning); by more, the video is rejected.")
     crf: int = Field(18, ge=0, le=51, description="x264 quality of the normalized video.")
 
 
@@ -30,7 +42,7 @@ class FramesConfig(BaseModel):
 
 
 class AudioPrepConfig(BaseModel):
-    max_duration_s: float = Field(600.0, gt=0, description="Longer audio is refused (split it).")
+    max_duration_s: float = Field(MAX_SPEECH_S, gt=0, description="Longer audio is refused (split it), s.")
 
 
 class MuxConfig(BaseModel):
@@ -44,21 +56,25 @@ def probe_media(src: Path | Artifact) -> StageResult:
     return StageResult(meta=info.model_dump(exclude={"path"}))
 
 
-@stage("normalize", "2")
+@stage("normalize", "3")
 def normalize_video(
     video: Path | Artifact, config: NormalizeConfig, namespace: str | None = None
 ) -> StageResult:
-    """25 fps, centred square crop, 16 kHz mono wav. Bad input fails before transcoding."""
+    """Constant frame rate, centred square crop, mono wav (NormalizeConfig); a picture that outlasts
+    its sound a little is trimmed to the sound. Bad input fails before transcoding."""
     src = local_file(video)
     info = media.probe(src)
     media.require_video(
-        info, need_audio=config.require_audio, min_duration_s=config.min_duration_s
+        info, need_audio=config.require_audio, min_duration_s=config.min_duration_s,
+        max_audio_gap_s=config.max_audio_gap_s,
     )
+    gap = media.audio_shortfall_s(info) if config.require_audio else 0.0  # within max_audio_gap_s here
+    trim = info.audio_end_s if gap > AUDIO_SLACK_S else None
     with scratch("normalize") as work:
         out_video, out_wav = work / "video.mp4", work / "audio.wav"
         media.normalize_video(
             src, out_video, out_wav, fps=config.fps, size=config.size,
-            sample_rate=config.sample_rate, crf=config.crf,
+            sample_rate=config.sample_rate, crf=config.crf, duration_s=trim,
         )
         out = media.probe(out_video)
         store = get_store()
@@ -66,6 +82,9 @@ def normalize_video(
         if out_wav.exists():
             artifacts["audio"] = store.put_file(out_wav)
     warnings = []
+    if trim is not None:
+        warnings.append(f"the sound ends {gap:.2f} s before the picture; the video was trimmed to the sound "
+                        f"({trim:.2f} s)")
     if info.variable_frame_rate:
         warnings.append(f"variable frame rate source (average {info.fps:.2f} fps, nominal {info.nominal_fps:.2f}); "
                         f"resampled to a constant {config.fps} fps")
@@ -77,7 +96,7 @@ def normalize_video(
     )
 
 
-@stage("prepare_audio", "1", retries=0)
+@stage("prepare_audio", "2", retries=0)
 def prepare_audio(audio: Path | Artifact, config: AudioPrepConfig = AudioPrepConfig(), *, fps: int,
                   sample_rate: int, namespace: str | None = None) -> StageResult:
     """Any audio (or video) file -> mono 16-bit wav at `sample_rate`, and its length in frames
@@ -101,7 +120,7 @@ def prepare_audio(audio: Path | Artifact, config: AudioPrepConfig = AudioPrepCon
     duration = samples.size / rate
     return StageResult(artifacts={"audio": art}, meta={
         "duration_s": duration, "sample_rate": rate, "fps": fps,
-        "n_frames": max(1, int(round(duration * fps))),
+        "n_frames": max(1, frame_count(samples.size, rate, fps)),
     })
 
 

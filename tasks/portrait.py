@@ -25,6 +25,7 @@ from models.nerffacespeech.render import RenderConfig, render_frames
 from models.portrait_warp import WarpRenderConfig, WarpRigConfig, build_rig, load_rig, render_warp
 from talkflow import media
 from talkflow.cache import stage
+from talkflow.contract import VIDEO_FPS
 from talkflow.hashing import sha256_file
 from talkflow.store import StageResult, get_store
 from tasks.inputs import local_file, scratch
@@ -102,7 +103,7 @@ def invert_portrait(fit: StageResult, config: PTIConfig, generator: Path | None 
 
 
 @stage("audio2exp", "3")
-def audio_to_expressions(audio: StageResult, fit: StageResult, fps: int = 25, weights: Path | None = None,
+def audio_to_expressions(audio: StageResult, fit: StageResult, fps: int = VIDEO_FPS, weights: Path | None = None,
                          bfm: Path | None = None, driver: PhoneticDriverConfig = PhoneticDriverConfig(),
                          text: str | None = None, namespace: str | None = None) -> StageResult:
     """Per-frame expression coefficients (T, K) from speech, around the portrait's own expression:

@@ -20,6 +20,7 @@ from models.face.parsing import ParsingConfig, labels_to_rgb, parse_frames, reso
 from models.face.video_landmarks import LandmarkConfig, track_video_landmarks
 from talkflow import media
 from talkflow.cache import stage
+from talkflow.contract import VIDEO_FPS
 from talkflow.errors import InputError
 from talkflow.settings import get_settings
 from talkflow.store import Artifact, StageResult, get_store
@@ -223,7 +224,7 @@ def composite_images(
 
 
 @stage("blinks", "2")
-def detect_blinks(landmarks: StageResult, config: BlinkConfig, fps: float = 25.0,
+def detect_blinks(landmarks: StageResult, config: BlinkConfig, fps: float = VIDEO_FPS,
                   namespace: str | None = None) -> StageResult:
     """Per-frame eye closure (AU45-like, 0 open .. 5 closed) from the eye landmarks, as OpenFace's au.csv."""
     au45 = au45_from_landmarks(load_landmarks(landmarks), config)

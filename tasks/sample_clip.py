@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from models.audio.visemes import VisemeConfig
 from talkflow import media
 from talkflow.cache import stage
+from talkflow.contract import VIDEO_FPS
 from talkflow.store import StageResult, get_store
 from tasks.inputs import local_file, scratch
 
@@ -16,7 +17,7 @@ LANDMARK_SIZE = 512
 class SampleClipConfig(BaseModel):
     seed: int = Field(0, description="Head-motion seed; the same seed gives the same clip.")
     size: int = Field(512, ge=64, le=1024, description="Frame side in pixels.")
-    fps: int = Field(25, ge=1, le=60, description="Frame rate of the clip, frames per second.")
+    fps: int = Field(VIDEO_FPS, ge=1, le=60, description="Frame rate of the clip, frames per second.")
     head_motion_px: float = Field(3.0, ge=0, description="Head translation amplitude, pixels.")
     head_rotation_deg: float = Field(2.0, ge=0, description="Head rotation amplitude, degrees.")
     max_mouth_open: float = Field(1.0, ge=0, le=1.5, description="Jaw drop at a fully open viseme (/aa/), in "

@@ -125,7 +125,9 @@ def test_bad_inputs_fail_before_any_flow(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="no person 'nobody' preprocessed"):
         tf.train("nobody", tmp_path / "m")
     with pytest.raises(InputError, match="kind must be one of logmel, phonemes, hubert, wav2vec2"):
-        tf.extract_audio_features(clip, "deepspeech")  # type: ignore[arg-type]
+        tf.extract_audio_features(clip, "mfcc")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="does not compute deepspeech features"):
+        tf.extract_audio_features(clip, "deepspeech")
     with pytest.raises(InputError, match="exactly one of audio or text"):
         tf.infer(tmp_path, "a.wav", text="hi")
     with pytest.raises(InputError, match="not a talkflow model folder"):

@@ -482,7 +482,8 @@ def test_hubert_from_local_folder(tmp_path):
     feats, info = af.extract_features(x, 16000, 50, kind="hubert", model_dir=tmp_path / "tiny-hubert")
     assert feats.shape == (50, 16, 32) and feats.dtype == np.float32 and np.isfinite(feats).all()
     assert info.kind == "hubert" and info.dim == 32
-    steps = af.model_features(x, "hubert", tmp_path / "tiny-hubert", chunk_s=0.5, context_s=0.2)
+    steps = af.model_features(x, "hubert", tmp_path / "tiny-hubert", model_class="HubertModel",
+                              output="last_hidden_state", chunk_s=0.5, context_s=0.2)
     assert steps.shape == (1 + x.size // 320, 32)
     with pytest.raises(AssetMissing, match="config.json"):
         af.extract_features(x, 16000, 50, kind="hubert", model_dir=tmp_path / "nothing-here")

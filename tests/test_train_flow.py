@@ -199,12 +199,16 @@ def test_bad_inputs_fail_before_work(avatar, dataset, journal, tmp_path):
 
 
 def test_render_a_new_sentence(avatar, tmp_path, journal):
+    from talkflow.contract import frame_count
+
     result = render_video(PERSON, text=NEW_SENTENCE, config=RENDER)
     mp4 = get_store().fetch(result.video["video"])
     info = media.probe(mp4)
     speech = result.audio.meta["duration_s"]
     assert info.has_video and info.has_audio and (info.width, info.height) == (256, 256)
-    assert result.frames.meta["n_frames"] == round(speech * 25) == result.video.meta["n_frames"]
+    rate = result.audio.meta["sample_rate"]
+    frames = frame_count(round(speech * rate), rate)  # the contract's rule: every sample shown
+    assert result.frames.meta["n_frames"] == frames == result.video.meta["n_frames"]
     assert abs(info.duration_s - speech) <= 1 / 25, (info.duration_s, speech)
     assert result.avatar_stage == "train_torso" and result.frames.meta["frames_per_s"] > 0
     frame = media.FrameFolder(get_store().fetch(result.frames["frames"]))[0]

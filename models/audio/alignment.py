@@ -25,9 +25,9 @@ from typing import Literal
 import numpy as np
 
 from models.audio.phonemes import PAD_S, PHONES, decode_phones
+from talkflow.contract import SAMPLE_RATE
 from talkflow.errors import AssetMissing, InputError
 
-SAMPLE_RATE = 16_000
 FRAME_S = 0.01  # pocketsphinx frames are 10 ms
 Source = Literal["aligned", "recognised"]
 _KNOWN = frozenset(PHONES)

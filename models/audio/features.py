@@ -1,6 +1,7 @@
 """Audio features for the audio-driven NeRF: one window of 16 steps at 50 Hz per video frame.
 
-Kinds (``FeatureInfo.kind``):
+The kinds, their widths and assets are the table ``talkflow.contract.FEATURES``; each computed
+kind names its function here (``*_rows``: 16 kHz mono samples -> (L, D) rows at 50 Hz):
 
 * ``logmel`` (default, no weights): 80-band log-mel spectrogram in pure torch: 16 kHz,
   400-sample Hann window (zero-padded to n_fft 512), hop 320 (50 Hz), centred frames with
@@ -15,6 +16,8 @@ Kinds (``FeatureInfo.kind``):
 * ``phonemes`` (no download): speaker-independent phones decoded by pocketsphinx's bundled en-us
   model (``models.audio.phonemes``): per 50 Hz frame the share of each of 39 phones + silence (D=40).
 
+Adding a kind is one row of that table plus its ``*_rows`` function.
+
 Every kind is resampled to 50 Hz frames centred at k/50 s (frame count 1 + N // 320 for N
 samples at 16 kHz), then ``window_features`` cuts a window of 16 frames around video frame t,
 rows 2t-8 .. 2t+7, i.e. 0.32 s centred on t/25 s, repeating the first/last frame past the ends.
@@ -25,29 +28,40 @@ Features are saved as ONE file name, ``aud_feats.npy`` (T,16,D) float32, with
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import math
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pydantic
 import torch
 
+from talkflow.contract import (
+    ASSET_KINDS,
+    COMPUTED_KINDS,
+    DEFAULT_FEATURES,
+    FEATURE_DIMS,
+    FEATURE_FPS,
+    FEATURES,
+    MAX_AUDIO_GAP_S,
+    SAMPLE_RATE,
+    VIDEO_FPS,
+    WINDOW,
+    AnyFeatureKind,
+    FeatureKind,
+    frame_count,
+    kinds_text,
+)
 from talkflow.errors import AssetMissing, InputError
 
-SAMPLE_RATE = 16_000
-FEATURE_FPS = 50  # audio feature frames per second
-VIDEO_FPS = 25
-WINDOW = 16
+Kind = AnyFeatureKind  # any kind a features file may hold
+ComputedKind = FeatureKind  # the kinds computed from audio (talkflow.contract.FEATURES)
+MODEL_KINDS = ASSET_KINDS  # need a registered local model folder
+
 FEATS_FILE = "aud_feats.npy"
 INFO_FILE = "aud_feats.json"
-DEEPSPEECH_DIM = 29
-
-Kind = Literal["logmel", "hubert", "wav2vec2", "deepspeech", "phonemes"]
-ComputedKind = Literal["logmel", "hubert", "wav2vec2", "phonemes"]  # kinds computed from audio
-COMPUTED_KINDS: tuple[str, ...] = ("logmel", "hubert", "wav2vec2", "phonemes")
-MODEL_KINDS: tuple[str, ...] = ("hubert", "wav2vec2")  # need a registered local model folder
+DEEPSPEECH_DIM = FEATURE_DIMS["deepspeech"]
 
 
 class FeatureInfo(pydantic.BaseModel):
@@ -96,8 +110,9 @@ class AudioFeatureConfig(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(frozen=True)
 
     kind: ComputedKind = pydantic.Field(
-        "logmel", description="Audio features: logmel or phonemes (built in), hubert or wav2vec2 (registered "
-        "assets).")
+        DEFAULT_FEATURES, description="Audio features: " + "; ".join(
+            f"{s.name} ({s.summary}; D={s.width}{', needs the registered asset ' + s.asset if s.asset else ''})"
+            for s in FEATURES.values() if s.computed) + ".")
     window: int = pydantic.Field(WINDOW, ge=1, description="50 Hz feature frames per video-frame window (ER-NeRF: 16).")
     logmel: LogMelConfig = pydantic.Field(LogMelConfig(), description="Log-mel settings (kind logmel).")
     chunk_s: float = pydantic.Field(
@@ -105,7 +120,7 @@ class AudioFeatureConfig(pydantic.BaseModel):
     context_s: float = pydantic.Field(
         1.0, ge=0, description="Extra audio each side of a chunk, s; its outputs are dropped.")
     max_gap_s: float = pydantic.Field(
-        0.5, ge=0, description="The video may outlast the audio by this much, s, before it is an error.")
+        MAX_AUDIO_GAP_S, ge=0, description="The video may outlast the audio by this much, s, before it is an error.")
 
 
 # --------------------------------------------------------------------------- input
@@ -192,7 +207,7 @@ def window_features(
     *,
     feature_fps: float = FEATURE_FPS,
     video_fps: float = VIDEO_FPS,
-    max_gap_s: float = 0.5,
+    max_gap_s: float = MAX_AUDIO_GAP_S,
 ) -> np.ndarray:
     """Per-video-frame windows (T, window, D) from features (L, D) at ``feature_fps``.
 
@@ -240,12 +255,13 @@ def _folder_stamp(path: Path) -> tuple:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_model(kind: str, path: str, device: str, stamp: tuple = ()) -> tuple[torch.nn.Module, bool]:
-    """(model in eval mode on ``device``, whether inputs are normalised) from a local folder;
-    cached per process by path and `stamp` (`_folder_stamp`), so changed weights are reloaded."""
+def _load_model(kind: str, model_class: str, path: str, device: str,
+                stamp: tuple = ()) -> tuple[torch.nn.Module, bool]:
+    """(transformers `model_class` in eval mode on ``device``, whether inputs are normalised) from a
+    local folder; cached per process by path and `stamp` (`_folder_stamp`), so changed weights are reloaded."""
     import transformers
 
-    cls = transformers.HubertModel if kind == "hubert" else transformers.Wav2Vec2ForCTC
+    cls = getattr(transformers, model_class)
     try:
         model = cls.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -258,10 +274,12 @@ def _load_model(kind: str, path: str, device: str, stamp: tuple = ()) -> tuple[t
 @torch.inference_mode()
 def model_features(
     samples: np.ndarray,
-    kind: Literal["hubert", "wav2vec2"],
+    kind: str,
     model_dir: str | Path | None = None,
     device: str | torch.device = "cpu",
     *,
+    model_class: str,
+    output: str,
     chunk_s: float = 20.0,
     context_s: float = 1.0,
 ) -> np.ndarray:
@@ -271,10 +289,8 @@ def model_features(
     field, stride 320) is centred at k/50 s, like the log-mel frames. Long audio is processed in
     chunks of ``chunk_s`` with ``context_s`` extra audio each side whose outputs are dropped.
     """
-    if kind not in ("hubert", "wav2vec2"):
-        raise InputError(f"unknown model feature kind {kind!r}; use hubert or wav2vec2")
     path = _model_dir(kind, model_dir)
-    model, normalize = _load_model(kind, str(path), str(device), _folder_stamp(path))
+    model, normalize = _load_model(kind, model_class, str(path), str(device), _folder_stamp(path))
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim != 1 or x.size == 0:
         raise InputError(f"expected mono samples (N,) with N > 0, got shape {x.shape}")
@@ -291,7 +307,7 @@ def model_features(
         a, b = max(f0 - ctx, 0), min(f1 + ctx, n_out)
         chunk = torch.from_numpy(x[a * hop : (b - 1) * hop + field]).to(device)[None]  # (1,n)
         out = model(chunk)
-        hidden = out.last_hidden_state if kind == "hubert" else out.logits  # (1,b-a,D)
+        hidden = getattr(out, output)  # (1,b-a,D)
         if hidden.shape[1] != b - a:
             raise InputError(
                 f"the {kind} model at {path} gave {hidden.shape[1]} frames for {b - a}; only encoders with "
@@ -345,6 +361,43 @@ def load_deepspeech_npy(path: str | Path, n_frames: int, *, max_frame_diff: int 
     return window_features(steps, n_frames, WINDOW, max_gap_s=1.0)
 
 
+# --------------------------------------------------------------------------- the kinds' functions
+# One per computed kind of talkflow.contract.FEATURES (its `computes`): (N,) 16 kHz mono float32
+# samples, the stage config, the kind's model folder (None when it needs none) and the torch
+# device -> (L, D) float32 rows at 50 Hz, L = 1 + N // 320.
+
+
+def logmel_rows(x: np.ndarray, cfg: AudioFeatureConfig, model_dir: Path | None, device) -> np.ndarray:
+    steps = log_mel(x, cfg.logmel)
+    return normalize_bands(steps, cfg.logmel.stats_fraction) if cfg.logmel.normalize else steps
+
+
+def phoneme_rows(x: np.ndarray, cfg: AudioFeatureConfig, model_dir: Path | None, device) -> np.ndarray:
+    from models.audio.phonemes import phone_features
+
+    return phone_features(x)
+
+
+def hubert_rows(x: np.ndarray, cfg: AudioFeatureConfig, model_dir: Path | None, device) -> np.ndarray:
+    return model_features(x, "hubert", model_dir, device, model_class="HubertModel", output="last_hidden_state",
+                          chunk_s=cfg.chunk_s, context_s=cfg.context_s)
+
+
+def wav2vec2_rows(x: np.ndarray, cfg: AudioFeatureConfig, model_dir: Path | None, device) -> np.ndarray:
+    return model_features(x, "wav2vec2", model_dir, device, model_class="Wav2Vec2ForCTC", output="logits",
+                          chunk_s=cfg.chunk_s, context_s=cfg.context_s)
+
+
+def feature_rows(kind: str):
+    """The function that computes `kind` (its table row's `computes`); InputError for a kind
+    talkflow does not compute."""
+    spec = FEATURES.get(kind)
+    if spec is None or not spec.computed:
+        raise InputError(f"talkflow does not compute {kind!r} audio features; use {kinds_text(COMPUTED_KINDS)}")
+    module, _, name = spec.computes.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 # --------------------------------------------------------------------------- entry points
 
 
@@ -360,7 +413,7 @@ def extract_features(
 ) -> tuple[np.ndarray, FeatureInfo]:
     """Windowed audio features (T, window, D) float32 and their FeatureInfo.
 
-    ``n_frames`` defaults to the audio duration at 25 fps (rounded). ``kind`` (default
+    ``n_frames`` defaults to the audio's frame count (``talkflow.contract.frame_count``). ``kind`` (default
     ``config.kind``, i.e. logmel) overrides the config; ``model_dir`` defaults to the
     registered ``hubert``/``wav2vec2`` asset.
     """
@@ -369,23 +422,13 @@ def extract_features(
         try:
             cfg = AudioFeatureConfig.model_validate({**cfg.model_dump(), "kind": kind})
         except pydantic.ValidationError as exc:
-            raise InputError(f"unknown audio feature kind {kind!r}; use {', '.join(COMPUTED_KINDS)}") from exc
+            raise InputError(f"unknown audio feature kind {kind!r}; use {kinds_text(COMPUTED_KINDS)}") from exc
     x = to_mono_16k(wav_samples, sr)
     if x.size == 0:
         raise InputError("the audio is empty; give at least a fraction of a second of sound")
     if n_frames is None:
-        n_frames = max(int(round(x.size / SAMPLE_RATE * VIDEO_FPS)), 1)
-    if cfg.kind == "logmel":
-        steps = log_mel(x, cfg.logmel)
-        steps = normalize_bands(steps, cfg.logmel.stats_fraction) if cfg.logmel.normalize else steps
-    elif cfg.kind == "phonemes":
-        from models.audio.phonemes import phone_features
-
-        steps = phone_features(x)
-    elif cfg.kind in ("hubert", "wav2vec2"):
-        steps = model_features(x, cfg.kind, model_dir, device, chunk_s=cfg.chunk_s, context_s=cfg.context_s)
-    else:
-        raise InputError(f"unknown audio feature kind {cfg.kind!r}; use {', '.join(COMPUTED_KINDS)}")
+        n_frames = max(frame_count(x.size), 1)
+    steps = feature_rows(cfg.kind)(x, cfg, model_dir, device)
     feats = window_features(steps, n_frames, cfg.window, max_gap_s=cfg.max_gap_s)
     return feats, FeatureInfo(kind=cfg.kind, dim=int(feats.shape[-1]), window=cfg.window)
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from talkflow.contract import SAMPLE_RATE
 from talkflow.errors import AssetMissing, InputError
 
-SAMPLE_RATE = 16_000
 PHONES = ("AA", "AE", "AH", "AO", "AW", "AY", "B", "CH", "D", "DH", "EH", "ER", "EY", "F", "G", "HH", "IH",
           "IY", "JH", "K", "L", "M", "N", "NG", "OW", "OY", "P", "R", "S", "SH", "T", "TH", "UH", "UW", "V",
           "W", "Y", "Z", "ZH", "SIL")

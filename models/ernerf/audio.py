@@ -17,9 +17,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from talkflow.contract import FEATURE_DIMS  # noqa: F401 (the feature kinds' widths, re-exported)
 from talkflow.errors import InputError
 
-FEATURE_DIMS = {"logmel": 80, "hubert": 1024, "wav2vec2": 44, "deepspeech": 29, "phonemes": 40}
 _LEAK = 0.02  # LeakyReLU slope of the reference audio nets
 
 

@@ -2,7 +2,7 @@
 
 * ``mouth_opening``: inner-lip gap over mouth width, |lm66 - lm62| / |lm54 - lm48|, per frame;
   scale-free, about 0 closed and 0.1-0.4 open.
-* ``speech_rms``: RMS of the speech per video frame (40 ms at 25 fps).
+* ``speech_rms``: RMS of the speech per video frame (the contract's ``frame_rms``).
 * ``pearson``: correlation of two series; 0 when either is constant (a frozen mouth follows nothing).
 * ``best_offset``: the shift (in frames) of the video against the audio that maximises the correlation;
   positive: the mouth moves ``offset`` frames AFTER the sound.
@@ -27,6 +27,7 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from talkflow.contract import VIDEO_FPS, frame_rms
 from talkflow.errors import FaceNotFound, InputError
 
 REFERENCE_SIZE = 512  # LMD is reported in pixels of a frame this size
@@ -46,22 +47,16 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     return gap / np.maximum(width, _EPS)
 
 
-def speech_rms(samples: np.ndarray, sample_rate: int, fps: float = 25.0, n_frames: int | None = None) -> np.ndarray:
-    """RMS per video frame (T,) float64 of mono samples (N,): frame t covers [t/fps, (t+1)/fps).
-
-    ``n_frames`` defaults to ceil(duration * fps); frames past the audio's end get 0."""
-    x = np.asarray(samples, dtype=np.float64)
-    if x.ndim == 2:
-        x = x.mean(axis=1)
-    if x.ndim != 1:
-        raise InputError(f"expected mono samples (N,), got shape {x.shape}")
+def speech_rms(samples: np.ndarray, sample_rate: int, fps: float = VIDEO_FPS,
+               n_frames: int | None = None) -> np.ndarray:
+    """RMS per video frame (T,) float64 of mono samples (N,): `talkflow.contract.frame_rms` (frame t
+    covers [t/fps, (t+1)/fps); T defaults to the contract's frame count; frames past the end get 0)."""
     if sample_rate <= 0 or fps <= 0:
         raise InputError(f"bad rates: sample_rate={sample_rate}, fps={fps}")
-    t = math.ceil(x.size * fps / sample_rate - 1e-9) if n_frames is None else int(n_frames)
-    bounds = np.minimum(np.round(np.arange(t + 1) * sample_rate / fps).astype(np.int64), x.size)  # (T+1,)
-    sq = np.concatenate([[0.0], np.cumsum(x * x)])
-    counts = bounds[1:] - bounds[:-1]
-    return np.sqrt((sq[bounds[1:]] - sq[bounds[:-1]]) / np.maximum(counts, 1))
+    try:
+        return frame_rms(samples, sample_rate, fps, n_frames)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -198,7 +193,7 @@ def _gapped_pearson(video: np.ndarray, target: np.ndarray, offset: int = 0) -> f
     return pearson(v[ok], a[ok])
 
 
-def phonetic_sync(landmarks: list[np.ndarray | None], timeline, fps: float = 25.0,
+def phonetic_sync(landmarks: list[np.ndarray | None], timeline, fps: float = VIDEO_FPS,
                   config: PhoneticSyncConfig = PhoneticSyncConfig()) -> dict:
     """Score a rendered mouth, landmarks per frame (None: no face), against the viseme targets of
     ``timeline`` (a ``models.audio.alignment.PhoneTimeline`` of the frames' speech)."""
@@ -226,7 +221,7 @@ def phonetic_sync(landmarks: list[np.ndarray | None], timeline, fps: float = 25.
     }
 
 
-def lip_sync_report(frames, samples: np.ndarray, sample_rate: int, text: str | None = None, fps: float = 25.0,
+def lip_sync_report(frames, samples: np.ndarray, sample_rate: int, text: str | None = None, fps: float = VIDEO_FPS,
                     config: PhoneticSyncConfig = PhoneticSyncConfig()) -> dict:
     """`phonetic_sync` of rendered frames (T, H, W, 3) uint8 against their speech (phones aligned to
     `text` when given, else recognised), plus the old loudness figure (``loudness_corr``: opening

@@ -37,6 +37,7 @@ from PIL import Image
 from models.face.face_mesh import FaceMesh
 from models.face.landmarks import FaceBox, detect_faces, landmarks68
 from models.face.mesh_landmarks import MeshMouth, MeshRescue
+from talkflow.contract import VIDEO_FPS
 from talkflow.errors import FaceNotFound, FaceTooSmall, InputError
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
@@ -65,7 +66,7 @@ class SmoothConfig(pydantic.BaseModel):
 
 
 class LandmarkConfig(pydantic.BaseModel):
-    """How video landmarks are tracked; defaults suit a 25 fps, 512 px ER-NeRF clip."""
+    """How video landmarks are tracked; defaults suit an ER-NeRF clip (talkflow.contract.VIDEO_FPS, 512 px)."""
 
     model_config = pydantic.ConfigDict(frozen=True)
 
@@ -234,7 +235,7 @@ def _one_euro_pass(x: np.ndarray, fps: float, scale: float, cfg: SmoothConfig) -
     return out
 
 
-def smooth_landmarks(lms: np.ndarray, cfg: SmoothConfig, fps: float = 25.0) -> np.ndarray:
+def smooth_landmarks(lms: np.ndarray, cfg: SmoothConfig, fps: float = VIDEO_FPS) -> np.ndarray:
     """Smoothed copy of ``lms`` (T,68,2) float32 (see the module docstring)."""
     x = np.asarray(lms, dtype=np.float64)
     if x.shape[0] < 3:
@@ -260,7 +261,7 @@ def track_video_landmarks(
     frames: Iterable[np.ndarray],
     config: LandmarkConfig | None = None,
     *,
-    fps: float = 25.0,
+    fps: float = VIDEO_FPS,
     progress: Progress | None = None,
     mesh: str | Path | None = None,
     detector: str | Path | None = None,

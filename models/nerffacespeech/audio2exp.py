@@ -3,8 +3,8 @@
 NeRFFaceSpeech drives its 3DMM with SadTalker's audio-to-expression network (log-mel windows of
 16 steps per video frame -> 64 BFM expression coefficients). Here the mapping is pluggable:
 
-- `AudioToExpression`: the interface, `predict(samples, sr, fps=25) -> (T, K_exp)` with
-  T = ceil(duration * fps) (the frame count of `speech_envelope`).
+- `AudioToExpression`: the interface, `predict(samples, sr, fps) -> (T, K_exp)` with
+  T = `talkflow.contract.frame_count` (the frame count of `speech_envelope`).
 - `load_audio2exp(path)`: user weights of the small documented network `MelToExpression`
   (log-mel windows (T, 16, 80) from `models.audio.features`, normalised per band, three 1-D
   convolutions over the 16 steps (80 -> H -> H -> H, strides 1, 2, 2, leaky ReLU), mean over
@@ -21,7 +21,6 @@ NeRFFaceSpeech drives its 3DMM with SadTalker's audio-to-expression network (log
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from torch import Tensor, nn
 
 from models.audio.visemes import VisemeConfig
 from models.checkpoint_io import save_atomic
+from talkflow.contract import VIDEO_FPS, frame_count
 from talkflow.errors import AssetMissing, InputError
 
 A2E_FORMAT = "talkflow.nerffacespeech.audio2exp"
@@ -40,8 +40,8 @@ MOUTH_MODES = ("jaw_open", "lips_stretch", "lips_pucker")
 
 
 def n_video_frames(n_samples: int, sr: int, fps: float) -> int:
-    """Frames covering the audio: ceil(duration * fps) (as `speech_envelope`)."""
-    return max(math.ceil(n_samples * fps / sr - 1e-9), 0)
+    """Frames covering the audio: the contract's rule (`talkflow.contract.frame_count`)."""
+    return frame_count(n_samples, sr, fps)
 
 
 def _mono(samples: np.ndarray, sr: int, fps: float) -> np.ndarray:
@@ -66,7 +66,7 @@ class AudioToExpression(ABC):
     n_exp: int
 
     @abstractmethod
-    def predict(self, samples: np.ndarray, sr: int, fps: float = 25, text: str | None = None) -> np.ndarray:
+    def predict(self, samples: np.ndarray, sr: int, fps: float = VIDEO_FPS, text: str | None = None) -> np.ndarray:
         """samples (N,) or (N, C) float in [-1, 1] or int16 -> (T, n_exp) float32; `text`: what is
         said, when known (a driver may use it)."""
 
@@ -105,7 +105,7 @@ class PhoneticAudioToExpression(AudioToExpression):
         self.index = {m: self.exp_names.index(m) for m in MOUTH_MODES}
         self.config = config
 
-    def curves(self, samples: np.ndarray, sr: int, fps: float = 25, text: str | None = None) -> dict:
+    def curves(self, samples: np.ndarray, sr: int, fps: float = VIDEO_FPS, text: str | None = None) -> dict:
         """The (T,) curves: loudness, the four viseme channels, the three mode weights, and the
         phone timeline (``timeline``) they came from."""
         from models.audio.alignment import speech_phones
@@ -134,7 +134,7 @@ class PhoneticAudioToExpression(AudioToExpression):
             out[:, self.index[m]] = curves[m]
         return out
 
-    def predict(self, samples: np.ndarray, sr: int, fps: float = 25, text: str | None = None) -> np.ndarray:
+    def predict(self, samples: np.ndarray, sr: int, fps: float = VIDEO_FPS, text: str | None = None) -> np.ndarray:
         return self.expressions(self.curves(samples, sr, fps, text))
 
 
@@ -169,7 +169,7 @@ class NetworkAudioToExpression(AudioToExpression):
         self.device = torch.device(device)
 
     @torch.no_grad()
-    def predict(self, samples: np.ndarray, sr: int, fps: float = 25, text: str | None = None) -> np.ndarray:
+    def predict(self, samples: np.ndarray, sr: int, fps: float = VIDEO_FPS, text: str | None = None) -> np.ndarray:
         from models.audio.features import log_mel, to_mono_16k, window_features
 
         x = _mono(samples, sr, fps)

@@ -31,6 +31,7 @@ from torch import Tensor
 from models.face3d.camera import euler_to_matrix, head_to_camera, principal_point, project
 from models.face3d.morphable import MorphableModel
 from models.nerffacespeech.camera import EG3D_FOCAL, EG3D_PIVOT, EG3D_RADIUS, FACE_CENTRE_MM, Camera
+from talkflow.contract import MIN_PORTRAIT_PX
 from talkflow.errors import FaceNotFound, InputError
 
 _FLIP = (1.0, -1.0, -1.0)
@@ -41,7 +42,7 @@ class FaceFitConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    min_size: int = Field(128, ge=16, description="Smallest portrait side accepted, px.")
+    min_size: int = Field(MIN_PORTRAIT_PX, ge=16, description="Smallest portrait side accepted, px.")
     focal: float | Literal["generator", "search"] = Field(
         "generator",
         description="Camera focal length: a number in px, generator (the generator camera's) or search (fitted).")
@@ -76,7 +77,7 @@ def _check_array(image: np.ndarray, min_size: int) -> np.ndarray:
     return arr
 
 
-def load_portrait(source, min_size: int = 128, square: bool = True) -> np.ndarray:
+def load_portrait(source, min_size: int = MIN_PORTRAIT_PX, square: bool = True) -> np.ndarray:
     """A path, raw bytes or an HxWx3 uint8 array -> (H, W, 3) uint8 RGB, validated.
 
     Raises InputError for a missing or unreadable file, a corrupt image, one smaller than

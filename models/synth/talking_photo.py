@@ -14,33 +14,28 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d, map_coordinates
 
 from models.face.mouth import INNER_LOWER, INNER_UPPER, interior_colour, lip_press, profile, smoothstep, teeth_strength
+from talkflow.contract import VIDEO_FPS, frame_rms
 from talkflow.errors import FaceNotFound, InputError
 
 _JAW = list(range(3, 14))  # lower face contour, left to right
 _WIDTH_REACH = (1.0, 0.8)  # x, y support of the lip-width warp, in mouth widths
 
 
-def speech_envelope(samples: np.ndarray, sample_rate: int, fps: float = 25) -> np.ndarray:
-    """Loudness per video frame, (T,) float32 in [0, 1], T = ceil(duration * fps).
+def speech_envelope(samples: np.ndarray, sample_rate: int, fps: float = VIDEO_FPS) -> np.ndarray:
+    """Loudness per video frame, (T,) float32 in [0, 1], T = the contract's frame count.
 
-    RMS over each frame's samples, Gaussian-smoothed over ~1 frame, divided by the
-    95th percentile (so normal speech reaches 1) and clipped.
+    RMS over each frame's samples (`talkflow.contract.frame_rms`), Gaussian-smoothed over ~1
+    frame, divided by the 95th percentile (so normal speech reaches 1) and clipped.
     """
-    x = np.asarray(samples, dtype=np.float64)
-    if x.ndim == 2:
-        x = x.mean(axis=1)  # (N,C) -> (N,)
-    if x.ndim != 1:
-        raise InputError(f"expected mono samples (N,), got shape {x.shape}")
     if sample_rate <= 0 or fps <= 0 or sample_rate < fps:
         raise InputError(f"bad rates: sample_rate={sample_rate}, fps={fps}")
-    n = x.shape[0]
-    t = math.ceil(n * fps / sample_rate - 1e-9)
+    try:
+        rms = frame_rms(samples, sample_rate, fps)  # (T,)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    t = rms.shape[0]
     if t <= 0:
         return np.zeros(0, np.float32)
-    bounds = np.minimum(np.round(np.arange(t + 1) * sample_rate / fps).astype(np.int64), n)  # (T+1,)
-    sq = np.concatenate([[0.0], np.cumsum(x * x)])  # (N+1,)
-    counts = np.maximum(bounds[1:] - bounds[:-1], 1)  # (T,)
-    rms = np.sqrt((sq[bounds[1:]] - sq[bounds[:-1]]) / counts)  # (T,)
     smooth = gaussian_filter1d(rms, sigma=1.0, mode="nearest") if t > 1 else rms
     ref = float(np.percentile(smooth, 95))
     if ref <= 1e-6:
@@ -171,7 +166,7 @@ def animate_portrait(
     max_mouth_open: float = 1.0,
     spread: float = 0.12,
     rounding: float = 0.25,
-    fps: float = 25,
+    fps: float = VIDEO_FPS,
 ) -> np.ndarray:
     """Frames (T,H,W,3) uint8 of ``image`` (H,W,3) uint8 talking along mouth tracks.
 
