@@ -14,8 +14,8 @@ from models.audio.features import SAMPLE_RATE, AudioFeatureConfig
 from talkflow import assets
 from talkflow.checks import FeatureKind, choice, speech_audio
 from talkflow.store import StageResult
+from tasks.features import audio_features
 from tasks.media import prepare_audio
-from tasks.preprocess import audio_features
 
 
 @flow(name="extract-audio-features")
