@@ -184,7 +184,7 @@ def gpu_job_variables(gpu_id: int | str | None, pool_type: str = "docker") -> di
         return {"gpu_count": 0, "gpu_ids": [index]}
     if pool_type == "process":
         return {"env": {"CUDA_VISIBLE_DEVICES": index}}
-    raise InputError(f"gpu_id pins runs on {' and '.join(GPU_POOL_TYPES)} work pools, not on a {pool_type} pool; "
+    raise InputError(f"gpu_id pins runs on {' and '.join(GPU_POOL_TYPES)} work pools, not on a pool of type {pool_type}; "
                      "pin the GPU in that pool's job template, or leave gpu_id empty")
 
 

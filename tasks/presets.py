@@ -58,7 +58,7 @@ PRESETS: tuple[Preset, ...] = (
            {"model": "small", "head": {"steps": 300, **_QUICK},
             "lips": {**_QUICK, "steps": 30, "rays_per_batch": 512, "lr_net": None, "overrides": {}},
             "torso": {"steps": 600, **_QUICK}}),
-    Preset("ernerf_model", "reference", "ER-NeRF's sizes (hash grids of 16 levels, 64-wide MLPs)."),
+    Preset("ernerf_model", "reference", "ER-NeRF's sizes (a 12-level head hash grid up to 512, 64-wide MLPs)."),
     Preset("ernerf_model", "small", "A CPU-sized model: 6-level head grid up to 96, 32-wide MLPs, 24 samples "
            "per ray.",
            {"audio": {"code_dim": 16},
