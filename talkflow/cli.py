@@ -137,7 +137,7 @@ def doctor() -> None:
     for r in renderers.RENDERERS.values():
         ok = r.available()
         row(f"renderer {r.name}", ok if ok or r.needs_asset else None,
-            r.description + (" [auto]" if r is auto else "") if ok else f"off: {r.description}")
+            r.description + ("; auto picks it" if r is auto else "") if ok else f"off: {r.description}")
     console.print(t)
 
 

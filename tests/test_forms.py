@@ -110,3 +110,16 @@ def test_train_form_offers_the_cpu_demo_preset():
     assert on_demo.model == "small" and on_demo.torso == demo.torso
     assert presets.on_preset(edited, "train", "reference") == edited
     assert presets.on_preset(demo, "train", "reference") == demo
+
+
+def test_ernerf_configs_describe_every_field():
+    """ER-NeRF's model and training configs reach the forms (presets, overrides): each field says what it is."""
+    from models.ernerf.model import ModelConfig
+    from models.ernerf.trainer import HeadTrainConfig, LipsTrainConfig, TorsoTrainConfig, TrainConfig
+
+    for cls in (ModelConfig, TrainConfig, HeadTrainConfig, LipsTrainConfig, TorsoTrainConfig):
+        schema = cls.model_json_schema()
+        models = [schema, *schema.get("$defs", {}).values()]
+        assert len(models) >= (7 if cls is ModelConfig else 1)
+        assert [f"{m['title']}.{k}" for m in models for k, v in m["properties"].items()
+                if not v.get("description")] == []
