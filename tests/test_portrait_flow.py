@@ -150,5 +150,8 @@ def test_a_new_renderer_is_one_module_and_one_registry_entry(portrait, monkeypat
     prepared = journal.count("toy_prepare")
     again = generate_from_portrait("toy-ada", portrait, text="Something else.", config=config)
     assert journal.count("toy_prepare") == prepared and again.prepared == first.prepared  # cached per character
+    from tasks.registry import known_characters
+
+    assert "toy-ada" in known_characters()
     with pytest.raises(InputError, match="--renderer must be one of auto, generator, warp, toy, not 'nope'"):
         PortraitConfig(renderer="nope")
