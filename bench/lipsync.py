@@ -10,7 +10,7 @@ new sentence in another voice.
    ground truth's (dlib's 68 points on both; frames where either has no face are left out), and the
    largest audio-attention weight on any neighbouring frame (near 1: the attention collapsed).
 4. A NEW sentence in a DIFFERENT voice (espeak-ng, models.eval.lipsync.SCORING_SENTENCE) rendered by
-   render_video and scored by the phonetic measure (models.eval.lipsync.lip_sync_report): the
+   render and scored by the phonetic measure (models.eval.lipsync.lip_sync_report): the
    rendered mouth on every frame (a frame without a face is a counted gap) against the visemes of
    the sentence's forced alignment: opening and width correlation, the share of /p b m/ whose middle
    frame shows closed lips, the offset; the old loudness correlation as a secondary figure; and
@@ -76,7 +76,7 @@ def _args() -> argparse.Namespace:
 
 
 def _train_config(args: argparse.Namespace, seed: int):
-    from tasks.train import TrainAvatarConfig, TrainStageConfig
+    from tasks.train_config import TrainAvatarConfig, TrainStageConfig
 
     head = args.head_steps or (2000 if args.preset == "small" else 5000)
     lips = args.lips_steps or max(head // 10, 1)
@@ -165,7 +165,7 @@ def _new_voice(dataset, checkpoint: Path, work: Path) -> dict:
     import numpy as np
     from PIL import Image
 
-    from flows.render import RenderVideoConfig, render_video
+    from flows.render import RenderVideoConfig, render
     from models.audio.tts import synthesize
     from models.eval import lipsync as ls
     from talkflow import media
@@ -177,7 +177,7 @@ def _new_voice(dataset, checkpoint: Path, work: Path) -> dict:
     wav = work / "new_voice.wav"
     media.write_wav(wav, samples, rate)
     t0 = time.perf_counter()
-    result = render_video(PERSON, audio=wav, config=RenderVideoConfig(render=RenderConfig(with_torso=False)))
+    result = render(PERSON, audio=wav, config=RenderVideoConfig(render=RenderConfig(with_torso=False)))
     render_s = time.perf_counter() - t0
     folder = get_store().fetch(result.frames["frames"])  # a directory artifact
     n = result.frames.meta["n_frames"]

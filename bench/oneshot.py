@@ -1,7 +1,8 @@
 """One-shot portrait, per renderer: cold and warm seconds, output resolution, lip sync.
 
-For each renderer (warp always; generator when --generator CHECKPOINT is given, registered in the
-benchmark's own data root):
+For each renderer of the registry (flows/renderers): those that need no asset always; one that
+needs an asset when it is given (--generator CHECKPOINT, or --asset NAME=PATH), registered in the
+benchmark's own data root:
 - cold: a fresh data root, the character's first video (3DMM fit + warp rig or PTI + render),
   a sentence spoken by the default TTS voice;
 - warm: a NEW process, the same character and image, a NEW sentence in a DIFFERENT voice
@@ -76,7 +77,7 @@ def run_phase(name: str, renderer: str, image: Path) -> dict:
     seconds = time.perf_counter() - t0
     stages = {e["stage"]: e["seconds"] for e in computed_stages()[n0:]}
     return {"seconds": seconds, "stages": stages, "video": str(get_store().fetch(result.video["video"])),
-            "renderer": result.renderer}
+            "renderer": result.renderer, "prepared_stage": result.prepared.stage}
 
 
 def read_video(video: Path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -115,12 +116,12 @@ def controls(image: Path, samples: np.ndarray, sr: int, n_frames: int) -> dict:
     return out
 
 
-def bench_renderer(renderer: str, image: Path, generator: Path | None) -> dict:
+def bench_renderer(renderer: str, image: Path, assets: dict[str, Path]) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"talkflow-bench-{renderer}-"))
-    if generator is not None:
-        (root / "assets.json").write_text(json.dumps({"generator": str(generator.resolve())}))
+    if assets:
+        (root / "assets.json").write_text(json.dumps({k: str(v.resolve()) for k, v in assets.items()}))
     cold, warm = phase("cold", root, renderer, image), phase("warm", root, renderer, image)
-    refit = {"portrait_fit", "pti", "warp_rig"} & set(warm["stages"])
+    refit = {"portrait_fit", cold["prepared_stage"]} & set(warm["stages"])
     if refit:
         sys.exit(f"the warm run recomputed the character fit: {sorted(refit)}")
     from models.eval.lipsync import lip_sync_report
@@ -142,9 +143,13 @@ def bench_renderer(renderer: str, image: Path, generator: Path | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--phase")
-    parser.add_argument("--renderer", choices=("warp", "generator"), default="warp")
+    sys.path.insert(0, str(ROOT))
+    from flows import renderers
+
+    parser.add_argument("--renderer", choices=renderers.names(), default="warp")
     parser.add_argument("--image", type=Path, help="A portrait (default: the astronaut photo at 512 px).")
     parser.add_argument("--generator", type=Path, help="A generator checkpoint: also bench the generator path.")
+    parser.add_argument("--asset", action="append", default=[], help="NAME=PATH: an asset a renderer needs.")
     args = parser.parse_args()
     if args.phase:
         print(json.dumps(run_phase(args.phase, args.renderer, args.image)))
@@ -158,11 +163,14 @@ def main() -> None:
 
         image = Path(tempfile.mkdtemp(prefix="talkflow-bench-")) / "portrait.png"
         Image.fromarray(sample_portrait(512)).save(image)
-    results = {"warp": bench_renderer("warp", image, None)}
-    if args.generator is not None:
-        results["generator"] = bench_renderer("generator", image, args.generator)
-    else:
-        results["generator"] = {"skipped": "no --generator checkpoint given"}
+    given = dict(a.split("=", 1) for a in args.asset) | ({"generator": args.generator} if args.generator else {})
+    given = {k: Path(v) for k, v in given.items()}
+    results = {}
+    for r in renderers.RENDERERS.values():
+        if r.needs_asset and r.asset not in given:
+            results[r.name] = {"skipped": f"no {r.asset} given (--asset {r.asset}=PATH)"}
+        else:
+            results[r.name] = bench_renderer(r.name, image, {k: v for k, v in given.items() if k == r.asset})
     print(json.dumps({"bench": "oneshot", "cpu_threads": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                       **results, "targets": {"warp_warm_overhead_s": 2.0, "warp_cold_s": 60.0, "opening_corr": 0.7,
                                                   "bilabial_closure": 0.8, "control_closure_max": 0.4}}))

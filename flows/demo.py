@@ -8,20 +8,18 @@ from pydantic import BaseModel
 
 from flows.media import MediaConfig, MediaResult, media_stage
 from flows.preprocess import PreprocessConfig, preprocess_video
-from flows.render import RenderResult, RenderVideoConfig, render_video
+from flows.render import RenderResult, RenderVideoConfig, render
 from flows.sample_clip import SampleClipConfig, make_sample_clip
 from flows.train import train_avatar
 from talkflow.store import StageResult, get_store
+from tasks import presets
 from tasks.evaluation import score_lip_sync
-from tasks.media import NormalizeConfig
 from tasks.outputs import publish_output
-from tasks.render import RenderConfig
-from tasks.tracking import TrackingConfig
-from tasks.train import AvatarRecord, TrainAvatarConfig
+from tasks.registry import AvatarRecord
 
 PERSON = "demo"
-# 256 px: dlib needs faces of ~80 px (the portrait's face is ~40 % of the frame)
-DEMO_SIZE = 256
+# 256 px: dlib needs faces of ~80 px (the portrait's face is ~40 % of the frame); the preprocess preset's
+DEMO_SIZE = presets.get("preprocess", "cpu-demo").values["normalize"]["size"]
 
 
 class DemoResult(BaseModel):
@@ -51,11 +49,9 @@ def demo(text: str = DEMO_TEXT, new_text: str = DEMO_NEW_TEXT, config: MediaConf
     sample = make_sample_clip(text, SampleClipConfig(size=DEMO_SIZE))
     clip = get_store().fetch(sample["video"])
     media = media_stage(clip, config, namespace=PERSON)
-    dataset = preprocess_video(clip, PERSON, PreprocessConfig(normalize=NormalizeConfig(size=DEMO_SIZE),
-                                                              tracking=TrackingConfig(photometric=False)))
-    avatar = train_avatar(PERSON, TrainAvatarConfig.cpu_demo())  # finds the dataset by name
-    rendered = render_video(PERSON, text=new_text,
-                            config=RenderVideoConfig(render=RenderConfig(downscale=2, with_torso=False)))
+    dataset = preprocess_video(clip, PERSON, presets.build("preprocess", "cpu-demo", cls=PreprocessConfig))
+    avatar = train_avatar(PERSON, presets.build("train", "cpu-demo"))  # finds the dataset by name
+    rendered = render(PERSON, text=new_text, config=presets.build("render", "preview", cls=RenderVideoConfig))
     lip_sync = score_lip_sync(rendered.video["video"], new_text, namespace=PERSON)
     publish_output("demo", rendered.video["video"], namespace=PERSON, stages={
         "sample clip": sample, "media": media.video, "dataset": dataset, "train head": avatar.head,

@@ -15,8 +15,8 @@ from talkflow import assets
 from talkflow.checks import FeatureKind, feature_kind, speech_audio
 from talkflow.contract import DEFAULT_FEATURES, SAMPLE_RATE, VIDEO_FPS
 from talkflow.store import StageResult
+from tasks.features import audio_features
 from tasks.media import prepare_audio
-from tasks.preprocess import audio_features
 
 
 @flow(name="extract-audio-features")

@@ -9,7 +9,8 @@ from prefect import flow
 
 from talkflow.cache import validate_name
 from talkflow.store import StageResult
-from tasks.dataset import import_dataset, register_dataset
+from tasks.dataset import import_dataset
+from tasks.registry import register_dataset
 
 
 @flow(name="import-dataset")

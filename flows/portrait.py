@@ -1,48 +1,43 @@
 """NeRFFaceSpeech: one portrait of a character + audio or text -> a talking video.
 
-Two renderers share the 3DMM fit and the audio-to-expression driver:
-- generator: PTI of the registered 3D-aware generator, its rays deformed by the 3DMM;
-- warp: the portrait itself, warped by the 3DMM (models/portrait_warp), needing no weights.
-`renderer="auto"` takes the generator when one is registered, else the warp. The character fit
-(3DMM, then PTI or the warp rig) is cached by character, image content, generator checkpoint
-and config, so every later video of the same character and image skips it.
+The renderers (flows.renderers: generator, warp, ...) share the 3DMM fit and the
+audio-to-expression driver; `renderer="auto"` takes the best available one. The character fit
+(3DMM, then the renderer's preparation: PTI, the warp rig) is cached by character, image content,
+asset and config, so every later video of the same character and image skips it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from prefect import flow
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from flows import renderers
+from flows.renderers.base import RenderContext
 from models.nerffacespeech.audio2exp import PhoneticDriverConfig
 from models.nerffacespeech.face_fit import FaceFitConfig
 from models.nerffacespeech.pti import PTIConfig
 from models.nerffacespeech.render import RenderConfig
 from models.portrait_warp import WarpRenderConfig, WarpRigConfig
 from talkflow import assets
-from talkflow.checks import Renderer, audio_or_text, choose_renderer, validate_name  # noqa: F401 (re-exported)
+from talkflow.checks import audio_or_text, validate_name
 from talkflow.contract import SAMPLE_RATE, VIDEO_FPS
 from talkflow.store import StageResult
 from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.outputs import publish_output
-from tasks.portrait import (
-    GeneratorChoice,
-    audio_to_expressions,
-    fit_character_face,
-    invert_portrait,
-    render_portrait,
-    render_warped_portrait,
-    rig_portrait,
-)
+from tasks.portrait import GeneratorChoice, audio_to_expressions, fit_character_face
 from tasks.speech import SpeechConfig, synthesize_speech
 
 
+def _renderer_choices(schema: dict[str, Any]) -> None:
+    schema["enum"] = [renderers.AUTO, *renderers.names()]  # the form's choices, read when it is drawn
+
+
 class PortraitConfig(BaseModel):
-    renderer: Renderer = Field("auto", description="Which renderer draws the frames: 'generator' (PTI of the "
-                               "registered 3D-aware generator), 'warp' (the portrait itself, warped by its 3DMM; "
-                               "no weights needed) or 'auto' (the generator when one is registered, else the warp).")
+    renderer: str = Field(renderers.AUTO, description="Which renderer draws the frames: " + renderers.describe(),
+                          json_schema_extra=_renderer_choices)
     fit: FaceFitConfig = Field(default_factory=FaceFitConfig, description="3DMM fit of the portrait.")
     pti: PTIConfig | None = Field(
         None, description="Generator path: PTI steps and losses. Empty: PTI's own settings for a registered "
@@ -58,20 +53,27 @@ class PortraitConfig(BaseModel):
     speech: SpeechConfig = Field(default_factory=SpeechConfig, description="The TTS voice (when text is given).")
     fps: int = Field(VIDEO_FPS, ge=1, le=60, description="Frame rate of the video, frames per second.")
 
-
-def pti_settings(config: PortraitConfig, checkpoint: Path | None) -> PTIConfig:
-    """The PTI settings given, else PTI's own for a registered generator and the fallback's for the small one."""
-    if config.pti is not None:
-        return config.pti
-    return PTIConfig() if checkpoint is not None else PTIConfig.fallback()
+    @field_validator("renderer")
+    @classmethod
+    def _known_renderer(cls, name: str) -> str:
+        if name != renderers.AUTO:
+            renderers.entry(name)  # InputError naming the renderers
+        return name
 
 
 class PortraitResult(BaseModel):
-    renderer: Literal["warp", "generator"]
-    fit: StageResult
-    pti: StageResult | None = None  # generator path
-    rig: StageResult | None = None  # warp path
-    video: StageResult
+    renderer: str = Field(description="The renderer that drew the frames (flows.renderers).")
+    fit: StageResult = Field(description="The portrait's 3DMM fit.")
+    prepared: StageResult = Field(description="The renderer's per-character preparation (PTI, the warp rig, ...).")
+    video: StageResult = Field(description="The mp4.")
+
+    @property
+    def pti(self) -> StageResult | None:
+        return self.prepared if self.prepared.stage == "pti" else None
+
+    @property
+    def rig(self) -> StageResult | None:
+        return self.prepared if self.prepared.stage == "warp_rig" else None
 
 
 @flow(name="generate-from-portrait")
@@ -96,28 +98,21 @@ def generate_from_portrait(
     """
     ns = validate_name(character, "character")
     audio_or_text(audio, text)
-    renderer, checkpoint = choose_renderer(config.renderer)
+    chosen = renderers.choose(config.renderer)  # a missing asset fails here, before any work
+    renderer = renderers.load(chosen.name)
     bfm = assets.locate("bfm")
+    ctx = RenderContext(character=ns, config=config, bfm=bfm, asset=chosen.asset_path())
     fit = fit_character_face(image, config.fit, bfm=bfm, namespace=ns)
-    pti = rig = None
-    if renderer == "generator":
-        pti = invert_portrait(fit, pti_settings(config, checkpoint), generator=checkpoint, fallback=config.generator,
-                              bfm=bfm if checkpoint is None else None,  # the face prior of the fallback only
-                              lpips=assets.locate("lpips"), namespace=ns)
-    else:
-        rig = rig_portrait(fit, config.warp_rig, bfm=bfm, namespace=ns)
+    prepared = renderer.prepare(fit, ctx)
     if text is not None:
         speech = synthesize_speech(text, config.speech)
     else:
         speech = prepare_audio(audio, fps=config.fps, sample_rate=SAMPLE_RATE)
     expressions = audio_to_expressions(speech, fit, fps=config.fps, weights=assets.locate("audio2exp"), bfm=bfm,
                                        driver=config.driver, text=text or transcript)
-    if renderer == "generator":
-        frames = render_portrait(pti, fit, expressions, config.render, bfm=bfm, namespace=ns)
-    else:
-        frames = render_warped_portrait(rig, expressions, config.warp, bfm=bfm, namespace=ns)
+    frames = renderer.render(prepared, fit, expressions, ctx)
     video = mux_video(frames, speech["audio"], MuxConfig(), fps=config.fps, namespace=ns)
     publish_output("portrait", video["video"], namespace=ns, stages={
-        "3DMM fit": fit, "PTI": pti, "warp rig": rig, "speech": speech, "expressions": expressions,
+        "3DMM fit": fit, renderer.prepare_label: prepared, "speech": speech, "expressions": expressions,
         "frames": frames, "mux": video})
-    return PortraitResult(renderer=renderer, fit=fit, pti=pti, rig=rig, video=video)
+    return PortraitResult(renderer=chosen.name, fit=fit, prepared=prepared, video=video)

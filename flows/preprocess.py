@@ -25,17 +25,18 @@ from talkflow import assets
 from talkflow.cache import validate_name
 from talkflow.contract import FEATURES
 from talkflow.store import StageResult
-from tasks.dataset import assemble_dataset, dataset_key, register_dataset, register_source
+from tasks.dataset import assemble_dataset
+from tasks.features import audio_features
 from tasks.media import FramesConfig, NormalizeConfig, extract_frames, normalize_video
 from tasks.outputs import publish_output
 from tasks.preprocess import (
-    audio_features,
     composite_images,
     detect_blinks,
     detect_landmarks,
     estimate_plate,
     parse_faces,
 )
+from tasks.registry import dataset_key, register_dataset, register_source
 from tasks.tracking import TrackingConfig, track_faces
 
 

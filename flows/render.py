@@ -18,14 +18,14 @@ from talkflow.checks import audio_or_text, validate_name
 from talkflow.contract import COMPUTED_KINDS, FEATURE_DIMS, FEATURES, SAMPLE_RATE
 from talkflow.errors import InputError, MediaUnreadable
 from talkflow.store import Artifact, StageResult
+from tasks.features import audio_features
 from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.outputs import publish_output
-from tasks.preprocess import audio_features
+from tasks.registry import AvatarRecord, read_avatar
 from tasks.render import RenderConfig, render_frames_stage
 from tasks.speech import SpeechConfig, synthesize_speech
-from tasks.train import AvatarRecord, read_avatar
 
-__all__ = ["RenderConfig", "RenderResult", "RenderVideoConfig", "render_batch", "render_video"]
+__all__ = ["RenderConfig", "RenderResult", "RenderVideoConfig", "render", "render_batch", "render_video"]
 
 
 class RenderVideoConfig(BaseModel):
@@ -83,8 +83,8 @@ def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVid
                         frames=frames, video=video)
 
 
-@flow(name="render-video")
-def render_video(person: str, audio: Path | None = None, text: str | None = None,
+@flow(name="render")
+def render(person: str, audio: Path | None = None, text: str | None = None,
                  config: RenderVideoConfig = RenderVideoConfig(), avatar: AvatarRecord | None = None) -> RenderResult:
     """An mp4 of the person's trained avatar speaking `audio` (any audio/video file) or `text` (TTS).
 
@@ -105,6 +105,11 @@ def render_video(person: str, audio: Path | None = None, text: str | None = None
     avatar.latest(config.render.with_torso)  # no torso stage -> fails before the TTS
     source = synthesize_speech(text, config.speech)["audio"] if text is not None else Path(audio)
     return _render_one(avatar, source, config, feature_cfg)
+
+
+# The flow's name before it was `render`: the deployment render-video/infer of older set-ups and
+# their callers still run it (the same flow under its old name).
+render_video = render.with_options(name="render-video")
 
 
 @flow(name="render-batch")

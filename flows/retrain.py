@@ -10,8 +10,8 @@ from prefect import flow, get_run_logger
 from flows.preprocess import PreprocessConfig, preprocess_video
 from flows.train import train_avatar
 from talkflow.hashing import sha256_file
-from tasks.dataset import registered_dataset, registered_source
-from tasks.train import TrainAvatarConfig, known_avatars, read_avatar
+from tasks.registry import known_avatars, read_avatar, registered_dataset, registered_source
+from tasks.train_config import TrainAvatarConfig
 
 
 def retrain_reason(person: str) -> str | None:

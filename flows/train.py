@@ -12,19 +12,12 @@ from prefect import flow
 from talkflow import assets
 from talkflow.checks import TrainStage, choice, validate_name
 from talkflow.errors import InputError
-from tasks.dataset import DATASET_STAGES, registered_dataset
+from tasks import presets
 from tasks.outputs import publish_output
-from tasks.train import (
-    AvatarRecord,
-    TrainAvatarConfig,
-    TrainPreset,
-    TrainStageConfig,
-    avatar_key,
-    train_head,
-    train_lips,
-    train_torso,
-    write_avatar,
-)
+from tasks.presets import TrainPreset
+from tasks.registry import DATASET_STAGES, AvatarRecord, avatar_key, registered_dataset, write_avatar
+from tasks.train import train_head, train_lips, train_torso
+from tasks.train_config import TrainAvatarConfig, TrainStageConfig
 
 __all__ = ["AvatarRecord", "TrainAvatarConfig", "TrainStage", "TrainStageConfig", "train_avatar"]
 
@@ -49,7 +42,7 @@ def train_avatar(
     """
     choice(stage, TrainStage, "stage")
     choice(preset, TrainPreset, "preset")
-    config = config.on_preset(preset)
+    config = presets.on_preset(config, "train", preset)
     ns = validate_name(person, "person")
     dataset = registered_dataset(ns)
     if dataset is None:

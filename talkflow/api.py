@@ -10,16 +10,18 @@
     data = tf.preprocess("alice.mp4", "alice")                  # -> data.data_path (ER-NeRF folder)
     model = tf.train(data.data_path, "models/alice", gpu_id=0)   # head -> lips -> torso
     feats = tf.extract_audio_features("speech.wav", "logmel")   # (T, 16, D) .npy
-    video = tf.infer("models/alice", "speech.wav", with_torso=True)
+    video = tf.render("models/alice", "speech.wav", with_torso=True)   # (`infer` is the same call)
     clip = tf.portrait("face.jpg", text="Hello there.", character="ada")
     demo = tf.demo()
 
-Each call is one flow and one deployment (the names in prefect.yaml), listed in CALLS. Every call
-checks its names, paths and kinds first, before any Prefect server starts, and raises a
-talkflow.errors.InputError (one line: what was wrong, what to do) on bad input.
+Each call is one flow and one deployment (the names in prefect.yaml), listed in CALLS; the CLI's
+commands are these calls. Every call checks its names, paths and kinds first, before any Prefect
+server starts, and raises a talkflow.errors.InputError (one line: what was wrong, what to do) on
+bad input.
 
-gpu_id pins the call to one GPU: CUDA_VISIBLE_DEVICES while a local call runs, the Docker
-container's device_ids on a GPU pool (job variables gpu_count=0, gpu_ids=[id]).
+gpu_id pins the call to one GPU: CUDA_VISIBLE_DEVICES while a local call runs; on a work pool,
+the Docker container's device_ids (job variables gpu_count=0, gpu_ids=[id]) or, on a process
+pool, the run's CUDA_VISIBLE_DEVICES (its `env` job variable). Other pool types refuse it.
 
 In deployment mode, paths are sent as absolute paths: they must be readable by the workers
 (a shared mount such as the data root). Results come back from the result store (S3 in
@@ -54,13 +56,14 @@ if TYPE_CHECKING:
     from flows.preprocess import PreprocessConfig
     from flows.render import RenderResult, RenderVideoConfig
     from talkflow.store import StageResult
+    from tasks.registry import AvatarRecord
     from tasks.sample_clip import SampleClipConfig
     from tasks.speech import SpeechConfig
-    from tasks.train import AvatarRecord, TrainAvatarConfig
+    from tasks.train_config import TrainAvatarConfig
 
 Mode = Literal["local", "deployment"]
 DATASET_MANIFEST = "talkflow_dataset.json"  # in a dataset folder: the manifest train() reads
-AVATAR_MANIFEST = "avatar.json"  # in a model folder: the trained avatar infer() renders
+AVATAR_MANIFEST = "avatar.json"  # in a model folder: the trained avatar render() renders
 
 
 class RunFailed(TalkflowError):
@@ -81,13 +84,19 @@ CALLS: dict[str, Call] = {
     "demo": Call("flows.demo:demo", "demo/demo", "flows.demo:DemoResult"),
     "preprocess": Call("flows.preprocess:preprocess_video", "preprocess-video/preprocess",
                        "talkflow.store:StageResult"),
-    "train": Call("flows.train:train_avatar", "train-avatar/train", "tasks.train:AvatarRecord"),
+    "import_dataset": Call("flows.import_dataset:import_dataset_flow", "import-dataset/import-dataset",
+                           "talkflow.store:StageResult"),
+    "train": Call("flows.train:train_avatar", "train-avatar/train", "tasks.registry:AvatarRecord"),
     "extract_audio_features": Call("flows.features:extract_audio_features",
                                    "extract-audio-features/audio-features", "talkflow.store:StageResult"),
-    "infer": Call("flows.render:render_video", "render-video/infer", "flows.render:RenderResult"),
+    "render": Call("flows.render:render", "render/render", "flows.render:RenderResult"),
     "portrait": Call("flows.portrait:generate_from_portrait", "generate-from-portrait/portrait",
                      "flows.portrait:PortraitResult"),
 }
+CALL_ALIASES = {"infer": "render"}  # the backend's earlier name of a call
+# deployments renamed since: old name -> new; prefect.yaml keeps render-video/infer running
+RENAMED_DEPLOYMENTS = {"render-video/infer": "render/render"}
+GPU_POOL_TYPES = ("docker", "process")  # the work pool types gpu_id can pin
 
 
 # -- what the calls return --------------------------------------------------------------------
@@ -111,7 +120,7 @@ class Model:
 
 @dataclass(frozen=True)
 class Video:
-    """infer() / portrait(): the mp4 written, and the flow's result (every stage's manifest)."""
+    """render() / portrait(): the mp4 written, and the flow's result (every stage's manifest)."""
 
     video_path: Path
     duration_s: float
@@ -165,10 +174,26 @@ def _export(artifact, dest: Path) -> Path:
     return dest
 
 
-def gpu_job_variables(gpu_id: int | str | None) -> dict[str, Any]:
-    """Job variables that pin a Docker GPU pool's run to one GPU (deployments/gpu_pool.py)."""
+def gpu_job_variables(gpu_id: int | str | None, pool_type: str = "docker") -> dict[str, Any]:
+    """Job variables that pin a run to one GPU: a Docker GPU pool's device_ids
+    (deployments/gpu_pool.py), a process pool's CUDA_VISIBLE_DEVICES (Prefect's process worker
+    adds the `env` job variable to the run's environment). InputError for other pool types."""
     index = checks.gpu_index(gpu_id)
-    return {} if index is None else {"gpu_count": 0, "gpu_ids": [index]}
+    if index is None:
+        return {}
+    if pool_type == "docker":
+        return {"gpu_count": 0, "gpu_ids": [index]}
+    if pool_type == "process":
+        return {"env": {"CUDA_VISIBLE_DEVICES": index}}
+    raise InputError(f"gpu_id pins runs on {' and '.join(GPU_POOL_TYPES)} work pools, not on a pool of type "
+                     f"{pool_type}; pin the GPU in that pool's job template, or leave gpu_id empty")
+
+
+def _call_name(call: str) -> str:
+    name = CALL_ALIASES.get(call, call)
+    if name not in CALLS:
+        raise InputError(f"no such call {call!r}; calls are {', '.join(sorted(CALLS))}")
+    return name
 
 
 @contextmanager
@@ -273,13 +298,14 @@ class Talkflow:
         deployments: Mapping[str, str] | None = None,
     ):
         checks.choice(mode, Mode, "mode")
-        unknown = set(deployments or {}) - set(CALLS)
+        unknown = set(deployments or {}) - set(CALLS) - set(CALL_ALIASES)
         if unknown:
             raise InputError(f"no such calls: {sorted(unknown)}; calls are {sorted(CALLS)}")
         self.mode = mode
         self.timeout_s = timeout_s
         self.poll_s = poll_s
-        self.deployments = {name: c.deployment for name, c in CALLS.items()} | dict(deployments or {})
+        self.deployments = {name: c.deployment for name, c in CALLS.items()} | {
+            _call_name(k): v for k, v in (deployments or {}).items()}
         self.warnings: list[str] = []
 
     # -- the backend's calls -------------------------------------------------------------------
@@ -319,7 +345,7 @@ class Talkflow:
         checks.choice(stage, TrainStage, "stage")
         checks.gpu_index(gpu_id)
         manifest = _dataset_manifest(data_path)
-        from tasks.dataset import register_dataset
+        from tasks.registry import register_dataset
 
         register_dataset(manifest.namespace, manifest)  # the flow trains the person's registered dataset
         avatar = self.run("train", person=manifest.namespace, config=config, stage=stage, gpu_id=gpu_id)
@@ -351,9 +377,9 @@ class Talkflow:
         dest = Path(out_path) if out_path is not None else wav.with_name(f"{wav.stem}_{kind}.npy")
         return _export(result["feats"], dest)
 
-    def infer(self, model_path: Path | str, audio_path: Path | str | None = None, *, text: str | None = None,
-              output_path: Path | str | None = None, with_torso: bool = True,
-              config: RenderVideoConfig | None = None, gpu_id: int | None = None) -> Video:
+    def render(self, model_path: Path | str, audio_path: Path | str | None = None, *, text: str | None = None,
+               output_path: Path | str | None = None, with_torso: bool = True,
+               config: RenderVideoConfig | None = None, gpu_id: int | None = None) -> Video:
         """Render the avatar at `model_path` (a folder train() wrote, or the name of a trained
         person: their latest training) speaking `audio_path` (any audio or
         video file) or `text` (offline TTS). with_torso=False keeps the dataset's own torso."""
@@ -364,7 +390,7 @@ class Talkflow:
 
         config = config or RenderVideoConfig()
         config = config.model_copy(update={"render": config.render.model_copy(update={"with_torso": with_torso})})
-        result = self.run("infer", person=avatar.person, audio=audio, text=text, config=config, avatar=avatar,
+        result = self.run("render", person=avatar.person, audio=audio, text=text, config=config, avatar=avatar,
                           gpu_id=gpu_id)
         from talkflow.settings import get_settings
 
@@ -372,14 +398,28 @@ class Talkflow:
             get_settings().outputs_dir / avatar.person / f"{result.video['video'].sha256[:8]}.mp4")
         return Video(_export(result.video["video"], dest), result.video.meta["duration_s"], result)
 
+    infer = render  # the backend's name of this call
+
     def portrait(self, image_path: Path | str, audio_path: Path | str | None = None, *, text: str | None = None,
                  character: str = "default", output_path: Path | str | None = None,
                  config: PortraitConfig | None = None, gpu_id: int | None = None,
-                 transcript: str | None = None) -> Video:
+                 transcript: str | None = None, renderer: str | None = None) -> Video:
         """One-shot NeRFFaceSpeech video of the portrait `image_path` speaking `audio_path` or `text`;
-        the character's fit (3DMM + PTI) is cached per character and image content. `transcript`:
-        what the audio says, when known (its phones are then aligned, not recognised)."""
+        the character's fit (3DMM + the renderer's preparation) is cached per character and image
+        content. `transcript`: what the audio says, when known (its phones are then aligned, not
+        recognised). `renderer`: a name of flows.renderers, or "auto" (overrides config.renderer)."""
         checks.validate_name(character, "character")
+        from flows import renderers
+
+        requested = renderer or (config.renderer if config is not None else renderers.AUTO)
+        if self.mode == "local":
+            renderers.choose(requested)  # a missing asset fails here, before any work
+        elif requested != renderers.AUTO:
+            renderers.entry(requested)  # a known name; the worker checks its own assets
+        if renderer is not None:
+            from flows.portrait import PortraitConfig
+
+            config = (config or PortraitConfig()).model_copy(update={"renderer": renderer})
         image = checks.portrait_image(image_path, config.fit.min_size if config is not None else MIN_PORTRAIT_PX)
         source = checks.audio_or_text(audio_path, text)
         audio = source.resolve() if isinstance(source, Path) else None
@@ -408,6 +448,15 @@ class Talkflow:
                     avatar_new_sentence=_export(result.rendered.video["video"], out / "avatar_new_sentence.mp4"),
                     result=result)
 
+    def import_dataset(self, folder: Path | str, person: str) -> StageResult:
+        """Register an ER-NeRF dataset folder (as the reference's data_utils/process.py writes it) as
+        `person`'s dataset, so that train(person) trains on it; cached by the folder's content."""
+        checks.validate_name(person, "person")
+        from tasks.dataset import check_reference_folder
+
+        folder = check_reference_folder(Path(folder))  # a missing part fails before Prefect starts
+        return self.run("import_dataset", folder=folder, person=person)
+
     # -- the pipeline's other flows ------------------------------------------------------------
     def media(self, video: Path | str, config: MediaConfig | None = None,
               namespace: str | None = None) -> MediaResult:
@@ -418,9 +467,15 @@ class Talkflow:
                         namespace=namespace)
 
     def sample_clip(self, text: str, config: SampleClipConfig | None = None,
-                    speech: SpeechConfig | None = None) -> StageResult:
-        """A short clip of a real face photo saying `text` (flows.sample_clip)."""
-        return self.run("sample_clip", text=text, config=config, speech=speech)
+                    speech: SpeechConfig | None = None, *, output_path: Path | str | None = None) -> StageResult:
+        """A short clip of a real face photo saying `text` (flows.sample_clip); copied to
+        `output_path` when given."""
+        if not text or not text.strip():
+            raise InputError("the text is empty; give at least one word")
+        result = self.run("sample_clip", text=text, config=config, speech=speech)
+        if output_path is not None:
+            _export(result["video"], Path(output_path))
+        return result
 
     # -- machinery -----------------------------------------------------------------------------
     def run(self, call: str, *, gpu_id: int | str | None = None, **params: Any) -> Any:
@@ -429,11 +484,14 @@ class Talkflow:
         Locally, the flow runs inside `local_run` (see there); `self.warnings` lists the
         warnings its stages recorded.
         """
+        call = _call_name(call)
         spec = CALLS[call]
         params = {k: v for k, v in params.items() if v is not None}
         self.warnings = []
         if self.mode == "deployment":
-            out = self._run_deployment(self.deployments[call], params, gpu_job_variables(gpu_id))
+            name = self.deployments[call]
+            jobs = gpu_job_variables(gpu_id, _pool_type(name)) if checks.gpu_index(gpu_id) is not None else {}
+            out = self._run_deployment(name, params, jobs)
             return _typed(_load(spec.result), out)
 
         from talkflow.runtime import start_background_server
@@ -449,9 +507,13 @@ class Talkflow:
 
     def _run_deployment(self, name: str, params: dict[str, Any], job_variables: dict[str, Any]) -> Any:
         from prefect.deployments import run_deployment
+        from prefect.exceptions import ObjectNotFound
 
-        flow_run = run_deployment(name, parameters=_jsonable(params), job_variables=job_variables or None,
-                                  timeout=self.timeout_s, poll_interval=self.poll_s)
+        try:
+            flow_run = run_deployment(name, parameters=_jsonable(params), job_variables=job_variables or None,
+                                      timeout=self.timeout_s, poll_interval=self.poll_s)
+        except ObjectNotFound:
+            raise _missing_deployment(name) from None
         state = flow_run.state
         if state is None or not state.is_completed():
             what = state.name if state is not None else "unknown"
@@ -459,6 +521,26 @@ class Talkflow:
             raise RunFailed(f"deployment {name}: flow run {flow_run.name} ({flow_run.id}) did not "
                             f"complete; its state is {what}{detail}")
         return state.result()
+
+
+def _missing_deployment(name: str) -> InputError:
+    renamed = RENAMED_DEPLOYMENTS.get(name)
+    hint = (f"it is now {renamed!r} (deployments=... names the new one)" if renamed else
+            "deploy prefect.yaml (`prefect --no-prompt deploy --all`) or name an existing deployment")
+    return InputError(f"the Prefect server has no deployment {name!r}; {hint}")
+
+
+def _pool_type(deployment: str) -> str:
+    """The type (docker, process, ...) of the work pool a deployment runs on."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise _missing_deployment(deployment) from None
+        return client.read_work_pool(found.work_pool_name).type
 
 
 def _dataset_manifest(data_path: Path | str) -> StageResult:
@@ -476,7 +558,7 @@ def _dataset_manifest(data_path: Path | str) -> StageResult:
             raise InputError(f"'{path}' is not a dataset manifest of preprocess()")
         return manifest
     if isinstance(data_path, str) and checks.NAME_RE.match(data_path):
-        from tasks.dataset import registered_dataset
+        from tasks.registry import registered_dataset
 
         manifest = registered_dataset(data_path)
         if manifest is not None:
@@ -489,7 +571,7 @@ def _dataset_manifest(data_path: Path | str) -> StageResult:
 def _avatar_at(model: Path | str) -> AvatarRecord:
     """The avatar of a folder train() wrote, its checkpoints still in the store; or a person's latest."""
     from talkflow.store import get_store
-    from tasks.train import AvatarRecord, read_avatar
+    from tasks.registry import AvatarRecord, read_avatar
 
     folder = Path(model).expanduser()
     if folder.is_dir():
@@ -509,5 +591,5 @@ def _avatar_at(model: Path | str) -> AvatarRecord:
     raise InputError(f"the model folder '{model}' does not exist; make one with train()")
 
 
-__all__ = ["CALLS", "Call", "Dataset", "Demo", "FeatureKind", "Mode", "Model", "RunFailed", "Talkflow",
+__all__ = ["CALLS", "CALL_ALIASES", "Call", "Dataset", "Demo", "FeatureKind", "Mode", "Model", "RunFailed", "Talkflow",
            "TrainStage", "Video", "gpu_job_variables", "local_run", "pinned_gpu"]

@@ -22,12 +22,11 @@ from talkflow.contract import (
     FeatureSpec,
     feature_spec,
 )
-from talkflow.errors import AssetMissing, ImageTooSmall, InputError, MediaError, MediaUnreadable, SpeechError
+from talkflow.errors import ImageTooSmall, InputError, MediaError, MediaUnreadable, SpeechError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 TrainStage = Literal["auto", "head", "lips", "torso"]
-Renderer = Literal["auto", "warp", "generator"]  # the one-shot portrait renderers
 
 
 def validate_name(name: str, what: str = "name") -> str:
@@ -152,21 +151,6 @@ def feature_kind(kind: str, what: str = "kind") -> FeatureSpec:
     return spec
 
 
-def choose_renderer(requested: Renderer = "auto") -> tuple[Literal["warp", "generator"], Path | None]:
-    """(renderer, generator checkpoint or None) of the one-shot portrait flow. Raises AssetMissing for
-    'generator' without a registered generator (checked before any work)."""
-    from talkflow import assets
-
-    choice(requested, Renderer, "--renderer")
-    checkpoint = assets.locate("generator")
-    if requested == "generator" and checkpoint is None:
-        raise AssetMissing("the generator renderer needs a registered generator checkpoint "
-                           "(`talkflow assets add generator PATH`); without one use --renderer warp")
-    if requested == "warp" or (requested == "auto" and checkpoint is None):
-        return "warp", None
-    return "generator", checkpoint
-
-
 def gpu_index(gpu_id: int | str | None) -> str | None:
     """A GPU index as CUDA_VISIBLE_DEVICES and Docker's device_ids write it ("0", "1", ...)."""
     if gpu_id is None:
@@ -177,6 +161,6 @@ def gpu_index(gpu_id: int | str | None) -> str | None:
     return str(int(text))
 
 
-__all__ = ["FeatureKind", "NAME_RE", "Renderer", "TrainStage", "audio_or_text", "choice", "choose_renderer",
+__all__ = ["FeatureKind", "NAME_RE", "TrainStage", "audio_or_text", "choice",
            "existing_file", "feature_kind", "gpu_index", "output_file", "portrait_image",
            "speech_audio", "talking_video", "validate_name"]

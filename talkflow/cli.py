@@ -60,17 +60,6 @@ def human(n: int) -> str:
     return f"{n:.1f} TiB"
 
 
-def run_flow(flow, *args, status: str):
-    """Run a flow in this process (embedded, or reporting to PREFECT_API_URL) with a spinner,
-    then print the warnings its stages recorded."""
-    from talkflow.api import local_run
-
-    with console.status(status), local_run() as warnings:
-        out = flow(*args)
-    report_warnings(warnings)
-    return out
-
-
 def run_call(tf, method: str, *args, status: str, **kwargs):
     """Call talkflow.api.Talkflow().<method> with a spinner, then print its stages' warnings."""
     try:
@@ -91,13 +80,6 @@ def start_server() -> None:
     from talkflow.runtime import start_background_server
 
     start_background_server()
-
-
-def export(artifact, dest: Path) -> Path:
-    """Copy a stored artifact to a user-visible path."""
-    from talkflow.api import _export
-
-    return _export(artifact, dest)
 
 
 # -- doctor --------------------------------------------------------------------------------
@@ -150,9 +132,13 @@ def doctor() -> None:
         ok = (assets.shipped_dir() / net.file).is_file()
         row(f"network {net.name}", ok, f"{net.file}: {net.what}" if ok else
             f"{net.file} missing from {assets.shipped_dir()}: run `bash scripts/setup.sh` ({net.what})")
-    generator = assets.locate("generator")
-    row("portrait renderer", True, "generator (PTI of the registered generator; --renderer warp for the warp)"
-        if generator else "warp (the portrait warped by its 3DMM; register a generator for the generator path)")
+    from flows import renderers
+
+    auto = renderers.choose(renderers.AUTO)
+    for r in renderers.RENDERERS.values():
+        ok = r.available()
+        row(f"renderer {r.name}", ok if ok or r.needs_asset else None,
+            r.description + ("; auto picks it" if r is auto else "") if ok else f"off: {r.description}")
     console.print(t)
 
 
@@ -234,12 +220,12 @@ def sample_clip(
     if not text.strip():
         raise InputError("--text is empty; give at least one word")
     start_server()
-    from flows.sample_clip import SampleClipConfig, make_sample_clip
+    from talkflow.api import Talkflow
+    from tasks.sample_clip import SampleClipConfig
 
-    result = run_flow(make_sample_clip, text, SampleClipConfig(seed=seed, size=size),
+    result = run_call(Talkflow(), "sample_clip", text, SampleClipConfig(seed=seed, size=size), output_path=out,
                       status="making the sample clip")
-    dest = export(result["video"], out)
-    console.print(f"sample clip: {dest} ({result.meta['duration_s']:.2f} s)")
+    console.print(f"sample clip: {out.expanduser().resolve()} ({result.meta['duration_s']:.2f} s)")
 
 
 @app.command()
@@ -329,15 +315,10 @@ def import_dataset_cmd(
     person: str = typer.Option(..., help="The avatar's name: letters, digits, '_' or '-'."),
 ) -> None:
     """Register an existing ER-NeRF dataset FOLDER as PERSON's dataset, so `talkflow train` trains on it."""
-    from talkflow.cache import validate_name
-    from tasks.dataset import check_reference_folder
+    from talkflow.api import Talkflow
 
-    validate_name(person, "person")
-    folder = check_reference_folder(folder)  # a missing part fails before Prefect starts
-    start_server()
-    from flows.import_dataset import import_dataset_flow
-
-    dataset = run_flow(import_dataset_flow, folder, person, status=f"importing {folder.name}")
+    tf = Talkflow()
+    dataset = run_call(tf, "import_dataset", folder, person, status=f"importing {folder.name}")
     m = dataset.meta
     console.print(f"dataset for {person}: {m['n_frames']} frames ({m['n_train']} train, {m['n_val']} val) at "
                   f"{m['size']} px, {m['features']['kind']} features (D={m['features']['dim']}); "
@@ -350,7 +331,8 @@ def train(
     data: Path = typer.Option(None, help="Or a dataset folder written by `talkflow preprocess --out`."),
     out: Path = typer.Option(None, help="The model folder (default: <data_root>/models/<person>)."),
     stage: str = typer.Option("auto", help="auto (head -> lips -> torso), head, lips or torso."),
-    preset: str = typer.Option("reference", help="reference (the paper's schedule) or cpu-demo (minutes)."),
+    preset: str = typer.Option("reference", help="Training preset: reference (the paper's schedule) or cpu-demo "
+                               "(minutes on a CPU, a toy avatar); see tasks/presets.py."),
     gpu: int = typer.Option(None, help="Pin the run to this GPU index (CUDA_VISIBLE_DEVICES)."),
 ) -> None:
     """Train (or resume, or retrain) a person's ER-NeRF avatar (head -> lips -> torso)."""
@@ -363,14 +345,15 @@ def train(
     elif not data.is_dir():
         raise InputError(f"the dataset folder '{data}' does not exist")
     checks.choice(stage, checks.TrainStage, "--stage")
-    checks.choice(preset, ("reference", "cpu-demo"), "--preset")
+    from tasks import presets
+
+    checks.choice(preset, presets.names("train"), "--preset")
     checks.gpu_index(gpu)
 
     start_server()
     from talkflow.api import Talkflow
-    from tasks.train import TrainAvatarConfig
 
-    config = TrainAvatarConfig.cpu_demo() if preset == "cpu-demo" else TrainAvatarConfig()
+    config = presets.build("train", preset)
     source = person if person is not None else data
     tf = Talkflow()
     m = run_call(tf, "train", source, out, gpu, stage, config=config, status=f"training ({stage})")
@@ -406,7 +389,7 @@ def render(
     from talkflow.api import Talkflow
 
     tf = Talkflow()
-    v = run_call(tf, "infer", person if person is not None else model, audio, text=text, output_path=out,
+    v = run_call(tf, "render", person if person is not None else model, audio, text=text, output_path=out,
                  with_torso=torso, gpu_id=gpu, status="rendering")
     console.print(f"video: {v.video_path} ({v.duration_s:.2f} s)")
 
@@ -446,33 +429,29 @@ def portrait(
     text: str = typer.Option(None, help="Or text to say (offline TTS)."),
     transcript: str = typer.Option(None, help="What --audio says, when known: its phones are aligned to the "
                                    "words (exact lip closures) instead of recognised."),
-    renderer: str = typer.Option("auto", help="generator (PTI of the registered generator), warp (the portrait "
-                                 "itself, warped by its 3DMM; no weights) or auto (generator when registered)."),
+    renderer: str = typer.Option("auto", help="The renderer (flows/renderers): generator, warp or auto."),
     out: Path = typer.Option(None, help="Where to write the mp4 (default: <data_root>/outputs/portraits/)."),
 ) -> None:
     """A video of the portrait speaking; the character fit (3DMM + PTI or warp rig) is cached per
     character and image."""
+    from flows import renderers
     from talkflow import checks
 
-    chosen, _ = checks.choose_renderer(renderer)  # a missing generator fails here, before any work
+    chosen = renderers.choose(renderer)  # a missing asset fails here, before any work
     checks.validate_name(character, "character")
     checks.portrait_image(image)  # missing, unreadable or too small: refused here
     checks.audio_or_text(audio, text)
     checks.output_file(out, "--out")
     start_server()
-    from flows.portrait import PortraitConfig, generate_from_portrait
+    from talkflow.api import Talkflow
 
-    first = "PTI" if chosen == "generator" else "the warp rig"
-    console.print(f"renderer: {chosen}" + (" (no generator registered)" if renderer == "auto" and chosen == "warp"
-                                           else ""))
-    result = run_flow(generate_from_portrait, character, image, audio, text, PortraitConfig(renderer=chosen),
-                      transcript, status=f"portrait of {character}, {chosen} renderer "
-                      f"(the first video of an image runs {first})")
-    dest = out or get_settings().outputs_dir / "portraits" / f"{character}-{result.video['video'].sha256[:8]}.mp4"
-    dest = export(result.video["video"], dest)
-    detail = (f"PTI error {result.pti.meta['error_initial']:.3f} -> {result.pti.meta['error_final']:.3f}"
-              if result.pti is not None else f"{result.rig.meta['size']} x {result.rig.meta['size']} px")
-    console.print(f"video: {dest} ({result.video.meta['duration_s']:.2f} s); {result.renderer} renderer, {detail}")
+    drawer = renderers.load(chosen.name)
+    console.print(f"renderer: {chosen.name}" + (" (auto)" if renderer == renderers.AUTO else ""))
+    v = run_call(Talkflow(), "portrait", image, audio, text=text, character=character, output_path=out,
+                 transcript=transcript, renderer=chosen.name, status=f"portrait of {character}, {chosen.name} "
+                 f"renderer (the first video of an image runs the {drawer.prepare_label})")
+    console.print(f"video: {v.video_path} ({v.duration_s:.2f} s); {v.result.renderer} renderer, "
+                  f"{drawer.summary(v.result.prepared)}")
 
 
 @character_app.command("rm")

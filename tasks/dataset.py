@@ -1,4 +1,5 @@
-"""The ER-NeRF dataset: one manifest over the preprocessing outputs, and its folder form.
+"""The ER-NeRF dataset: one manifest over the preprocessing outputs, and its folder form
+(tasks.registry keeps the person -> dataset records).
 
 The `dataset` stage writes no new payload: it checks that the parts agree (frame counts of
 images, parsing, landmarks, features, poses and blinks) and lists them. `materialize_dataset`
@@ -16,7 +17,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel
 
 from models.audio.features import FeatureInfo, save_features, window_features
 from models.face.blink import read_au45, write_au_csv
@@ -24,7 +24,6 @@ from models.face.video_landmarks import read_lms, write_lms
 from talkflow.cache import stage
 from talkflow.contract import FEATURE_DIMS, FEATURES, VIDEO_FPS
 from talkflow.errors import InputError
-from talkflow.hashing import sha256_file
 from talkflow.store import StageResult, get_store
 from tasks.inputs import local_file, scratch
 
@@ -45,7 +44,6 @@ FILES = {
 # the file name ER-NeRF's loader reads for each feature kind (nerf_triplane/provider.py); aud.npy holds
 # any kind the reference has no name for (told apart by D)
 REFERENCE_FEATURES = {k: s.reference_file for k, s in FEATURES.items()}
-DATASET_STAGES = ("dataset", "import_dataset")  # the manifests training accepts
 
 
 def _count_rows(path: Path) -> int:
@@ -95,43 +93,6 @@ def assemble_dataset(
         "n_train": len(transforms[0]["frames"]), "n_val": len(transforms[1]["frames"]),
         "parsing": parsing.meta.get("method"), "tracking": tracking.meta.get("model"),
     })
-
-
-DATASETS_DIR = "datasets"
-
-
-def dataset_key(person: str) -> str:
-    """Store key of the person's registered dataset manifest."""
-    return f"{DATASETS_DIR}/{person}.json"
-
-
-def register_dataset(person: str, dataset: StageResult) -> None:
-    """`datasets/<person>.json`: the person's latest dataset manifest (train and retrain find it)."""
-    get_store().write_text(dataset_key(person), dataset.model_dump_json())
-
-
-def registered_dataset(person: str) -> StageResult | None:
-    text = get_store().read_text(dataset_key(person))
-    return StageResult.model_validate_json(text) if text is not None else None
-
-
-class SourceRecord(BaseModel):
-    """`sources/<person>.json`: the footage a person's latest dataset was made from."""
-
-    video: str
-    sha256: str
-    config: dict  # the PreprocessConfig, as JSON
-
-
-def register_source(person: str, video: Path, config: BaseModel) -> None:
-    record = SourceRecord(video=str(Path(video).resolve()), sha256=sha256_file(video),
-                          config=config.model_dump(mode="json"))
-    get_store().write_text(f"sources/{person}.json", record.model_dump_json())
-
-
-def registered_source(person: str) -> SourceRecord | None:
-    text = get_store().read_text(f"sources/{person}.json")
-    return SourceRecord.model_validate_json(text) if text is not None else None
 
 
 def materialize_dataset(dataset: StageResult, dest: Path, *, copy: bool = False) -> Path:

@@ -10,6 +10,9 @@ flow run:
   files a browser may not open from a web page;
 - a table artifact of the stages: computed in this run or cached (made by an earlier run);
 - a log line with the output's store path.
+
+Long stages report here too: `ProgressArtifact` (a progress bar of the task run, updated as it
+goes), `publish_training` (a stage's loss curve and validation figures) and `run_logger`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from prefect.artifacts import (
     create_image_artifact,
     create_link_artifact,
     create_markdown_artifact,
+    create_progress_artifact,
     create_table_artifact,
+    update_progress_artifact,
 )
 from pydantic import BaseModel
 
@@ -143,3 +148,60 @@ def publish_output(
     get_run_logger().info("%s written to %s (%d of %d stages computed, the others cached)",
                           what, path, computed, len(status))
     return PublishedOutput(path=path, url=url, keys=keys, stages=status)
+
+
+# ---------------------------------------------------------------------------- progress of long stages
+def run_logger():
+    """The run's logger inside a flow or task run, else talkflow's own."""
+    try:
+        return get_run_logger()
+    except Exception:  # outside a run
+        import logging
+
+        return logging.getLogger("talkflow")
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact, updated as the work goes; failures never stop the work."""
+
+    def __init__(self, description: str, start: float):
+        self.id = None
+        try:
+            self.id = create_progress_artifact(progress=start, description=description)
+        except Exception as exc:  # no API reachable: work anyway
+            run_logger().warning(f"no progress artifact: {exc}")
+
+    def update(self, percent: float) -> None:
+        if self.id is None:
+            return
+        try:
+            update_progress_artifact(self.id, progress=min(100.0, percent))
+        except Exception:
+            self.id = None
+
+
+def _fmt(value: float | None, digits: int = 5) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def publish_training(namespace: str | None, stage_name: str, meta: dict) -> None:
+    """A training stage's loss curve (table) and validation metrics (markdown) as Prefect artifacts.
+
+    Prefect image artifacts only link to a URL, so no preview image is published."""
+    try:
+        ns = namespace or "any"
+        curve = [{"step": int(s), "loss": round(v, 6)} for s, v in meta["curve"]]
+        if curve:
+            create_table_artifact(curve, key=artifact_key(ns, stage_name, "loss"),
+                                  description=f"{stage_name} loss curve of {ns}")
+        val = meta["val"]
+        rows = "\n".join(f"| {k} | {_fmt(v, 4)} |" for k, v in val.items())
+        md = (f"## {stage_name} of {ns}\n\n{meta['steps']} steps ({meta['steps_computed']} computed now, resumed "
+              f"from step {meta['resumed_from_step']}), final loss {_fmt(meta['final_loss'])}, "
+              f"{_fmt(meta['steps_per_s'], 2)} steps/s on {meta['device']}.\n\n"
+              f"Held-out frames: {meta['val_frames']} at 1/{meta['val_downscale']} resolution.\n\n"
+              f"| metric | value |\n|---|---|\n{rows}\n")
+        create_markdown_artifact(md, key=artifact_key(ns, stage_name, "validation"),
+                                 description=f"{stage_name} validation of {ns}")
+    except Exception as exc:
+        run_logger().warning(f"could not publish the {stage_name} artifacts: {exc}")

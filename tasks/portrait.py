@@ -28,8 +28,7 @@ from talkflow.cache import stage
 from talkflow.contract import VIDEO_FPS
 from talkflow.hashing import sha256_file
 from talkflow.store import StageResult, get_store
-from tasks.inputs import local_file, scratch
-from tasks.tracking import morphable_model
+from tasks.inputs import local_file, morphable_model, scratch
 
 
 class GeneratorChoice(BaseModel):

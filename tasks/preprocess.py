@@ -1,5 +1,6 @@
-"""ER-NeRF preprocessing stages: landmarks, audio features, parsing, background, torso and gt
-images, blinks. Each is a cached task over the frames/audio artifacts of the media stage."""
+"""ER-NeRF preprocessing stages: landmarks, parsing, background, torso and gt images, blinks.
+Each is a cached task over the frames/audio artifacts of the media stage (the audio features
+are tasks.features, which rendering uses too)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from models.audio.features import AudioFeatureConfig, extract_features, load_deepspeech_npy, save_features
 from models.face.background import BackgroundConfig, estimate_background
 from models.face.blink import BlinkConfig, au45_from_landmarks, write_au_csv
 from models.face.composite import TorsoConfig, gt_image, torso_rgba
@@ -24,17 +24,9 @@ from talkflow.contract import VIDEO_FPS
 from talkflow.errors import InputError
 from talkflow.settings import get_settings
 from talkflow.store import Artifact, StageResult, get_store
-from tasks.inputs import local_file, scratch
+from tasks.inputs import frame_folder, load_landmarks, local_file, scratch
 
 T = TypeVar("T")
-
-
-def frame_folder(frames: StageResult) -> media.FrameFolder:
-    return media.FrameFolder(local_file(frames["frames"]), frames.meta.get("ext", "jpg"))
-
-
-def load_landmarks(landmarks: StageResult) -> np.ndarray:
-    return np.load(local_file(landmarks["lms"]))  # (T,68,2) float32
 
 
 class LabelFolder(Sequence):
@@ -123,34 +115,6 @@ def detect_landmarks(frames: StageResult, config: LandmarkConfig, fps: float, me
         artifacts={"lms": art},
         meta={"n_frames": len(found.lms), "missing_frames": missing, "warnings": found.warnings},
     )
-
-
-@stage("audio_features", "2")
-def audio_features(
-    audio: Artifact,
-    n_frames: int,
-    config: AudioFeatureConfig,
-    model_dir: Path | None = None,
-    deepspeech: Path | None = None,
-    namespace: str | None = None,
-) -> StageResult:
-    """(T,16,D) features per video frame: log-mel by default, HuBERT/wav2vec2 from a local model
-    folder, or a supplied DeepSpeech .npy."""
-    with scratch("audio") as work:
-        if deepspeech is not None:
-            from models.audio.features import FeatureInfo
-
-            feats = load_deepspeech_npy(local_file(deepspeech), n_frames)
-            info = FeatureInfo(kind="deepspeech", dim=int(feats.shape[-1]))
-        else:
-            samples, rate = media.read_wav(local_file(audio))
-            feats, info = extract_features(samples, rate, n_frames, model_dir=model_dir,
-                                           device=get_settings().torch_device(), config=config)
-        npy, meta = save_features(work, feats, info)
-        store = get_store()
-        recorded = {} if deepspeech is not None else {"config": config.model_dump(mode="json")}
-        return StageResult(artifacts={"feats": store.put_file(npy), "info": store.put_file(meta)},
-                           meta=info.model_dump() | recorded)
 
 
 @stage("parsing", "2")

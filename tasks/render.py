@@ -1,5 +1,5 @@
 """ER-NeRF rendering as cached stages: new audio -> 16 kHz mono wav -> (features, by
-tasks.preprocess.audio_features) -> frames of the trained avatar speaking it (then
+tasks.features.audio_features) -> frames of the trained avatar speaking it (then
 tasks.media.mux_video makes the mp4).
 
 The camera follows the training poses, played forwards then backwards ("loop", as the
@@ -26,7 +26,8 @@ from talkflow.gpu import gpu_slot
 from talkflow.settings import get_settings
 from talkflow.store import StageResult, get_store
 from tasks.inputs import local_file, scratch
-from tasks.train import STAGE_NAMES, ProgressArtifact, run_logger
+from tasks.outputs import ProgressArtifact, run_logger
+from tasks.registry import STAGE_NAMES
 
 
 class RenderConfig(BaseModel):

@@ -13,14 +13,11 @@ from pydantic import BaseModel, Field
 
 from models.face3d.camera import ERNERF_UNITS_PER_MM, to_nerf_transforms
 from models.face3d.fit import FitConfig, fit_landmarks
-from models.face3d.morphable import MorphableModel, convert_bfm, generic_model, load_model
 from models.face3d.photometric import PhotoConfig, refine_photometric
 from talkflow.cache import stage
-from talkflow.hashing import sha256_file
 from talkflow.settings import get_settings
 from talkflow.store import StageResult, get_store
-from tasks.inputs import scratch
-from tasks.preprocess import frame_folder, load_landmarks
+from tasks.inputs import frame_folder, load_landmarks, morphable_model, scratch
 
 # transforms_*.json are in the reference's units: its save_transforms divides the tracker's
 # translations (decimetres) by 10, so a head ~0.7 units from the camera fits the model's box
@@ -36,17 +33,6 @@ class TrackingConfig(BaseModel):
     render_size: int = Field(96, ge=32, description="Rendered face window side for the refinement, px.")
     fit_iters: int = Field(30, ge=1, description="Levenberg-Marquardt steps of the landmark fit.")
     val_fraction: float = Field(1 / 11, gt=0, lt=0.5, description="Last share of frames held out (ER-NeRF: 1/11).")
-
-
-def morphable_model(bfm: Path | None) -> MorphableModel:
-    """The user's BFM (converted once, cached by its sha256), else the generic model."""
-    if bfm is None:
-        return generic_model()
-    cache = get_settings().root / "assets-cache" / f"bfm-{sha256_file(bfm)[:16]}.pt"
-    if cache.is_file():
-        return load_model(cache)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    return convert_bfm(bfm, cache)
 
 
 def transforms_json(c2w: np.ndarray, ids: range, focal: float, size: int) -> dict:

@@ -201,3 +201,59 @@ def test_every_call_has_its_flow_and_deployment():
         module, _, fn = call.flow.partition(":")
         assert hasattr(importlib.import_module(module), fn), name
         assert call.deployment in deployments, name
+
+
+def test_gpu_id_pins_a_process_pool_run_with_cuda_visible_devices(monkeypatch):
+    """A process pool keeps Prefect's default template, whose `env` job variable Prefect's process
+    worker adds to the run's environment: gpu_id becomes the run's CUDA_VISIBLE_DEVICES."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.workers.process import ProcessJobConfiguration
+
+    from deployments.setup import process_pool
+
+    template = process_pool("local").base_job_template
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # the worker's own
+    config = asyncio.run(ProcessJobConfiguration.from_template_and_values(
+        template, gpu_job_variables(2, "process")))
+    config.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="calm-heron"))
+    assert config.env["CUDA_VISIBLE_DEVICES"] == "2" and config.env["PATH"] == os.environ["PATH"]
+    with pytest.raises(InputError,
+                       match="gpu_id pins runs on docker and process work pools, not on a pool of type kubernetes"):
+        gpu_job_variables(0, "kubernetes")
+
+
+def test_a_deployment_call_pins_the_gpu_its_pool_type_takes(calls, monkeypatch):
+    import talkflow.api as api
+
+    sent = []
+    monkeypatch.setattr(api.Talkflow, "_run_deployment", lambda self, name, params, jobs: sent.append((name, jobs))
+                        or StageResult())
+    monkeypatch.setattr(api, "_pool_type", {"env/env": "process", "warn/warn": "docker", "ecs/x": "ecs"}.__getitem__)
+    tf = Talkflow(mode="deployment", deployments={"infer": "render-video/infer", "sample_clip": "ecs/x"})
+    assert tf.deployments["render"] == "render-video/infer"  # the old call name still names the call
+    tf.run("env", gpu_id=1)
+    tf.run("warn", gpu_id="3", seed="a")
+    tf.run("warn", seed="a")
+    assert sent == [("env/env", {"env": {"CUDA_VISIBLE_DEVICES": "1"}}),
+                    ("warn/warn", {"gpu_count": 0, "gpu_ids": ["3"]}), ("warn/warn", {})]
+    with pytest.raises(InputError, match="not on a pool of type ecs"):
+        tf.run("sample_clip", gpu_id=0, text="hi")
+
+
+def test_render_is_the_one_name_and_infer_its_alias():
+    from flows.render import render, render_video
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    by_name = {d["name"]: d["entrypoint"] for d in spec}
+    assert CALLS["render"].flow == by_name["render"] == "flows.render:render"
+    assert CALLS["render"].deployment == f"{render.name}/render" == "render/render"
+    assert by_name["infer"] == "flows.render:render_video" and render_video.name == "render-video"
+    assert render_video.fn is render.fn and Talkflow.infer is Talkflow.render
+    assert "infer" not in CALLS
+
+
+def test_a_missing_deployment_names_its_new_name(monkeypatch):
+    import talkflow.api as api
+
+    assert "now 'render/render'" in str(api._missing_deployment("render-video/infer"))
+    assert "prefect --no-prompt deploy --all" in str(api._missing_deployment("nope/nope"))

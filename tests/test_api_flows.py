@@ -27,7 +27,7 @@ from tasks.media import NormalizeConfig
 from tasks.portrait import GeneratorChoice
 from tasks.speech import synthesize_speech
 from tasks.tracking import TrackingConfig
-from tasks.train import TrainAvatarConfig, TrainStageConfig
+from tasks.train_config import TrainAvatarConfig, TrainStageConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -137,7 +137,7 @@ def test_retrain_after_new_footage_recomputes_only_what_changed(dataset, model, 
     """New footage at the recorded path (the same picture, a new voice): the scheduled retrain
     preprocesses it again and retrains; the stages that see only the picture are cache hits."""
     from flows.retrain import retrain
-    from tasks.train import read_avatar
+    from tasks.registry import read_avatar
 
     assert retrain(TRAIN)["bob"] == "up to date"
     video = next(dataset.data_path.parents[1].glob("in*/bob.mp4"))  # where the dataset fixture put it

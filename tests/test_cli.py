@@ -110,7 +110,8 @@ def test_doctor_reports_tools_and_assets(tmp_path):
     for word in ("ffmpeg", "torch", "pytorch3d", "embedded", "store", "asset bfm",
                  "01_MorphableModel.mat", "log-mel", "network face_mesh", "selfie_segmentation.tflite"):
         assert word in out.stdout, word
-    assert "portrait renderer" in out.stdout and "warp (the portrait" in out.stdout
+    assert "renderer warp" in out.stdout and "the portrait itself, warped by its 3DMM" in out.stdout
+    assert "auto picks it" in out.stdout and "renderer generator" in out.stdout  # off without a generator
 
 
 def test_portrait_generator_renderer_without_a_generator_is_a_one_line_error(tmp_path):

@@ -64,7 +64,7 @@ TEXT = "Hello there, this is a short test."
 NEW_TEXT = "A new sentence."
 FAST_RENDER = {"downscale": 4}  # 1/16 of the rays: the same work in both pools, in a minute or two
 # generous: on 2 cores shared with other jobs, cpu-demo training took 77 s once and 15 min another time
-RUN_TIMEOUT_S = {"sample-clip": 900, "preprocess": 1200, "train": 1800, "infer": 1200}
+RUN_TIMEOUT_S = {"sample-clip": 900, "preprocess": 1200, "train": 1800, "render": 1200}
 TIMINGS: dict[str, float] = {}
 
 
@@ -258,7 +258,7 @@ def test_pipeline_through_the_docker_pool(image, tmp_path):
     from prefect import get_client
 
     from deployments.docker_worker import no_gpu_message
-    from flows.render import render_video
+    from flows.render import render
     from flows.sample_clip import make_sample_clip
 
     person = f"dk-{uuid.uuid4().hex[:6]}"
@@ -283,7 +283,7 @@ def test_pipeline_through_the_docker_pool(image, tmp_path):
             pools = {p.name: p for p in client.read_work_pools()}
             assert pools[POOL].type == "docker" and pools[f"gpu-{GPU_CLASS}"].type == "docker"
             # beside them: the same render on a process worker, and a run on the GPU pool
-            deploy_flow(client, render_video, "infer-process", PROCESS_POOL, "flows.render:render_video")
+            deploy_flow(client, render, "render-process", PROCESS_POOL, "flows.render:render")
             deploy_flow(client, make_sample_clip, "sample-clip-gpu", f"gpu-{GPU_CLASS}",
                         "flows.sample_clip:make_sample_clip")
         TIMINGS["server_setup_deploy_s"] = round(time.perf_counter() - t0, 1)
@@ -385,7 +385,7 @@ def test_pipeline_through_the_docker_pool(image, tmp_path):
 
             # -- infer, then the same again: all Cached, same keys ----------------------------
             params = {"person": person, "text": NEW_TEXT, "config": {"render": FAST_RENDER}}
-            video_run, TIMINGS["infer_s"] = run(server.url, "render-video/infer", params, RUN_TIMEOUT_S["infer"],
+            video_run, TIMINGS["infer_s"] = run(server.url, "render/render", params, RUN_TIMEOUT_S["render"],
                                                 logs, job_variables=keep)
             docker_runs.append(video_run)
             arts = artifacts_of(server.url, video_run.id)
@@ -395,7 +395,7 @@ def test_pipeline_through_the_docker_pool(image, tmp_path):
             assert video.endswith(".mp4") and streams(host_path(video, data)) == "audio video"
             assert "video written to" in run_logs(server.url, video_run.id, "video written to")
 
-            again, TIMINGS["infer_again_s"] = run(server.url, "render-video/infer", params, RUN_TIMEOUT_S["infer"],
+            again, TIMINGS["infer_again_s"] = run(server.url, "render/render", params, RUN_TIMEOUT_S["render"],
                                                   logs, job_variables=keep)
             docker_runs.append(again)
             arts = artifacts_of(server.url, again.id)
@@ -411,10 +411,10 @@ def test_pipeline_through_the_docker_pool(image, tmp_path):
             # (jpeg_quality differs, so each renders its frames and muxes; speech and features
             # are cached for both)
             side = {}
-            for label, deployment, quality in (("docker", "render-video/infer", 94),
-                                               ("process", "render-video/infer-process", 93)):
+            for label, deployment, quality in (("docker", "render/render", 94),
+                                               ("process", "render/render-process", 93)):
                 p = {**params, "config": {"render": {**FAST_RENDER, "jpeg_quality": quality}}}
-                fr, wall = run(server.url, deployment, p, RUN_TIMEOUT_S["infer"], logs,
+                fr, wall = run(server.url, deployment, p, RUN_TIMEOUT_S["render"], logs,
                                job_variables=keep if label == "docker" else None)
                 computed = {n for n, r in task_runs(server.url, fr.id).items() if r.state_name == "Completed"}
                 assert {"render_frames", "mux"} <= computed and "tts" not in computed, computed

@@ -14,7 +14,8 @@ import torch
 from models.face.blink import read_au45, write_au_csv
 from talkflow import media
 from talkflow.errors import InputError
-from tasks.dataset import check_reference_folder, materialize_dataset, registered_dataset
+from tasks.dataset import check_reference_folder, materialize_dataset
+from tasks.registry import registered_dataset
 from tests.test_ernerf import FRAMES, make_dataset
 
 # OpenFace 2's FeatureExtraction header starts like this (", "-separated); AU45_r comes much later
@@ -68,7 +69,7 @@ def test_missing_parts_are_named_before_any_work(tmp_path):
 def test_import_a_reference_folder_then_train_on_it(tmp_path, journal):
     from flows.import_dataset import import_dataset_flow
     from flows.train import train_avatar
-    from tasks.train import TrainAvatarConfig, TrainStageConfig
+    from tasks.train_config import TrainAvatarConfig, TrainStageConfig
 
     root = reference_folder(tmp_path / "ref")
     dataset = import_dataset_flow(root, "imported")

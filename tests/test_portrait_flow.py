@@ -133,3 +133,25 @@ def test_bad_input(tmp_path, portrait):
         generate_from_portrait("quiet", portrait, audio=empty, config=CONFIG)
     with pytest.raises(InputError, match="exactly one"):
         generate_from_portrait("both", portrait, config=CONFIG)
+
+
+def test_a_new_renderer_is_one_module_and_one_registry_entry(portrait, monkeypatch, journal):
+    """tests/toy_renderer.py plus the entry below: the flow, its config and its result take it."""
+    from flows import renderers
+
+    monkeypatch.setitem(renderers.RENDERERS, "toy", renderers.Renderer(
+        "toy", "a dark bar for a mouth (tests)", "tests.toy_renderer:ToyRenderer"))
+    assert "toy: a dark bar" in renderers.describe()
+    config = CONFIG.model_copy(update={"renderer": "toy"})
+    first = generate_from_portrait("toy-ada", portrait, text="Hello there.", config=config)
+    assert first.renderer == "toy" and first.prepared.stage == "toy_prepare" and first.pti is first.rig is None
+    frames = get_store().fetch(first.video["video"])
+    assert media.probe(frames).has_audio
+    prepared = journal.count("toy_prepare")
+    again = generate_from_portrait("toy-ada", portrait, text="Something else.", config=config)
+    assert journal.count("toy_prepare") == prepared and again.prepared == first.prepared  # cached per character
+    from tasks.registry import known_characters
+
+    assert "toy-ada" in known_characters()
+    with pytest.raises(InputError, match="--renderer must be one of auto, generator, warp, toy, not 'nope'"):
+        PortraitConfig(renderer="nope")

@@ -207,16 +207,16 @@ def cluster(tmp_path_factory, s3_server) -> Iterator[Cluster]:
 
 
 # -- (b) scale-out -----------------------------------------------------------------------------
-GPU_DEPLOYMENTS = {"preprocess", "portrait", "train", "audio-features", "infer", "retrain"}
+GPU_DEPLOYMENTS = {"preprocess", "portrait", "train", "audio-features", "render", "infer", "retrain"}
 
 
 def test_prefect_yaml_deploys_to_the_docker_pools(cluster):
-    """Docker setup: all 9 deployments on the Docker pools, a run starts in the image's folder."""
+    """Docker setup: all 11 deployments on the Docker pools, a run starts in the image's folder."""
     from prefect import get_client
 
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     names = {d["name"] for d in spec["deployments"]}
-    assert len(names) == 9 and names == set(cluster.docker_deployments)
+    assert len(names) == 11 and names == set(cluster.docker_deployments)
     assert cluster.docker_variables["talkflow_code_dir"] == "/opt/talkflow"
     with api(cluster.url), get_client(sync_client=True) as client:
         pools = {p.name: p for p in client.read_work_pools()}

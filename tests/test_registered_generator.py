@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.portrait import PortraitConfig, pti_settings
+from flows.portrait import PortraitConfig
+from flows.renderers.generator import pti_settings
 from models.nerffacespeech.pti import PTIConfig
 from tests.test_cli import talkflow
 

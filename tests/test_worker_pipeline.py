@@ -41,7 +41,7 @@ POOL = "local"
 SMALL = 256  # px: dlib still finds the portrait's face (see flows/demo.py)
 TEXT = "Hello there, this is a short test."
 NEW_TEXT = "A new sentence."
-RUN_TIMEOUT_S = {"sample-clip": 300, "preprocess": 900, "train": 900, "infer": 600}
+RUN_TIMEOUT_S = {"sample-clip": 300, "preprocess": 900, "train": 900, "render": 600}
 
 
 def output_path(arts: dict, base: str) -> Path:
@@ -107,8 +107,8 @@ def test_sample_clip_preprocess_train_infer_through_a_process_worker(tmp_path):
                 "head": "computed", "lips": "computed", "torso": "computed"}
 
             video_run, timings["infer_s"] = run(
-                server.url, "render-video/infer", {"person": person, "text": NEW_TEXT},
-                RUN_TIMEOUT_S["infer"], logs)
+                server.url, "render/render", {"person": person, "text": NEW_TEXT},
+                RUN_TIMEOUT_S["render"], logs)
             arts = artifacts_of(server.url, video_run.id)
             base = f"render-{person}"
             assert {f"{base}-output", f"{base}-preview", f"{base}-stages"} <= set(arts)
@@ -119,8 +119,8 @@ def test_sample_clip_preprocess_train_infer_through_a_process_worker(tmp_path):
             # the same request again: every stage a hit, shown as such in the stage table and
             # on the task run records (state Cached, talkflow's key), as the UI shows them
             again, timings["infer_again_s"] = run(
-                server.url, "render-video/infer", {"person": person, "text": NEW_TEXT},
-                RUN_TIMEOUT_S["infer"], logs)
+                server.url, "render/render", {"person": person, "text": NEW_TEXT},
+                RUN_TIMEOUT_S["render"], logs)
             arts = artifacts_of(server.url, again.id)
             assert output_path(arts, base) == video
             assert {row["status"] for row in json.loads(arts[f"{base}-stages"].data)} == {"cached"}

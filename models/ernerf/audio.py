@@ -26,12 +26,15 @@ _LEAK = 0.02  # LeakyReLU slope of the reference audio nets
 class AudioConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    in_dim: int = Field(80, ge=1)  # D of aud_feats.npy; ours defaults to log-mel (reference: 29 DeepSpeech)
-    window: int = 16  # feature frames per video frame (0.32 s at 50 Hz)
-    code_dim: int = 32  # per-frame audio code (reference audio_dim)
-    att_window: int = 8  # neighbouring video frames smoothed by the attention (reference att=2: 4 left, 4 right)
-    use_attention: bool = True
-    eye_dim: int = Field(1, ge=1)  # reference: the scalar eye closure itself
+    in_dim: int = Field(80, ge=1,
+        description="D of the audio features (aud_feats.npy): 80 log-mel by default (the reference: 29, DeepSpeech).")
+    window: int = Field(16, description="Feature frames per video frame the encoder reads (16: 0.32 s at 50 Hz).")
+    code_dim: int = Field(32, description="Size of the per-frame audio code (reference audio_dim).")
+    att_window: int = Field(8,
+        description="Neighbouring video frames the attention smooths over (reference att=2: 4 left, 4 right).")
+    use_attention: bool = Field(True,
+        description="Smooth the audio codes over neighbouring frames with the learnt attention.")
+    eye_dim: int = Field(1, ge=1, description="Size of the eye code (the reference: the scalar eye closure itself).")
 
 
 def _conv_block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:

@@ -43,13 +43,16 @@ class HashGridConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    num_levels: int = Field(16, ge=1)
-    features_per_level: int = Field(2, ge=1)
-    base_resolution: int = Field(16, ge=2)
-    desired_resolution: int = Field(2048, ge=2)  # finest resolution; sets the per-level scale
-    log2_hashmap_size: int = Field(19, ge=6, le=24)  # reference range 14..19; wider for tests
-    grid_type: Literal["hash", "tiled"] = "hash"
-    init_range: float = 1e-4  # table ~ U(-1e-4, 1e-4) as torch-ngp
+    num_levels: int = Field(16, ge=1, description="Resolution levels of the grid.")
+    features_per_level: int = Field(2, ge=1, description="Features stored per vertex and level.")
+    base_resolution: int = Field(16, ge=2, description="Coarsest level's resolution (cells per side).")
+    desired_resolution: int = Field(2048, ge=2,
+        description="Finest level's resolution; sets the per-level growth factor.")
+    log2_hashmap_size: int = Field(19, ge=6, le=24,
+        description="log2 of the table entries per level (reference 14..19); finer levels hash into it.")
+    grid_type: Literal["hash", "tiled"] = Field("hash",
+        description="hash: finer levels hashed into the table; tiled: wrapped (the torso's grid).")
+    init_range: float = Field(1e-4, description="Table entries start uniform in +-init_range (torch-ngp's 1e-4).")
 
 
 @dataclass(frozen=True)

@@ -75,20 +75,22 @@ class HeadFieldConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    bound: float = 1.0  # the field lives in [-bound, bound]^3
-    grid: HashGridConfig = HashGridConfig(
+    bound: float = Field(1.0, description="The head field lives in [-bound, bound]^3 (world units).")
+    grid: HashGridConfig = Field(HashGridConfig(
         num_levels=12, features_per_level=1, base_resolution=64, desired_resolution=512, log2_hashmap_size=14
-    )  # per plane; the finest resolution is desired_resolution * bound as in the reference
-    geo_feat_dim: int = 64
-    sigma_hidden: int = 64
-    sigma_layers: int = 3
-    color_hidden: int = 64
-    color_layers: int = 2
-    sh_degree: int = 4
-    appearance_dim: int = Field(4, ge=0)  # per-frame latent code (reference ind_dim)
-    audio_att_hidden: int = 64
-    eye_att_hidden: int = 16
-    uncertainty_hidden: int = 32
+    ), description="Hash grid of each of the three planes; the finest resolution is desired_resolution * bound.")
+    geo_feat_dim: int = Field(64, description="Geometry features passed from the density MLP to the colour MLP.")
+    sigma_hidden: int = Field(64, description="Width of the density MLP.")
+    sigma_layers: int = Field(3, description="Layers of the density MLP.")
+    color_hidden: int = Field(64, description="Width of the colour MLP.")
+    color_layers: int = Field(2, description="Layers of the colour MLP.")
+    sh_degree: int = Field(4, description="Spherical-harmonics degree of the view-direction encoding.")
+    appearance_dim: int = Field(4, ge=0, description="Per-frame latent appearance code (reference ind_dim).")
+    audio_att_hidden: int = Field(64,
+        description="Width of the MLP that attends the audio code per point (region attention).")
+    eye_att_hidden: int = Field(16, description="Width of the MLP that attends the eye code per point.")
+    uncertainty_hidden: int = Field(32,
+        description="Width of the MLP predicting the per-point uncertainty of the loss.")
 
 
 class HeadField(nn.Module):
@@ -162,21 +164,22 @@ class TorsoFieldConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    grid: HashGridConfig = HashGridConfig(
+    grid: HashGridConfig = Field(HashGridConfig(
         num_levels=16, features_per_level=2, base_resolution=16, desired_resolution=2048, log2_hashmap_size=16,
         grid_type="tiled",
-    )
-    coord_frequencies: int = 8  # frequency encoding of the image-plane coords
-    pose_frequencies: int = 3  # frequency encoding of the projected anchors
-    hidden_dim: int = 32
-    num_layers: int = 3
-    appearance_dim: int = Field(8, ge=0)  # reference ind_dim_torso
-    shrink: float = 0.8  # coords are scaled by this before deformation (room to deform)
+    ), description="The image-plane grid of the torso.")
+    coord_frequencies: int = Field(8, description="Frequency-encoding bands of the image-plane coordinates.")
+    pose_frequencies: int = Field(3, description="Frequency-encoding bands of the projected anchors (the pose code).")
+    hidden_dim: int = Field(32, description="Width of the torso MLPs.")
+    num_layers: int = Field(3, description="Layers of the torso MLPs.")
+    appearance_dim: int = Field(8, ge=0,
+        description="Per-frame latent appearance code of the torso (reference ind_dim_torso).")
+    shrink: float = Field(0.8, description="Coordinates are scaled by this before the deformation (room to deform).")
     # three anchor points (homogeneous, learnable) whose projection by the head pose is the pose code;
     # the reference's values, in its axes (ours: OpenGL world axes; the anchors are learned anyway)
-    anchors: tuple[tuple[float, float, float, float], ...] = (
+    anchors: tuple[tuple[float, float, float, float], ...] = Field((
         (0.01, 0.01, 0.1, 1.0), (-0.1, -0.1, 0.1, 1.0), (0.1, -0.1, 0.1, 1.0),
-    )
+    ), description="Initial homogeneous anchor points; their projection by the head pose is the pose code.")
 
 
 class TorsoField(nn.Module):

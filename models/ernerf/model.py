@@ -31,14 +31,17 @@ from talkflow.errors import InputError
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    audio: AudioConfig = AudioConfig()
-    head: HeadFieldConfig = HeadFieldConfig()
-    torso: TorsoFieldConfig = TorsoFieldConfig()
-    render: RenderConfig = RenderConfig()
-    occupancy: OccupancyConfig = OccupancyConfig()
-    num_appearance_codes: int = Field(10000, ge=1)  # reference ind_num; must exceed the training frames
-    with_torso: bool = True
-    pose_scale: float = 4.0  # camera translations are multiplied by this (reference --scale)
+    audio: AudioConfig = Field(AudioConfig(),
+        description="Audio conditioning: features -> per-frame code, smoothed by attention.")
+    head: HeadFieldConfig = Field(HeadFieldConfig(), description="The head field (tri-plane hash grids and MLPs).")
+    torso: TorsoFieldConfig = Field(TorsoFieldConfig(),
+        description="The torso field (2D hash grid deformed by the head pose).")
+    render: RenderConfig = Field(RenderConfig(), description="Ray marching and frame rendering.")
+    occupancy: OccupancyConfig = Field(OccupancyConfig(), description="The occupancy grid that skips empty space.")
+    num_appearance_codes: int = Field(10000, ge=1,
+        description="Per-frame appearance codes (reference ind_num); must exceed the training frames.")
+    with_torso: bool = Field(True, description="Build the torso field.")
+    pose_scale: float = Field(4.0, description="Camera translations are multiplied by this (reference --scale).")
 
 
 class ERNeRF(nn.Module):

@@ -23,12 +23,12 @@ class OccupancyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    resolution: int = Field(128, ge=8)
-    decay: float = 0.95
-    density_threshold: float = 10.0
-    update_every: int = Field(16, ge=1)
-    dilation: int = 3  # max-pool kernel of the freshly queried densities (1 = none)
-    query_chunk: int = 2**18  # points per density query during an update
+    resolution: int = Field(128, ge=8, description="Cells per side of the occupancy grid.")
+    decay: float = Field(0.95, description="EMA decay of the cell densities at each update.")
+    density_threshold: float = Field(10.0, description="Cells below this density are skipped when sampling rays.")
+    update_every: int = Field(16, ge=1, description="Training steps between occupancy updates.")
+    dilation: int = Field(3, description="Max-pool kernel over the freshly queried densities (1: none).")
+    query_chunk: int = Field(2**18, description="Points per density query during an update.")
 
 
 def pack_bits(mask: Tensor) -> Tensor:

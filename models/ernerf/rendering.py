@@ -30,24 +30,29 @@ class RenderConfig(BaseModel):
 
     # head box in world (OpenGL) axes; the reference's [-b, -b/2, -b, b, b/2, b] in its permuted
     # axes is the same box: 2 units wide and tall, 1 unit deep
-    aabb: tuple[float, float, float, float, float, float] = (-1.0, -1.0, -0.5, 1.0, 1.0, 0.5)
-    min_near: float = 0.05
-    step_size: float = 2 * math.sqrt(3) / 128  # reference dt: one cascade, 128^3 grid
-    max_samples: int = Field(16, ge=1)  # occupied samples per ray (reference --max_steps)
+    aabb: tuple[float, float, float, float, float, float] = Field(
+        (-1.0, -1.0, -0.5, 1.0, 1.0, 0.5), description="The head's box (x0, y0, z0, x1, y1, z1), world units.")
+    min_near: float = Field(0.05, description="Nearest sample distance along a ray, world units.")
+    step_size: float = Field(2 * math.sqrt(3) / 128,
+        description="Ray-marching step, world units (the reference's one-cascade 128^3 grid step).")
+    max_samples: int = Field(16, ge=1, description="Occupied samples kept per ray (reference --max_steps).")
     # rays per chunk when rendering whole frames; None: on CUDA as many as memory_share of the memory
     # the process may use holds (at most 2^20), 4096 elsewhere (the reference's max_ray_batch; on the
     # CPU bigger chunks were 2x slower here)
-    chunk_rays: int | None = Field(None, ge=1)
+    chunk_rays: int | None = Field(None, ge=1, description="Rays per chunk when rendering whole frames; empty: as "
+                                   "memory_share allows on CUDA (at most 2^20), 4096 elsewhere.")
     memory_share: float = Field(
         0.5, gt=0, le=1,
         description="Share of the GPU memory this process may use (free plus PyTorch's cached-but-unused "
                     "memory) that one rendering chunk may fill; lower it on a GPU shared with other work.")
 
     # the reference's T_thresh: a ray stops once its transmittance falls below this (0: never)
-    t_thresh: float = Field(1e-4, ge=0, lt=1)
+    t_thresh: float = Field(1e-4, ge=0, lt=1,
+        description="A ray stops once its transmittance falls below this (reference T_thresh; 0: never).")
     # evaluate every candidate slot with the mask multiplied in (no data-dependent shapes, no host
     # synchronisation); None: on CUDA only (on the CPU gathering the occupied samples is faster)
-    fixed_shape: bool | None = None
+    fixed_shape: bool | None = Field(None, description="Evaluate every sample slot with the occupancy mask multiplied "
+                                     "in (no host synchronisation); empty: on CUDA only.")
 
     def chunk_for(self, device: torch.device) -> int:
         if self.chunk_rays:
