@@ -44,11 +44,11 @@ REFRESH_AFTER_S = 600.0  # a dedup hit on a payload older than this refreshes it
 # botocore's own retries (standard mode: 5xx, throttling, connection errors; exponential backoff);
 # s3fs adds 5 of its own for timeouts and broken answers
 S3_OPTIONS: dict[str, Any] = {
-    "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"},
+    "config_kwargs": {"retries": {"max_attempts": 5, "mode": "standard"},
                       "connect_timeout": 5, "read_timeout": 30},
 }
-TRANSIENT_ATTEMPTS = 4  # talkflow's retries around a whole store operation, on top of those
-TRANSIENT_BACKOFF_S = 0.5  # first wait; doubled each attempt
+TRANSIENT_ATTEMPTS = 3  # talkflow's tries of a whole store operation, each with botocore's 5 (~10 s)
+TRANSIENT_BACKOFF_S = 1.0  # first wait between them; doubled each time
 
 log = logging.getLogger(__name__)
 
