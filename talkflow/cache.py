@@ -34,11 +34,11 @@ from pydantic import BaseModel
 
 import talkflow
 from talkflow.checks import NAME_RE, validate_name  # noqa: F401  (re-exported)
-from talkflow.errors import CorruptArtifact, InputError
+from talkflow.errors import CorruptArtifact, DiskFull, InputError
 from talkflow.hashing import canonical_json, sha256_bytes, sha256_path
 from talkflow.locks import SettingsLockManager
 from talkflow.settings import get_settings
-from talkflow.store import Artifact, StageResult, get_store
+from talkflow.store import CACHE_DIR, Artifact, StageResult, disk_full, get_store
 
 NO_NAMESPACE = "_"
 
@@ -131,14 +131,32 @@ CONTENT_CACHE = ContentCachePolicy().configure(
 
 
 def _not_user_error(task, task_run, state) -> bool:
-    """Retry transient failures only: bad input fails the same way every time."""
+    """Retry transient failures only: bad input, and a full disk, fail the same way every time."""
     try:
         state.result()
-    except InputError:
+    except (InputError, DiskFull):
         return False
-    except Exception:
-        return True
+    except Exception as exc:
+        return disk_full(exc) is None
     return True
+
+
+def _drop_half_written_record(task, task_run, state) -> None:
+    """Failure hook: a result record the run began but could not finish (a disk that filled while
+    Prefect wrote it) is removed, so no half-written entry stays in the cache."""
+    key = getattr(task_run, "cache_key", None)
+    if not key or parse_key(key) is None:
+        return
+    store = get_store()
+    if not store.is_local:
+        return  # one PUT on S3: whole or absent
+    record = Path(store.path(f"{CACHE_DIR}/{key}"))
+    try:
+        json.loads(record.read_bytes())
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        record.unlink(missing_ok=True)
 
 
 def journal_path() -> Path:
@@ -157,8 +175,11 @@ def _computed(stage: str, version: str, fn: F) -> F:
         t0 = time.perf_counter()
         try:
             out = fn(*args, **kwargs)
-        except Exception:
+        except Exception as exc:
             _keep_failure_unpersisted()
+            full = disk_full(exc) if not isinstance(exc, DiskFull) else None
+            if full is not None:  # ENOSPC from anywhere in the body: one line naming the disk
+                raise full from None
             raise
         if not isinstance(out, StageResult):
             raise TypeError(f"stage {stage} must return a StageResult, not {type(out).__name__}")
@@ -168,14 +189,27 @@ def _computed(stage: str, version: str, fn: F) -> F:
                     "versions": {"talkflow": talkflow.__version__, **out.versions}}
         )
         line = {"stage": stage, "seconds": round(time.perf_counter() - t0, 4), "pid": os.getpid(),
-                "at": time.time()}
+                "at": time.time(), "key": _current_key()}
         path = journal_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+        except OSError as exc:
+            full = disk_full(exc, path)
+            if full is None:
+                raise
+            raise full from None
         return out
 
     return run  # type: ignore[return-value]
+
+
+def _current_key() -> str | None:
+    """The cache key of the stage run in progress (ContentCachePolicy put it on the task run)."""
+    ctx = TaskRunContext.get()
+    run = getattr(ctx, "task_run", None) if ctx is not None else None
+    return getattr(run, "cache_key", None)
 
 
 def _keep_failure_unpersisted() -> None:
@@ -238,6 +272,7 @@ def stage(name: str, version: str, *, timeout_s: float = 3600, retries: int = 2)
             retry_delay_seconds=[2, 10, 30][:retries] or 0,
             retry_condition_fn=_not_user_error,
             on_completion=[_report_warnings],
+            on_failure=[_drop_half_written_record],
         )(_computed(name, version, fn))
 
     return deco

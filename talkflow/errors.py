@@ -61,6 +61,10 @@ class StoreError(TalkflowError):
     """The artifact store is misconfigured or an entry failed verification."""
 
 
+class DiskFull(StoreError):
+    """The disk under the data root or a local store filled up; nothing half-written was kept."""
+
+
 class CorruptArtifact(StoreError):
     """A stored artifact does not match its recorded checksum or size."""
 

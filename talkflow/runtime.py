@@ -133,10 +133,14 @@ def ensure_result_storage() -> None:
         return
     from prefect.filesystems import RemoteFileSystem
 
+    from talkflow.store import S3_OPTIONS
+
     basepath = f"{s.store}/cache"
+    settings = S3_OPTIONS if basepath.startswith(("s3://", "s3a://")) else {}  # the store's retries
     try:
-        if RemoteFileSystem.load(RESULT_BLOCK).basepath == basepath:
+        saved = RemoteFileSystem.load(RESULT_BLOCK)
+        if saved.basepath == basepath and saved.settings == settings:
             return
     except ValueError:
         pass  # not saved yet
-    RemoteFileSystem(basepath=basepath).save(RESULT_BLOCK, overwrite=True)
+    RemoteFileSystem(basepath=basepath, settings=settings).save(RESULT_BLOCK, overwrite=True)

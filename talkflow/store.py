@@ -8,13 +8,22 @@ Layout under the store root:
 
 Writes are atomic (temp name + rename locally; single PUTs on S3), payload before listing.
 Reads verify: a missing, truncated or altered artifact raises CorruptArtifact.
+
+Faults: S3 calls retry transient errors (5xx, dropped connections, timeouts) with backoff, in
+botocore (S3_OPTIONS) and around each store operation (`transient`); a full local disk raises
+DiskFull naming the path, with the temporary file removed. A write that finds its content
+already stored refreshes the payload's time, so `cache prune` (which spares young payloads)
+never sweeps what a running stage has just written.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,11 +35,83 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, Field
 
-from talkflow.errors import CorruptArtifact, StoreError
+from talkflow.errors import CorruptArtifact, DiskFull, StoreError
 from talkflow.hashing import sha256_bytes, sha256_file, sha256_stream, tree_listing
 from talkflow.settings import get_settings
 
 CACHE_DIR = "cache"
+REFRESH_AFTER_S = 600.0  # a dedup hit on a payload older than this refreshes its time (see module doc)
+# botocore's own retries (standard mode: 5xx, throttling, connection errors; exponential backoff);
+# s3fs adds 5 of its own for timeouts and broken answers
+S3_OPTIONS: dict[str, Any] = {
+    "config_kwargs": {"retries": {"max_attempts": 5, "mode": "standard"},
+                      "connect_timeout": 5, "read_timeout": 30},
+}
+TRANSIENT_ATTEMPTS = 3  # talkflow's tries of a whole store operation, each with botocore's 5 (~10 s)
+TRANSIENT_BACKOFF_S = 1.0  # first wait between them; doubled each time
+
+log = logging.getLogger(__name__)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """A store error worth retrying: a network fault or a 5xx answer, not a missing key or a full disk."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, CorruptArtifact, DiskFull)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    name = type(exc).__name__
+    if name in {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
+                "ClientPayloadError", "ServerDisconnectedError", "ClientOSError", "FSTimeoutError",
+                "ResponseParserError", "IncompleteRead", "HTTPClientError"}:
+        return True
+    text = str(exc)
+    return any(code in text for code in ("InternalError", "ServiceUnavailable", "SlowDown", "(500)", "(502)",
+                                         "(503)", "(504)", "Bad Gateway", "Service Unavailable"))
+
+
+def transient(what: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), retried with exponential backoff while it fails transiently."""
+    delay = TRANSIENT_BACKOFF_S
+    for attempt in range(1, TRANSIENT_ATTEMPTS + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            full = disk_full(exc)
+            if full is not None:
+                raise full from exc
+            if attempt == TRANSIENT_ATTEMPTS or not _is_transient(exc):
+                raise
+            log.warning("store: %s failed (%s), retry %d in %.1f s", what, exc, attempt, delay)
+            time.sleep(delay)
+            delay *= 2
+
+
+def disk_full(exc: BaseException, path: str | os.PathLike | None = None) -> DiskFull | None:
+    """The one-line DiskFull for an exception caused by a full disk (errno ENOSPC or ffmpeg's words)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, DiskFull):
+            return seen
+        if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+                "No space left on device" in str(seen):
+            where = path or getattr(seen, "filename", None) or "the data root"
+            free = _free_bytes(where)
+            return DiskFull(f"no space left on the disk holding {where}"
+                            f"{f' ({free // 1024} KiB free)' if free is not None else ''}: free space there "
+                            "(e.g. `talkflow cache prune --max-size ...`) or move TALKFLOW_DATA_ROOT / "
+                            "TALKFLOW_STORE_URL to a bigger disk, then rerun; nothing half-written was kept")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _free_bytes(path: str | os.PathLike) -> int | None:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
 
 
 class Artifact(BaseModel):
@@ -66,7 +147,8 @@ class StageResult(BaseModel):
 class ArtifactStore:
     def __init__(self, url: str, scratch: Path):
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        options = S3_OPTIONS if self.url.startswith(("s3://", "s3a://")) else {}
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.scratch = scratch  # local copies of remote artifacts, and temp files
 
@@ -88,13 +170,20 @@ class ArtifactStore:
         art = Artifact(key=f"objects/{sha[:2]}/{sha}{suffix}", sha256=sha, size=src.stat().st_size)
         if not self.verify(art):
             self._upload(src, art.key)
+        else:
+            self._refresh(src, art.key)
         return art
 
     def put_bytes(self, data: bytes, *, suffix: str = "") -> Artifact:
         tmp = self._tmp_file()
-        tmp.write_bytes(data)
         try:
+            tmp.write_bytes(data)
             return self.put_file(tmp, suffix=suffix)
+        except OSError as exc:
+            full = disk_full(exc, tmp)
+            if full is None:
+                raise
+            raise full from None
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -115,6 +204,9 @@ class ArtifactStore:
             files=len(entries),
         )
         if self.verify(art):
+            for p, (rel, _, _) in zip(files, entries):
+                self._refresh(p, f"{art.key}/{rel}")
+            self._refresh(None, f"{art.key}.json")
             return art
         for p, (rel, _, _) in zip(files, entries):
             self._upload(p, f"{art.key}/{rel}")
@@ -124,12 +216,44 @@ class ArtifactStore:
     def _upload(self, src: Path, key: str) -> None:
         dest = self.path(key)
         if self.is_local:
-            Path(dest).parent.mkdir(parents=True, exist_ok=True)
             tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)  # atomic on one filesystem
+            try:
+                Path(dest).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dest)  # atomic on one filesystem
+            except OSError as exc:
+                Path(tmp).unlink(missing_ok=True)  # nothing half-written stays
+                full = disk_full(exc, dest)
+                if full is None:
+                    raise
+                raise full from None
         else:
-            self.fs.put_file(str(src), dest)  # one PUT: visible whole or not at all
+            transient(f"upload of {key}", self.fs.put_file, str(src), dest)  # one PUT: whole or not at all
+
+    def _refresh(self, src: Path | None, key: str) -> None:
+        """Make an existing payload young again (see the module doc): its mtime locally; on S3
+        (no touch) a re-upload of the same bytes, only when it is older than REFRESH_AFTER_S."""
+        dest = self.path(key)
+        if self.is_local:
+            try:
+                os.utime(dest)
+            except OSError:
+                pass
+            return
+        info = transient(f"stat of {key}", self.fs.info, dest)
+        if time.time() - mtime_of(info) < REFRESH_AFTER_S:
+            return
+        if src is None:
+            with transient(f"read of {key}", self.fs.open, dest, "rb") as f:
+                data = f.read()
+            tmp = self._tmp_file()
+            tmp.write_bytes(data)
+            try:
+                self._upload(tmp, key)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            self._upload(src, key)
 
     def write_text(self, key: str, text: str) -> None:
         """Write a small document (a pointer, a registry entry) at a fixed key, atomically."""
@@ -137,29 +261,44 @@ class ArtifactStore:
 
     def read_text(self, key: str) -> str | None:
         """The document at `key`, or None when there is none."""
-        try:
+        def read() -> bytes:
             with self.fs.open(self.path(key), "rb") as f:
-                return f.read().decode()
+                return f.read()
+
+        try:
+            return transient(f"read of {key}", read).decode()
         except FileNotFoundError:
             return None
 
     def list_keys(self, prefix: str) -> list[str]:
         """Store-relative keys of the files under the folder `prefix`, sorted."""
         base = self.path(prefix)
-        if not self.fs.exists(base):
+        if not transient(f"listing of {prefix}", self.fs.exists, base):
             return []
-        return sorted(path[len(self.root):].lstrip("/") for path in self.fs.find(base))
+        found = transient(f"listing of {prefix}", self.fs.find, base)
+        return sorted(path[len(self.root):].lstrip("/") for path in found)
 
     def _write_text(self, key: str, text: str) -> None:
         tmp = self._tmp_file()
-        tmp.write_text(text)
         try:
+            tmp.write_text(text)
             self._upload(tmp, key)
+        except OSError as exc:
+            full = disk_full(exc, tmp)
+            if full is None:
+                raise
+            raise full from None
         finally:
             tmp.unlink(missing_ok=True)
 
     def _tmp_file(self) -> Path:
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            full = disk_full(exc, self.scratch)
+            if full is None:
+                raise
+            raise full from None
         return self.scratch / f"tmp-{uuid.uuid4().hex}"
 
     # -- verify and read -----------------------------------------------------------------
@@ -183,11 +322,17 @@ class ArtifactStore:
         if self.is_local:
             p = Path(self.path(key))
             return p.is_file() and p.stat().st_size == size and sha256_file(p) == sha
-        return self.fs.exists(self.path(key)) and self.fs.size(self.path(key)) == size
+        try:
+            return transient(f"stat of {key}", self.fs.size, self.path(key)) == size
+        except FileNotFoundError:
+            return False
 
     def _tree_entries(self, art: Artifact) -> list[tuple[str, str, int]]:
-        with self.fs.open(self.path(f"{art.key}.json"), "rb") as f:
-            doc = json.loads(f.read())
+        def read() -> bytes:
+            with self.fs.open(self.path(f"{art.key}.json"), "rb") as f:
+                return f.read()
+
+        doc = json.loads(transient(f"read of {art.key}.json", read))
         listing: str = doc["listing"]
         if sha256_bytes(listing.encode()) != art.sha256:
             raise CorruptArtifact(f"tree listing of {art.key} does not match its checksum")
@@ -217,20 +362,30 @@ class ArtifactStore:
     def _download(self, key: str, sha: str, dest: Path) -> None:
         if dest.is_file() and sha256_file(dest) == sha:
             return
-        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f"{dest.name}.tmp-{uuid.uuid4().hex}")
         try:
-            self.fs.get_file(self.path(key), str(tmp))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            transient(f"download of {key}", self.fs.get_file, self.path(key), str(tmp))
         except FileNotFoundError as exc:
+            tmp.unlink(missing_ok=True)
             raise CorruptArtifact(f"artifact {key} is missing from {self.url}") from exc
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)  # a partial download never stays
+            full = disk_full(exc, dest) if isinstance(exc, Exception) else None
+            if full is not None:
+                raise full from exc
+            raise
         if sha256_file(tmp) != sha:
             tmp.unlink(missing_ok=True)
             raise CorruptArtifact(f"artifact {key} in {self.url} does not match its sha256")
         os.replace(tmp, dest)
 
     def read_bytes(self, art: Artifact) -> bytes:
-        with self.fs.open(self.path(art.key), "rb") as f:
-            data = f.read()
+        def read() -> bytes:
+            with self.fs.open(self.path(art.key), "rb") as f:
+                return f.read()
+
+        data = transient(f"read of {art.key}", read)
         if sha256_stream([data]) != art.sha256:
             raise CorruptArtifact(f"artifact {art.key} does not match its sha256")
         return data
@@ -248,7 +403,7 @@ class ArtifactStore:
 
     def remove(self, key: str) -> None:
         try:
-            self.fs.rm(self.path(key), recursive=True)
+            transient(f"removal of {key}", self.fs.rm, self.path(key), recursive=True)
         except FileNotFoundError:
             pass
 

@@ -1,0 +1,140 @@
+"""Faults: a failing S3 store (errors, dropped connections, slow answers), a disk that fills,
+prune beside a writer, killed runs, a restarted server. The slow tests each inject one fault of a
+kind through bench/faults.py's machinery (real server, worker, flows) and check recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from talkflow.errors import DiskFull
+from talkflow.store import ArtifactStore
+from tests.faultproxy import FaultProxy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def proxy(s3_server):
+    p = FaultProxy(s3_server["AWS_ENDPOINT_URL"]).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def s3_store_via_proxy(proxy, s3_bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # one per endpoint: this test's proxy, not an earlier one
+    store = ArtifactStore(f"s3://{s3_bucket}/faults-{uuid.uuid4().hex[:6]}", tmp_path / "scratch")
+    store.fs.invalidate_cache()
+    return store
+
+
+@pytest.mark.parametrize("kind,count", [("error", 4), ("drop", 3), ("slow", 3)])
+def test_s3_faults_are_retried_and_nothing_is_lost(kind, count, proxy, s3_store_via_proxy, tmp_path):
+    store = s3_store_via_proxy
+    src = tmp_path / "payload.bin"
+    src.write_bytes(os.urandom(50_000))
+    (tmp_path / "tree").mkdir()
+    for i in range(3):
+        (tmp_path / "tree" / f"{i}.bin").write_bytes(os.urandom(1000 + i))
+    proxy.inject(kind, count, delay_s=0.5)
+    art = store.put_file(src)
+    tree = store.put_dir(tmp_path / "tree")
+    assert proxy.faulted[kind] == count and proxy.pending() == 0
+    proxy.inject(kind, count, delay_s=0.5)
+    store.fs.invalidate_cache()
+    assert store.verify(art) and store.verify(tree)
+    assert store.fetch(art).read_bytes() == src.read_bytes()
+    assert (store.fetch(tree) / "2.bin").read_bytes() == (tmp_path / "tree" / "2.bin").read_bytes()
+
+
+@pytest.mark.slow  # ~1 min of backoff
+def test_a_store_that_keeps_failing_raises_after_its_retries(proxy, s3_store_via_proxy, tmp_path, monkeypatch):
+    import talkflow.store as store_mod
+
+    monkeypatch.setattr(store_mod, "TRANSIENT_BACKOFF_S", 0.01)
+    monkeypatch.setattr(store_mod, "TRANSIENT_ATTEMPTS", 2)
+    src = tmp_path / "x.bin"
+    src.write_bytes(b"abc")
+    proxy.inject("error", 1000)
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as err:
+        s3_store_via_proxy.put_file(src)
+    proxy.clear()
+    assert "503" in str(err.value) or "ServiceUnavailable" in str(err.value) or "Unavailable" in str(err.value)
+    assert time.monotonic() - t0 < 90  # bounded: botocore's 5 tries per call, then 2 of talkflow's
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (root only; skipped elsewhere)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_is_one_clear_line_and_leaves_nothing_half_written(small_disk, tmp_path):
+    store = ArtifactStore(str(small_disk / "store"), small_disk / "scratch")
+    small = tmp_path / "small.bin"
+    small.write_bytes(os.urandom(100_000))
+    kept = store.put_file(small)
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    with pytest.raises(DiskFull) as err:
+        store.put_file(big)
+    message = str(err.value)
+    assert "\n" not in message and str(small_disk / "store") in message and "no space left" in message
+    leftovers = [p for p in small_disk.rglob("*") if ".tmp-" in p.name or p.name.startswith("tmp-")]
+    assert leftovers == []
+    assert store.verify(kept)
+    assert [k for k, _, _ in store.iter_keys()] == [kept.key]  # only the complete payload
+
+
+def test_prune_spares_a_payload_a_running_stage_has_just_written_again(tmp_path):
+    from talkflow.cache_admin import sweep
+
+    store = ArtifactStore(str(tmp_path / "store"), tmp_path / "scratch")
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"payload " * 100)
+    art = store.put_file(src)
+    old = time.time() - 7200
+    os.utime(store.path(art.key), (old, old))  # an old, unreferenced payload ...
+    assert store.put_file(src) == art  # ... that a running stage writes again (a dedup hit)
+    assert sweep(store, grace_s=3600) == 0 and store.verify(art)
+    os.utime(store.path(art.key), (old, old))
+    assert sweep(store, grace_s=3600) > 0 and not store.verify(art)  # nobody wrote it: swept
+
+
+# -- one fault of each kind through the bench (a server, a worker, real flows) ----------------------
+FAULT_KINDS = ["kill-flow-run", "kill-worker", "server-restart", "s3-error", "s3-drop", "s3-slow", "disk-full",
+               "prune"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("kind", FAULT_KINDS)
+def test_one_fault_recovered_and_verify_clean(kind, tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "faults.py"), "--quick", "--kinds", kind,
+                          "--faults", "1", "--seed", "7", "--workdir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=1100,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["faults_injected"][kind] >= 1
+    assert report["entries_lost_or_corrupt"] == 0 and report["verify_clean"]
+    assert report["stages_recomputed_needlessly"] == 0 and report["truncated_outputs"] == 0
+    assert report["runs_unrecovered"] == 0 and report["unclear_errors"] == 0
