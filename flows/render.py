@@ -17,6 +17,7 @@ from talkflow import assets
 from talkflow.checks import audio_or_text, validate_name
 from talkflow.contract import COMPUTED_KINDS, FEATURE_DIMS, FEATURES, SAMPLE_RATE
 from talkflow.errors import InputError, MediaUnreadable
+from talkflow.forms import FilePath, Hidden, Text, given
 from talkflow.store import Artifact, StageResult
 from tasks.features import audio_features
 from tasks.media import MuxConfig, mux_video, prepare_audio
@@ -30,7 +31,7 @@ __all__ = ["RenderConfig", "RenderResult", "RenderVideoConfig", "render", "rende
 
 class RenderVideoConfig(BaseModel):
     render: RenderConfig = Field(default_factory=RenderConfig, description="How the avatar's frames are rendered.")
-    audio: AudioFeatureConfig | None = Field(
+    audio: Hidden[AudioFeatureConfig | None] = Field(  # Python callers only: the avatar decides
         None, description="Feature settings; empty: the kind the avatar was trained on, default settings.")
     speech: SpeechConfig = Field(default_factory=SpeechConfig, description="The TTS voice (when text is given).")
     crf: int = Field(18, ge=0, le=51, description="x264 quality of the video (lower is better).")
@@ -84,8 +85,8 @@ def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVid
 
 
 @flow(name="render")
-def render(person: str, audio: Path | None = None, text: str | None = None,
-                 config: RenderVideoConfig = RenderVideoConfig(), avatar: AvatarRecord | None = None) -> RenderResult:
+def render(person: str, audio: FilePath = "", text: Text = "",
+           config: RenderVideoConfig = RenderVideoConfig(), avatar: Hidden[AvatarRecord | None] = None) -> RenderResult:
     """An mp4 of the person's trained avatar speaking `audio` (any audio/video file) or `text` (TTS).
 
     Args:
@@ -93,9 +94,11 @@ def render(person: str, audio: Path | None = None, text: str | None = None,
         audio: the speech to render, any audio or video file (give exactly one of audio or text).
         text: words to speak with the offline TTS voice (give exactly one of audio or text).
         config: rendering, feature and TTS settings.
-        avatar: a given training of the person (e.g. a model folder's); empty: the person's latest.
+        avatar: a given training of the person (a model folder's, Python callers only; the form
+            renders the person's latest, found by the name).
     """
     validate_name(person, "person")
+    audio, text = given(audio), given(text)
     audio_or_text(audio, text)
     if avatar is None:
         avatar = read_avatar(person)
