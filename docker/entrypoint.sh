@@ -17,11 +17,16 @@
 # and the store settings: TALKFLOW_STORE_URL, TALKFLOW_REDIS_URL, AWS_*.
 # A Docker worker is prefect-docker's, started through deployments.docker_worker (one clear
 # error line for a GPU run on a host without the NVIDIA runtime).
+# The worker is exec'd (it replaces this shell), so `docker stop`'s SIGTERM reaches it: an idle
+# worker exits within seconds; see docs/production.md for runs in progress.
 set -euo pipefail
 
-PYTHON=${TALKFLOW_PYTHON:-python}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "${TALKFLOW_CODE_DIR:-$HERE/..}"
+# the checkout's venv (make setup) when there is one, else the image's python
+if [[ -n ${TALKFLOW_PYTHON:-} ]]; then PYTHON=$TALKFLOW_PYTHON
+elif [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python
+else PYTHON=$(command -v python3 || command -v python || echo python); fi
 
 die() { echo "entrypoint: $*" >&2; exit 2; }
 
