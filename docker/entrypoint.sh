@@ -17,8 +17,9 @@
 # and the store settings: TALKFLOW_STORE_URL, TALKFLOW_REDIS_URL, AWS_*.
 # A Docker worker is prefect-docker's, started through deployments.docker_worker (one clear
 # error line for a GPU run on a host without the NVIDIA runtime).
-# The worker is exec'd (it replaces this shell), so `docker stop`'s SIGTERM reaches it: an idle
-# worker exits within seconds; see docs/production.md for runs in progress.
+# The worker runs under deployments.worker_guard, exec'd (it replaces this shell), so `docker stop`'s
+# one SIGTERM stops it within TALKFLOW_WORKER_STOP_S (default 8 s); runs in progress go on
+# (docs/production.md).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -69,8 +70,10 @@ case $mode in
     if [[ -n ${TALKFLOW_WORKER_NAME:-} ]]; then args+=(--name "$TALKFLOW_WORKER_NAME"); fi
     if [[ -n ${TALKFLOW_WORKER_LIMIT:-} ]]; then args+=(--limit "$TALKFLOW_WORKER_LIMIT"); fi
     echo "entrypoint: prefect ${args[*]} $*" >&2
-    if [[ $type == docker ]]; then exec "$PYTHON" -m deployments.docker_worker "${args[@]}" "$@"; fi
-    exec "$PYTHON" -m prefect "${args[@]}" "$@"
+    # the guard stops the worker on one SIGTERM (docker stop), within TALKFLOW_WORKER_STOP_S
+    guard=("$PYTHON" -m deployments.worker_guard)
+    if [[ $type == docker ]]; then exec "${guard[@]}" "$PYTHON" -m deployments.docker_worker "${args[@]}" "$@"; fi
+    exec "${guard[@]}" "$PYTHON" -m prefect "${args[@]}" "$@"
     ;;
   setup)
     shift

@@ -19,6 +19,7 @@ from talkflow.contract import COMPUTED_KINDS, FEATURE_DIMS, FEATURES, SAMPLE_RAT
 from talkflow.errors import InputError, MediaUnreadable
 from talkflow.forms import FilePath, Hidden, Text, given
 from talkflow.store import Artifact, StageResult
+from tasks.evaluation import score_lip_sync
 from tasks.features import audio_features
 from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.outputs import publish_output
@@ -66,7 +67,7 @@ def _feature_config(avatar: AvatarRecord, config: AudioFeatureConfig | None) -> 
 
 
 def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVideoConfig,
-                feature_cfg: AudioFeatureConfig) -> RenderResult:
+                feature_cfg: AudioFeatureConfig, text: str | None = None) -> RenderResult:
     ns = avatar.person
     checkpoint = avatar.latest(config.render.with_torso)
     fps = avatar.dataset.meta["fps"]  # the normalize stage's, as every dataset records it
@@ -78,8 +79,9 @@ def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVid
                               namespace=ns)
     frames = render_frames_stage(checkpoint, avatar.dataset, features, config.render, namespace=ns)
     video = mux_video(frames, prepared["audio"], MuxConfig(crf=config.crf), fps=fps, namespace=ns)
-    publish_output("render", video["video"], namespace=ns, stages={
-        "audio": prepared, "features": features, "frames": frames, "mux": video})
+    lip_sync = score_lip_sync(video["video"], text, namespace=ns)  # the figures shown beside the preview
+    publish_output("render", video["video"], namespace=ns, figures=lip_sync.meta, stages={
+        "audio": prepared, "features": features, "frames": frames, "mux": video, "lip sync": lip_sync})
     return RenderResult(person=ns, avatar_stage=checkpoint.stage, audio=prepared, features=features,
                         frames=frames, video=video)
 
@@ -107,7 +109,7 @@ def render(person: str, audio: FilePath = "", text: Text = "",
     feature_cfg = _feature_config(avatar, config.audio)
     avatar.latest(config.render.with_torso)  # no torso stage -> fails before the TTS
     source = synthesize_speech(text, config.speech)["audio"] if text is not None else Path(audio)
-    return _render_one(avatar, source, config, feature_cfg)
+    return _render_one(avatar, source, config, feature_cfg, text)
 
 
 # The flow's name before it was `render`: the deployment render-video/infer of older set-ups and
