@@ -11,7 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEAF = "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
-POLITE = "import time\ntry:\n    print('up', flush=True); time.sleep(60)\nexcept KeyboardInterrupt:\n    raise SystemExit(0)"
+POLITE = ("import time\ntry:\n    print('up', flush=True); time.sleep(60)\n"
+          "except KeyboardInterrupt:\n    raise SystemExit(0)")
 
 
 def guarded(code: str, stop_s: str) -> tuple[subprocess.Popen, float]:
