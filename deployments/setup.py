@@ -87,7 +87,8 @@ def wait_for_api(url: str | None = None, timeout_s: float = 120.0) -> float:
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         time.sleep(1.0)
-    raise SystemExit(f"Prefect API {url} did not answer /health within {timeout_s:.0f} s ({last})")
+    raise SystemExit(f"Prefect API {url} did not answer /health within {timeout_s:.0f} s ({last}); start the "
+                     "server (prefect server start) or set PREFECT_API_URL to a running one")
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -274,7 +275,11 @@ def main(argv: list[str] | None = None) -> int:
                            "trusted there (for a network that re-signs TLS)")
     full.add_argument("--cpu-only", action="store_true",
                       help="Docker without GPU pools: every deployment goes to the Docker cpu pool")
-    sub.add_parser("result-storage", help="only the result-storage block")
+    full.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                      help="wait this long for the server to answer before giving up (one line)")
+    storage = sub.add_parser("result-storage", help="only the result-storage block")
+    storage.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                         help="wait this long for the server to answer")
     sub.add_parser("env", help="print export lines for the Prefect result settings")
     wait = sub.add_parser("wait", help="wait for PREFECT_API_URL/health")
     wait.add_argument("--timeout", type=float, default=120.0)
@@ -290,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     api_url()
     if args.command == "result-storage":
+        wait_for_api(timeout_s=args.wait)  # one line when the server is not there
         print(json.dumps({"result_storage": ensure_result_storage()}))
         return 0
     if args.command in (None, "all"):
@@ -300,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                            cpu_pool=not args.no_cpu_pool, cpu_only=args.cpu_only)
         except ValueError as exc:
             parser.error(str(exc))
+        wait_for_api(timeout_s=args.wait)  # one line when the server is not there
         made = setup_server(
             gpu_classes=args.gpu_classes, gpus=args.gpus, cpu_pool=not args.no_cpu_pool,
             process_pools=args.process_pool, image=args.image, data_root_host=args.data_root_host,

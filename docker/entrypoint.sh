@@ -17,11 +17,17 @@
 # and the store settings: TALKFLOW_STORE_URL, TALKFLOW_REDIS_URL, AWS_*.
 # A Docker worker is prefect-docker's, started through deployments.docker_worker (one clear
 # error line for a GPU run on a host without the NVIDIA runtime).
+# The worker runs under deployments.worker_guard, exec'd (it replaces this shell), so `docker stop`'s
+# one SIGTERM stops it within TALKFLOW_WORKER_STOP_S (default 8 s); runs in progress go on
+# (docs/production.md).
 set -euo pipefail
 
-PYTHON=${TALKFLOW_PYTHON:-python}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cd "${TALKFLOW_CODE_DIR:-$HERE/..}"
+# the checkout's venv (make setup) when there is one, else the image's python
+if [[ -n ${TALKFLOW_PYTHON:-} ]]; then PYTHON=$TALKFLOW_PYTHON
+elif [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python
+else PYTHON=$(command -v python3 || command -v python || echo python); fi
 
 die() { echo "entrypoint: $*" >&2; exit 2; }
 
@@ -64,8 +70,10 @@ case $mode in
     if [[ -n ${TALKFLOW_WORKER_NAME:-} ]]; then args+=(--name "$TALKFLOW_WORKER_NAME"); fi
     if [[ -n ${TALKFLOW_WORKER_LIMIT:-} ]]; then args+=(--limit "$TALKFLOW_WORKER_LIMIT"); fi
     echo "entrypoint: prefect ${args[*]} $*" >&2
-    if [[ $type == docker ]]; then exec "$PYTHON" -m deployments.docker_worker "${args[@]}" "$@"; fi
-    exec "$PYTHON" -m prefect "${args[@]}" "$@"
+    # the guard stops the worker on one SIGTERM (docker stop), within TALKFLOW_WORKER_STOP_S
+    guard=("$PYTHON" -m deployments.worker_guard)
+    if [[ $type == docker ]]; then exec "${guard[@]}" "$PYTHON" -m deployments.docker_worker "${args[@]}" "$@"; fi
+    exec "${guard[@]}" "$PYTHON" -m prefect "${args[@]}" "$@"
     ;;
   setup)
     shift

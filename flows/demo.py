@@ -53,7 +53,7 @@ def demo(text: str = DEMO_TEXT, new_text: str = DEMO_NEW_TEXT, config: MediaConf
     avatar = train_avatar(PERSON, presets.build("train", "cpu-demo"))  # finds the dataset by name
     rendered = render(PERSON, text=new_text, config=presets.build("render", "preview", cls=RenderVideoConfig))
     lip_sync = score_lip_sync(rendered.video["video"], new_text, namespace=PERSON)
-    publish_output("demo", rendered.video["video"], namespace=PERSON, stages={
+    publish_output("demo", rendered.video["video"], namespace=PERSON, figures=lip_sync.meta, stages={
         "sample clip": sample, "media": media.video, "dataset": dataset, "train head": avatar.head,
         "train lips": avatar.lips, "train torso": avatar.torso, "render": rendered.video, "lip sync": lip_sync})
     return DemoResult(sample=sample, media=media, dataset=dataset, avatar=avatar, rendered=rendered,

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, Field
 
+from talkflow.forms import Text, given
 from talkflow.store import StageResult
 from tasks.media import (
     FramesConfig,
@@ -36,7 +37,7 @@ class MediaResult(BaseModel):
 
 @flow(name="media-stage", log_prints=True)
 def media_stage(
-    video: Path, config: MediaConfig = MediaConfig(), namespace: str | None = None
+    video: Path, config: MediaConfig = MediaConfig(), namespace: Text = ""
 ) -> MediaResult:
     """Normalize a talking video, split it into frames and mux them back with the audio.
 
@@ -45,6 +46,7 @@ def media_stage(
         config: normalize, frames and mux settings.
         namespace: a person's or character's name the cache entries are kept under; empty: shared.
     """
+    namespace = given(namespace)
     probed = probe_media(video)
     normalized = normalize_video(video, config.normalize, namespace=namespace)
     frames = extract_frames(normalized["video"], config.frames, namespace=namespace)

@@ -24,6 +24,7 @@ from models.portrait_warp import WarpRenderConfig, WarpRigConfig
 from talkflow import assets
 from talkflow.checks import audio_or_text, validate_name
 from talkflow.contract import SAMPLE_RATE, VIDEO_FPS
+from talkflow.forms import FilePath, Hidden, Text, given
 from talkflow.store import StageResult
 from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.outputs import publish_output
@@ -39,7 +40,7 @@ class PortraitConfig(BaseModel):
     renderer: str = Field(renderers.AUTO, description="Which renderer draws the frames: " + renderers.describe(),
                           json_schema_extra=_renderer_choices)
     fit: FaceFitConfig = Field(default_factory=FaceFitConfig, description="3DMM fit of the portrait.")
-    pti: PTIConfig | None = Field(
+    pti: Hidden[PTIConfig | None] = Field(  # Python callers; a form takes the rule below
         None, description="Generator path: PTI steps and losses. Empty: PTI's own settings for a registered "
         "generator, PTIConfig.fallback (more inversion steps, a 10x tuning rate) for the small fallback generator.")
     generator: GeneratorChoice = Field(default_factory=GeneratorChoice,
@@ -80,10 +81,10 @@ class PortraitResult(BaseModel):
 def generate_from_portrait(
     character: str,
     image: Path,
-    audio: Path | None = None,
-    text: str | None = None,
+    audio: FilePath = "",
+    text: Text = "",
     config: PortraitConfig = PortraitConfig(),
-    transcript: str | None = None,
+    transcript: Text = "",
 ) -> PortraitResult:
     """A video of the portrait `image` speaking `audio` (or `text` through TTS).
 
@@ -97,6 +98,7 @@ def generate_from_portrait(
         config: renderer choice, fit, PTI or warp rig, rendering and speech settings.
     """
     ns = validate_name(character, "character")
+    audio, text, transcript = given(audio), given(text), given(transcript)
     audio_or_text(audio, text)
     chosen = renderers.choose(config.renderer)  # a missing asset fails here, before any work
     renderer = renderers.load(chosen.name)
@@ -107,7 +109,7 @@ def generate_from_portrait(
     if text is not None:
         speech = synthesize_speech(text, config.speech)
     else:
-        speech = prepare_audio(audio, fps=config.fps, sample_rate=SAMPLE_RATE)
+        speech = prepare_audio(Path(audio), fps=config.fps, sample_rate=SAMPLE_RATE)
     expressions = audio_to_expressions(speech, fit, fps=config.fps, weights=assets.locate("audio2exp"), bfm=bfm,
                                        driver=config.driver, text=text or transcript)
     frames = renderer.render(prepared, fit, expressions, ctx)

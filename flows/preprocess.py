@@ -24,6 +24,7 @@ from models.face.video_landmarks import LandmarkConfig
 from talkflow import assets
 from talkflow.cache import validate_name
 from talkflow.contract import FEATURES
+from talkflow.forms import PLAIN_OPTIONALS
 from talkflow.store import StageResult
 from tasks.dataset import assemble_dataset
 from tasks.features import audio_features
@@ -42,6 +43,8 @@ from tasks.tracking import TrackingConfig, track_faces
 
 class PreprocessConfig(BaseModel):
     """Every step's settings; defaults follow ER-NeRF (talkflow.contract's frame and sample rates, 512 px)."""
+
+    model_config = PLAIN_OPTIONALS
 
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig,
                                        description="Frame rate, square crop and audio of the normalized video.")

@@ -17,7 +17,9 @@ from talkflow import assets
 from talkflow.checks import audio_or_text, validate_name
 from talkflow.contract import COMPUTED_KINDS, FEATURE_DIMS, FEATURES, SAMPLE_RATE
 from talkflow.errors import InputError, MediaUnreadable
+from talkflow.forms import FilePath, Hidden, Text, given
 from talkflow.store import Artifact, StageResult
+from tasks.evaluation import score_lip_sync
 from tasks.features import audio_features
 from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.outputs import publish_output
@@ -30,7 +32,7 @@ __all__ = ["RenderConfig", "RenderResult", "RenderVideoConfig", "render", "rende
 
 class RenderVideoConfig(BaseModel):
     render: RenderConfig = Field(default_factory=RenderConfig, description="How the avatar's frames are rendered.")
-    audio: AudioFeatureConfig | None = Field(
+    audio: Hidden[AudioFeatureConfig | None] = Field(  # Python callers only: the avatar decides
         None, description="Feature settings; empty: the kind the avatar was trained on, default settings.")
     speech: SpeechConfig = Field(default_factory=SpeechConfig, description="The TTS voice (when text is given).")
     crf: int = Field(18, ge=0, le=51, description="x264 quality of the video (lower is better).")
@@ -65,7 +67,7 @@ def _feature_config(avatar: AvatarRecord, config: AudioFeatureConfig | None) -> 
 
 
 def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVideoConfig,
-                feature_cfg: AudioFeatureConfig) -> RenderResult:
+                feature_cfg: AudioFeatureConfig, text: str | None = None) -> RenderResult:
     ns = avatar.person
     checkpoint = avatar.latest(config.render.with_torso)
     fps = avatar.dataset.meta["fps"]  # the normalize stage's, as every dataset records it
@@ -77,15 +79,16 @@ def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVid
                               namespace=ns)
     frames = render_frames_stage(checkpoint, avatar.dataset, features, config.render, namespace=ns)
     video = mux_video(frames, prepared["audio"], MuxConfig(crf=config.crf), fps=fps, namespace=ns)
-    publish_output("render", video["video"], namespace=ns, stages={
-        "audio": prepared, "features": features, "frames": frames, "mux": video})
+    lip_sync = score_lip_sync(video["video"], text, namespace=ns)  # the figures shown beside the preview
+    publish_output("render", video["video"], namespace=ns, figures=lip_sync.meta, stages={
+        "audio": prepared, "features": features, "frames": frames, "mux": video, "lip sync": lip_sync})
     return RenderResult(person=ns, avatar_stage=checkpoint.stage, audio=prepared, features=features,
                         frames=frames, video=video)
 
 
 @flow(name="render")
-def render(person: str, audio: Path | None = None, text: str | None = None,
-                 config: RenderVideoConfig = RenderVideoConfig(), avatar: AvatarRecord | None = None) -> RenderResult:
+def render(person: str, audio: FilePath = "", text: Text = "",
+           config: RenderVideoConfig = RenderVideoConfig(), avatar: Hidden[AvatarRecord | None] = None) -> RenderResult:
     """An mp4 of the person's trained avatar speaking `audio` (any audio/video file) or `text` (TTS).
 
     Args:
@@ -93,9 +96,11 @@ def render(person: str, audio: Path | None = None, text: str | None = None,
         audio: the speech to render, any audio or video file (give exactly one of audio or text).
         text: words to speak with the offline TTS voice (give exactly one of audio or text).
         config: rendering, feature and TTS settings.
-        avatar: a given training of the person (e.g. a model folder's); empty: the person's latest.
+        avatar: a given training of the person (a model folder's, Python callers only; the form
+            renders the person's latest, found by the name).
     """
     validate_name(person, "person")
+    audio, text = given(audio), given(text)
     audio_or_text(audio, text)
     if avatar is None:
         avatar = read_avatar(person)
@@ -104,7 +109,7 @@ def render(person: str, audio: Path | None = None, text: str | None = None,
     feature_cfg = _feature_config(avatar, config.audio)
     avatar.latest(config.render.with_torso)  # no torso stage -> fails before the TTS
     source = synthesize_speech(text, config.speech)["audio"] if text is not None else Path(audio)
-    return _render_one(avatar, source, config, feature_cfg)
+    return _render_one(avatar, source, config, feature_cfg, text)
 
 
 # The flow's name before it was `render`: the deployment render-video/infer of older set-ups and

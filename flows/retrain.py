@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
 
 from flows.preprocess import PreprocessConfig, preprocess_video
 from flows.train import train_avatar
@@ -36,21 +37,35 @@ def retrain(config: TrainAvatarConfig = TrainAvatarConfig(), dry_run: bool = Fal
     Args:
         config: the training settings for the avatars retrained.
         dry_run: only report what would be retrained.
-    Returns a {person: what happened} report.
+    Returns a {person: what happened} report; the run shows it as a table (what was checked and
+    what was decided, per avatar) and one log line per avatar.
     """
     log = get_run_logger()
-    report = {}
+    report, rows = {}, []
     for person in known_avatars():
         reason = retrain_reason(person)
-        if reason is None:
-            report[person] = "up to date"
-            continue
-        report[person] = f"{'would retrain' if dry_run else 'retrained'}: {reason}"
+        report[person] = "up to date" if reason is None else f"{'would retrain' if dry_run else 'retrained'}: {reason}"
+        rows.append({"avatar": person, "checked": what_was_checked(person), "decision": report[person]})
         log.info("%s: %s", person, report[person])
-        if dry_run:
+        if reason is None or dry_run:
             continue
         source = registered_source(person)
         if reason == "source footage changed":
             preprocess_video(Path(source.video), person, PreprocessConfig.model_validate(source.config))
         train_avatar(person, config)
+    create_table_artifact(rows or [{"avatar": "(none)", "checked": "no trained avatars", "decision": "nothing to do"}],
+                          key="retrain-report",
+                          description=f"Retrain check of {len(rows)} avatar(s){' (dry run)' if dry_run else ''}: "
+                          "what was compared, and what was done.")
+    if not rows:
+        log.info("no trained avatars: nothing to check")
     return report
+
+
+def what_was_checked(person: str) -> str:
+    """The inputs retrain compared for `person`, in words."""
+    source = registered_source(person)
+    if source is None:
+        return "registered dataset vs the one trained on (no footage recorded)"
+    state = "sha256" if Path(source.video).exists() else "missing, kept as is"
+    return f"footage {source.video} ({state}); registered dataset vs the one trained on"

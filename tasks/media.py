@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -37,7 +38,7 @@ class NormalizeConfig(BaseModel):
 
 
 class FramesConfig(BaseModel):
-    ext: str = Field("jpg", pattern="^(jpg|png)$", description="Frame image format.")
+    ext: Literal["jpg", "png"] = Field("jpg", description="Frame image format.")
     quality: int = Field(2, ge=1, le=31, description="JPEG qscale (1 best).")
 
 

@@ -3,11 +3,12 @@ which stages were computed and which came from the cache.
 
 Each flow that writes a video or a dataset calls `publish_output` at its end. It creates, on the
 flow run:
-- a link artifact `<flow>-<namespace>-output`: the output's store path, linked (file:// on a local
-  store; a presigned URL, valid `LINK_EXPIRES_S`, on S3);
-- a preview of the first frame: an image artifact (presigned URL of a small JPEG kept in the
-  store) on S3; a markdown artifact with the JPEG inline (a data: URI) on a local store, whose
-  files a browser may not open from a web page;
+- `<flow>-<namespace>-output`: where the output is. On S3 a link artifact (a presigned URL,
+  valid `LINK_EXPIRES_S`, that the browser opens); on a local store a markdown artifact that says
+  plainly which file on the worker's machine it is (browsers open no file:// link from a web page);
+- `<flow>-<namespace>-preview`: a short animated WebP of the video (`PREVIEW_S` seconds at
+  `PREVIEW_FPS`, `PREVIEW_WIDTH` px; a few hundred KB, made with ffmpeg), inline on a local store,
+  a presigned URL on S3; with the render's lip-sync figures beside it when the flow gives them;
 - a table artifact of the stages: computed in this run or cached (made by an earlier run);
 - a log line with the output's store path.
 
@@ -22,11 +23,11 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import ffmpeg
 from prefect import get_run_logger
 from prefect.artifacts import (
-    create_image_artifact,
     create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
@@ -39,6 +40,8 @@ from talkflow.store import Artifact, ArtifactStore, StageResult, get_store
 
 LINK_EXPIRES_S = 7 * 24 * 3600  # S3's longest presigned URL with SigV4
 PREVIEW_WIDTH = 320
+PREVIEW_S = 4.0  # the preview clip: the video's first seconds
+PREVIEW_FPS = 10
 
 
 class PublishedOutput(BaseModel):
@@ -57,24 +60,33 @@ def artifact_key(*parts: str | None) -> str:
 
 
 def store_location(store: ArtifactStore, key: str) -> tuple[str, str]:
-    """(the store path of `key`, a URL a browser opens: file:// or an S3 presigned URL)."""
+    """(the store path of `key`, its URL: an S3 presigned URL a browser opens, or file:// on a local store)."""
     if store.is_local:
         path = Path(store.path(key)).resolve()
         return str(path), path.as_uri()
     return f"{store.url}/{key}", store.fs.sign(store.path(key), expiration=LINK_EXPIRES_S)
 
 
-def first_frame_jpeg(video: Path, width: int = PREVIEW_WIDTH) -> bytes:
-    """The first frame of `video`, `width` px wide, as JPEG bytes (ffmpeg)."""
+def preview_webp(video: Path, width: int = PREVIEW_WIDTH, seconds: float = PREVIEW_S,
+                 fps: int = PREVIEW_FPS) -> bytes:
+    """The first `seconds` of `video` as a looping animated WebP, `width` px wide (ffmpeg, no sound)."""
     out, _ = (
-        ffmpeg.input(str(video))
+        ffmpeg.input(str(video), t=seconds)
+        .filter("fps", fps)
         .filter("scale", width, -2)
-        .output("pipe:", vframes=1, format="image2", vcodec="mjpeg")
+        .output("pipe:", format="webp", vcodec="libwebp_anim", loop=0, quality=55, compression_level=4, an=None)
         .run(capture_stdout=True, capture_stderr=True)
     )
     if not out:
         raise ValueError(f"{video} has no frame to preview")
     return out
+
+
+def figures_table(figures: Mapping[str, Any]) -> str:
+    """A markdown table of the scalar figures (the lip-sync report's numbers)."""
+    rows = [f"| {k} | {v} |" for k, v in figures.items()
+            if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    return "| lip sync | value |\n|---|---|\n" + "\n".join(rows) + "\n" if rows else ""
 
 
 def run_started_at() -> datetime | None:
@@ -105,11 +117,13 @@ def publish_output(
     namespace: str | None = None,
     preview: Artifact | None = None,
     what: str = "video",
+    figures: Mapping[str, Any] | None = None,
 ) -> PublishedOutput:
-    """Link, preview, stage table and log line for the flow run's output.
+    """Where the output is, a preview clip, the stage table and a log line for the flow run's output.
 
     output: the output artifact (a video), or a store key (e.g. a dataset's manifest).
-    preview: the video whose first frame is shown; default: `output` when it is an artifact.
+    preview: the video the preview clip is made of; default: `output` when it is an artifact.
+    figures: numbers shown beside the preview (the render's lip-sync report).
     """
     store = get_store()
     key = output.key if isinstance(output, Artifact) else output
@@ -117,21 +131,26 @@ def publish_output(
     base = artifact_key(flow, namespace)
     keys = {"output": f"{base}-output", "preview": f"{base}-preview", "stages": f"{base}-stages"}
 
-    create_link_artifact(key=keys["output"], link=url, link_text=path,
-                         description=f"The {what} this run wrote (store path; the link opens it).")
+    if store.is_local:
+        create_markdown_artifact(
+            key=keys["output"], description=f"Where the {what} this run wrote is.",
+            markdown=f"The {what} is a file on the machine that ran this flow (the worker's local store):\n\n"
+                     f"`{path}`\n\nCopy it from there; a browser does not open a local file from this page. "
+                     "A store on S3 (TALKFLOW_STORE_URL) gives a link that opens it.")
+    else:
+        create_link_artifact(key=keys["output"], link=url, link_text=path,
+                             description=f"The {what} this run wrote (a link valid for 7 days).")
 
     source = preview or (output if isinstance(output, Artifact) else None)
     if source is not None:
-        jpeg = first_frame_jpeg(store.fetch(source))
+        clip = preview_webp(store.fetch(source))
         if store.is_local:
-            inline = base64.b64encode(jpeg).decode()
-            create_markdown_artifact(
-                key=keys["preview"], description=f"First frame of the {what}.",
-                markdown=f"![first frame](data:image/jpeg;base64,{inline})\n\n`{path}`")
+            image = f"data:image/webp;base64,{base64.b64encode(clip).decode()}"
         else:
-            still = store.put_bytes(jpeg, suffix=".jpg")
-            create_image_artifact(image_url=store_location(store, still.key)[1], key=keys["preview"],
-                                  description=f"First frame of the {what}.")
+            image = store_location(store, store.put_bytes(clip, suffix=".webp").key)[1]
+        create_markdown_artifact(
+            key=keys["preview"], description=f"The first seconds of the {what}.",
+            markdown=f"![preview of the {what}]({image})\n\n{figures_table(figures or {})}\n`{path}`")
 
     started = run_started_at()
     rows, status = [], {}

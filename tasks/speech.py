@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from talkflow import media
@@ -12,8 +14,8 @@ from tasks.inputs import scratch
 
 
 class SpeechConfig(BaseModel):
-    engine: str = Field("auto", pattern="^(auto|piper|espeak)$",
-                        description="auto: piper (bundled voice) when installed, else espeak-ng.")
+    engine: Literal["auto", "piper", "espeak"] = Field(
+        "auto", description="auto: piper (bundled voice) when installed, else espeak-ng.")
 
 
 @stage("tts", "1", retries=0)

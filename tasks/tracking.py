@@ -15,6 +15,7 @@ from models.face3d.camera import ERNERF_UNITS_PER_MM, to_nerf_transforms
 from models.face3d.fit import FitConfig, fit_landmarks
 from models.face3d.photometric import PhotoConfig, refine_photometric
 from talkflow.cache import stage
+from talkflow.forms import PLAIN_OPTIONALS
 from talkflow.settings import get_settings
 from talkflow.store import StageResult, get_store
 from tasks.inputs import frame_folder, load_landmarks, morphable_model, scratch
@@ -26,6 +27,8 @@ TRANSFORMS_UNITS_PER_MM = ERNERF_UNITS_PER_MM / 10
 
 
 class TrackingConfig(BaseModel):
+    model_config = PLAIN_OPTIONALS
+
     focal: float | None = Field(None, gt=0, description="Focal length in px; empty: searched (ER-NeRF).")
     photometric: bool = Field(True, description="Refine on the pixels with pytorch3d after the landmark fit.")
     photometric_iters: int = Field(

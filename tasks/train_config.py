@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from models.ernerf.trainer import TrainConfig, stage_config
 from talkflow.errors import InputError
+from talkflow.forms import PLAIN_OPTIONALS
 from tasks.presets import ModelPreset, describe
 from tasks.registry import STAGE_NAMES, TRAIN_STAGES
 
@@ -22,6 +23,8 @@ TrainOption = Literal[tuple(f for f in TrainConfig.model_fields if f not in OWN_
 class TrainStageConfig(BaseModel):
     """One training stage. Empty fields take the reference's value for that stage
     (models.ernerf.trainer.stage_config: head 100k steps, lips 25k, torso 200k; 65536 rays)."""
+
+    model_config = PLAIN_OPTIONALS
 
     steps: int | None = Field(None, ge=1, description="Optimisation steps; empty: the reference's.")
     rays_per_batch: int | None = Field(None, ge=1, description="Rays per step; empty: the reference's 65536.")

@@ -123,3 +123,79 @@ def test_ernerf_configs_describe_every_field():
         assert len(models) >= (7 if cls is ModelConfig else 1)
         assert [f"{m['title']}.{k}" for m in models for k, v in m["properties"].items()
                 if not v.get("description")] == []
+
+
+# -- forms a person fills: no internal records, no null toggles, closed choices as drop-downs ----------
+INTERNAL_TYPES = {"Artifact", "StageResult", "AvatarRecord", "SourceRecord"}
+CHOICE_FIELDS = {"engine", "renderer", "preset", "kind", "model", "stage", "method", "mouth"}
+
+
+def schema_nodes(node, path: str = ""):
+    """Every dict of a JSON schema with its path."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            yield from schema_nodes(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from schema_nodes(value, f"{path}/{i}")
+
+
+def null_toggles(schema: dict) -> list[str]:
+    """Where the UI would draw a "type None" toggle: an anyOf/oneOf with a null option."""
+    return [path for path, node in schema_nodes(schema) for key in ("anyOf", "oneOf")
+            if any(isinstance(o, dict) and o.get("type") == "null" for o in node.get(key, []))]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_forms_hold_no_internal_record_and_no_null_toggle(deployment):
+    schema = form_schema(deployment["entrypoint"])
+    internal = INTERNAL_TYPES | {name for name in schema.get("definitions", {}) if name.endswith("Result")}
+    assert set(schema.get("definitions", {})) & internal == set()
+    refs = {node["$ref"].rsplit("/", 1)[-1] for _, node in schema_nodes(schema) if "$ref" in node}
+    assert refs & internal == set()
+    assert null_toggles(schema) == []
+    # a closed choice is a drop-down (enum), never free text checked by a pattern
+    for path, prop in form_fields(schema).items():
+        assert "|" not in prop.get("pattern", ""), f"{path}: a choice written as a pattern"
+        if path.rsplit(".", 1)[-1] in CHOICE_FIELDS and prop.get("type") == "string":
+            assert prop.get("enum"), f"{path} is a closed choice without a drop-down"
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_a_form_sent_with_its_defaults_passes_the_servers_check(deployment):
+    """What the UI sends (every default filled in, empty optional values as null) is accepted by the
+    server's own parameter check, and by the flow's."""
+    from prefect.utilities.schema_tools.validation import validate
+
+    schema = form_schema(deployment["entrypoint"])
+    sent = {name: prop["default"] for name, prop in schema["properties"].items() if "default" in prop}
+    sent.update({name: "x" for name in schema.get("required", [])})
+    assert validate(sent, schema, raise_on_error=False) == []
+
+
+def test_text_or_audio_is_one_plain_choice_and_python_callers_keep_paths_and_none(tmp_path):
+    from flows.portrait import generate_from_portrait
+    from flows.render import render
+
+    schema = form_schema("flows.render:render")
+    props = schema["properties"]
+    assert props["text"] == {**props["text"], "type": "string", "default": ""}
+    assert props["audio"]["type"] == "string" and props["audio"]["default"] == ""
+    assert "avatar" not in props and "audio" not in schema["definitions"]["RenderVideoConfig"]["properties"]
+    engine = schema["definitions"]["SpeechConfig"]["properties"]["engine"]
+    assert engine["enum"] == ["auto", "piper", "espeak"] and engine["default"] == "auto"
+    # Python callers: a Path, or None for the one not given
+    wav = tmp_path / "a.wav"
+    params = render.validate_parameters({"person": "ann", "audio": wav, "text": None})
+    assert params["audio"] == str(wav) and params["text"] == ""
+    params = generate_from_portrait.validate_parameters(
+        {"character": "c", "image": tmp_path / "p.png", "text": "Hi.", "audio": None, "transcript": None})
+    assert params["audio"] == "" and params["text"] == "Hi." and params["transcript"] == ""
+
+
+def test_train_form_shows_reference_numbers_without_toggles():
+    schema = form_schema("flows.train:train_avatar")
+    steps = schema["definitions"]["TrainStageConfig"]["properties"]["steps"]
+    assert steps["type"] == "integer" and "default" not in steps  # the config's default fills it in
+    assert schema["properties"]["config"]["default"]["head"]["steps"] == 100_000

@@ -51,10 +51,12 @@ def test_media_run_shows_its_output_preview_and_cached_stages(tmp_path):
 
     arts = run_artifacts(first.state_details.flow_run_id)
     link, preview, table = arts[f"media-{ns}-output"], arts[f"media-{ns}-preview"], arts[f"media-{ns}-stages"]
-    assert link.type == "markdown" and f"({video_path.as_uri()})" in link.data and str(video_path) in link.data
+    # a local store's output: its path said plainly, no file:// link that a browser would not open
+    assert link.type == "markdown" and str(video_path) in link.data and "file://" not in link.data
     assert preview.type == "markdown"
-    jpeg = base64.b64decode(re.search(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", preview.data).group(1))
-    assert jpeg[:3] == b"\xff\xd8\xff" and len(jpeg) > 300  # a real JPEG of the first frame
+    webp = base64.b64decode(re.search(r"data:image/webp;base64,([A-Za-z0-9+/=]+)", preview.data).group(1))
+    assert webp[:4] == b"RIFF" and webp[8:12] == b"WEBP" and b"ANIM" in webp[:64]  # an animated clip
+    assert 300 < len(webp) < 500_000
     assert table.type == "table"
     assert stage_table(table) == {"probe": "computed", "normalize": "computed", "frames": "computed",
                                   "mux": "computed"}
@@ -75,3 +77,14 @@ def test_stage_status_and_keys():
     assert stage_status(old, started) == "cached" and stage_status(new, started) == "computed"
     assert artifact_key("render", "Alice_B") == "render-alice-b"
     assert artifact_key("media", None) == "media"
+
+
+def test_preview_is_a_short_animated_clip_with_the_figures_beside_it(tmp_path):
+    from tasks.outputs import PREVIEW_FPS, PREVIEW_S, figures_table, preview_webp
+
+    clip = make_clip(tmp_path / "long.mp4", duration=6.0, fps=25, size="320x320")
+    webp = preview_webp(clip)
+    assert webp[:4] == b"RIFF" and b"ANIM" in webp[:64]
+    assert webp.count(b"ANMF") == int(PREVIEW_S * PREVIEW_FPS)  # frames: the first seconds only
+    table = figures_table({"opening_corr": 0.41, "bilabial_closure": 0.8, "phones_source": "aligned", "ok": True})
+    assert "| opening_corr | 0.41 |" in table and "| phones_source | aligned |" in table and "ok" not in table

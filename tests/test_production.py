@@ -344,7 +344,7 @@ def test_api_runs_a_flow_through_its_deployment(cluster, tmp_path):
 
 def test_sample_clip_from_its_form_through_a_worker_shows_its_outputs(cluster):
     """The deployment run as the UI form runs it (defaults + the required text): the run shows
-    the video's S3 path and a presigned link, a first-frame preview, the stage table, a log line."""
+    the video's S3 path and a presigned link, an animated preview, the stage table, a log line."""
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
     from prefect.deployments import run_deployment
@@ -372,9 +372,11 @@ def test_sample_clip_from_its_form_through_a_worker_shows_its_outputs(cluster):
     with urllib.request.urlopen(link.group(2), timeout=10) as r:  # the presigned URL opens the mp4
         assert r.read(12)[4:8] == b"ftyp"
     preview = arts["sample-clip-preview"]
-    assert preview.type == "image"
-    with urllib.request.urlopen(preview.data, timeout=10) as r:
-        assert r.read(3) == b"\xff\xd8\xff"  # the first frame, a JPEG in the store
+    assert preview.type == "markdown"
+    image = re.search(r"!\[[^\]]*\]\((http[^)]+)\)", preview.data)
+    with urllib.request.urlopen(image.group(1), timeout=10) as r:
+        clip = r.read()
+    assert clip[:4] == b"RIFF" and b"ANIM" in clip[:64]  # the first seconds, an animated WebP in the store
     rows = arts["sample-clip-stages"].data
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert {row["stage"]: row["status"] for row in rows} == {"speech": "computed", "animate": "computed"}

@@ -54,6 +54,7 @@ from talkflow.contract import (
     kinds_text,
 )
 from talkflow.errors import AssetMissing, InputError
+from talkflow.forms import PLAIN_OPTIONALS
 
 Kind = AnyFeatureKind  # any kind a features file may hold
 ComputedKind = FeatureKind  # the kinds computed from audio (talkflow.contract.FEATURES)
@@ -74,7 +75,7 @@ class FeatureInfo(pydantic.BaseModel):
 
 
 class LogMelConfig(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(frozen=True)
+    model_config = pydantic.ConfigDict(frozen=True, **PLAIN_OPTIONALS)
 
     sample_rate: int = pydantic.Field(
         SAMPLE_RATE, description="Sample rate of the audio the features are computed from, Hz.")

@@ -39,6 +39,7 @@ from models.face.landmarks import FaceBox, detect_faces, landmarks68
 from models.face.mesh_landmarks import MeshMouth, MeshRescue
 from talkflow.contract import VIDEO_FPS
 from talkflow.errors import FaceNotFound, FaceTooSmall, InputError
+from talkflow.forms import PLAIN_OPTIONALS
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
 
@@ -68,7 +69,7 @@ class SmoothConfig(pydantic.BaseModel):
 class LandmarkConfig(pydantic.BaseModel):
     """How video landmarks are tracked; defaults suit an ER-NeRF clip (talkflow.contract.VIDEO_FPS, 512 px)."""
 
-    model_config = pydantic.ConfigDict(frozen=True)
+    model_config = pydantic.ConfigDict(frozen=True, **PLAIN_OPTIONALS)
 
     max_missing_share: float = pydantic.Field(
         0.2, ge=0, le=1,

@@ -46,6 +46,7 @@ from models.nerffacespeech.superres import SuperResolution
 from models.nerffacespeech.triplane import TriplaneDecoder, query_field
 from models.nerffacespeech.volume import PointWarp, render_rays
 from talkflow.errors import AssetMissing, InputError
+from talkflow.forms import PLAIN_OPTIONALS
 
 CHECKPOINT_FORMAT = "talkflow.nerffacespeech.generator"
 CHECKPOINT_VERSION = 1
@@ -57,7 +58,7 @@ CONVERT_HINT = ("convert it once, in an environment you trust, with `python -m m
 class GeneratorConfig(BaseModel):
     """Shape and rendering of the generator. Defaults: EG3D FFHQ 512 (`ffhqrebalanced512-128.pkl`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **PLAIN_OPTIONALS)
 
     # mapping
     z_dim: int = Field(512, ge=1, description="Size of the latent z.")

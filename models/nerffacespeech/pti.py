@@ -59,6 +59,7 @@ from models.nerffacespeech.generator import (
     generator_from_checkpoint,
 )
 from talkflow.errors import InputError
+from talkflow.forms import PLAIN_OPTIONALS
 
 PTI_FORMAT = "talkflow.nerffacespeech.pti"
 PTI_VERSION = 1
@@ -70,7 +71,7 @@ ImageLoss = Callable[[Tensor, Tensor], Tensor]  # (B, 3, h, w) pred, target in [
 class PTIConfig(BaseModel):
     """PTI stage config. Defaults: the PTI reference at 512 px."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **PLAIN_OPTIONALS)
 
     # (a) inversion
     inversion_steps: int = Field(450, ge=0, description="Steps of the latent inversion (PTI first_inv_steps).")

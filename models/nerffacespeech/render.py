@@ -22,10 +22,11 @@ from models.nerffacespeech.camera import Camera
 from models.nerffacespeech.deform import DeformConfig, ExpressionWarp, FaceRig
 from models.nerffacespeech.generator import TriplaneGenerator, to_uint8
 from talkflow.errors import InputError
+from talkflow.forms import PLAIN_OPTIONALS
 
 
 class RenderConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **PLAIN_OPTIONALS)
 
     batch_frames: int = Field(4, ge=1, description="Frames rendered together.")
     neural_rendering_resolution: int | None = Field(

@@ -31,12 +31,13 @@ from models.face.mouth import (
 from models.face3d.morphable import MorphableModel
 from models.portrait_warp.rig import WarpRig
 from talkflow.errors import InputError
+from talkflow.forms import PLAIN_OPTIONALS
 
 
 class WarpRenderConfig(BaseModel):
     """How the warp frames are drawn."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, **PLAIN_OPTIONALS)
 
     batch_frames: int = Field(8, ge=1, description="Frames warped together.")
     feather_px: float = Field(1.0, gt=0, description="Width of the soft edge of the painted mouth opening, px.")
