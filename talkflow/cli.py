@@ -287,7 +287,7 @@ def preprocess(
 
     start_server()
     from flows.preprocess import PreprocessConfig
-    from models.audio.features import AudioFeatureConfig
+    from models.audio.config import AudioFeatureConfig
     from talkflow.api import Talkflow
     from tasks.media import NormalizeConfig
     from tasks.tracking import TrackingConfig

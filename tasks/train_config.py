@@ -8,7 +8,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, Field
 
-from models.ernerf.trainer import TrainConfig, stage_config
+from models.ernerf.train_config import TrainConfig, stage_config
 from talkflow.errors import InputError
 from tasks.presets import ModelPreset, describe
 from tasks.registry import STAGE_NAMES, TRAIN_STAGES
