@@ -11,7 +11,9 @@ in three conditions:
   cold       the background server is stopped before each command: the first command of a day
   warm       the background server is running
 For portrait and render, `*_stages_s` is the time of the stages the command computed (from the data
-root's journal) and `*_overhead_s` the rest of the wall time.
+root's journal) and `*_overhead_s` the rest of the wall time. `imports_s`: where a command's start-up
+goes, as the wall time of a process that only imports one thing (Python itself, the CLI, Prefect,
+torch, each flow module); `--imports-only` measures just that (no data root, seconds).
 
 The data root (--data-root, default a new temporary folder) is prepared first: `talkflow demo` and a
 first portrait (minutes on a CPU the first time; seconds when the root already holds them).
@@ -101,6 +103,22 @@ def prepare(root: Path, work: Path) -> tuple[Path, float]:
 
 
 COMMANDS = ("help", "refused", "demo", "portrait", "render")
+IMPORTS = {"python": "pass", "talkflow.cli": "import talkflow.cli", "prefect": "import prefect",
+           "torch": "import torch", "flows.demo": "import flows.demo", "flows.render": "import flows.render",
+           "flows.portrait": "import flows.portrait"}
+
+
+def import_costs(root: Path, repeat: int = 2) -> dict[str, float]:
+    """Best-of-`repeat` wall time of a process that imports one thing (and whether torch came with it)."""
+    out: dict[str, float] = {}
+    for name, code in IMPORTS.items():
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env_for(root), check=True, capture_output=True)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = round(best, 2)
+    return out
 
 
 def condition(name: str, root: Path, image: Path, work: Path, commands: tuple[str, ...] = COMMANDS) -> dict:
@@ -149,14 +167,20 @@ def main() -> None:
     parser.add_argument("--commands", default=",".join(COMMANDS), help="Which commands (default: all).")
     parser.add_argument("--demo-text", help="The demo's --text (a root made with other sentences).")
     parser.add_argument("--demo-new-text", help="The demo's --new-text.")
+    parser.add_argument("--imports-only", action="store_true", help="Only the import costs (no data root).")
     args = parser.parse_args()
+    if args.imports_only:
+        with tempfile.TemporaryDirectory(prefix="talkflow-cli-latency-") as tmp:
+            print(json.dumps({"bench": "cli_latency", "imports_s": import_costs(Path(tmp))}))
+        return
     for flag, value in (("--text", args.demo_text), ("--new-text", args.demo_new_text)):
         if value:
             DEMO_ARGS.extend([flag, value])
     root = (args.data_root or Path(tempfile.mkdtemp(prefix="talkflow-cli-latency-"))).resolve()
     work = Path(tempfile.mkdtemp(prefix="talkflow-cli-latency-inputs-"))
+    imports = import_costs(root)
     image, prepare_s = prepare(root, work)
-    results = {"bench": "cli_latency", "data_root": str(root), "prepare_s": round(prepare_s, 1)}
+    results = {"bench": "cli_latency", "data_root": str(root), "prepare_s": round(prepare_s, 1), "imports_s": imports}
     try:
         for name in args.conditions.split(","):
             results[name] = condition(name, root, image, work, tuple(args.commands.split(",")))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from models.audio.features import AudioFeatureConfig
+from models.audio.config import AudioFeatureConfig
 from talkflow import assets
 from talkflow.checks import FeatureKind, feature_kind, speech_audio
 from talkflow.contract import DEFAULT_FEATURES, SAMPLE_RATE, VIDEO_FPS

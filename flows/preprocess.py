@@ -15,12 +15,8 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from models.audio.features import AudioFeatureConfig
-from models.face.background import BackgroundConfig
-from models.face.blink import BlinkConfig
-from models.face.composite import TorsoConfig
-from models.face.parsing import ParsingConfig, resolve_method
-from models.face.video_landmarks import LandmarkConfig
+from models.audio.config import AudioFeatureConfig
+from models.face.config import BackgroundConfig, BlinkConfig, LandmarkConfig, ParsingConfig, TorsoConfig, resolve_method
 from talkflow import assets
 from talkflow.cache import validate_name
 from talkflow.contract import FEATURES

@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from models.audio.features import AudioFeatureConfig
+from models.audio.config import AudioFeatureConfig
 from talkflow import assets
 from talkflow.checks import audio_or_text, validate_name
 from talkflow.contract import COMPUTED_KINDS, FEATURE_DIMS, FEATURES, SAMPLE_RATE

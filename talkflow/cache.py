@@ -1,11 +1,7 @@
 """The stage cache: a Prefect CachePolicy keyed by content, and the `stage` task decorator.
 
-key = <namespace>.<stage>.v<version>.<sha256 of the inputs' CONTENT and the config>
-
-* a Path argument contributes the sha256 of the file (or directory) it points to, so renaming
-  or moving the input still hits and changing one byte misses;
-* an Artifact / StageResult contributes its recorded checksums (upstream changes flow down);
-* a pydantic config contributes its canonical JSON; other values their JSON.
+key = <namespace>.<stage>.v<version>.<sha256 of the inputs' CONTENT and the config>, computed
+by talkflow.keys (which the cache commands read without importing Prefect).
 
 A cached result is a StageResult manifest. Reading it back verifies the artifacts it names
 (`ManifestSerializer.loads`); a failed check makes Prefect treat the entry as absent, so a
@@ -30,56 +26,16 @@ from prefect import task
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.serializers import Serializer
-from pydantic import BaseModel
 
 import talkflow
 from talkflow.checks import NAME_RE, validate_name  # noqa: F401  (re-exported)
 from talkflow.errors import CorruptArtifact, DiskFull, InputError
-from talkflow.hashing import canonical_json, sha256_bytes, sha256_path
+from talkflow.keys import NO_NAMESPACE, cache_key, fingerprint, parse_key  # noqa: F401  (re-exported)
 from talkflow.locks import SettingsLockManager
 from talkflow.settings import get_settings
-from talkflow.store import CACHE_DIR, Artifact, StageResult, disk_full, get_store
-
-NO_NAMESPACE = "_"
+from talkflow.store import CACHE_DIR, StageResult, disk_full, get_store
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def fingerprint(value: Any) -> Any:
-    """What of an argument enters the cache key: content for files, checksums for artifacts."""
-    if isinstance(value, StageResult):
-        return {
-            "stage": value.stage,
-            "artifacts": {k: a.sha256 for k, a in sorted(value.artifacts.items())},
-            "meta": sha256_bytes(canonical_json(value.meta).encode()),
-        }
-    if isinstance(value, Artifact):
-        return {"artifact": value.sha256}
-    if isinstance(value, Path):
-        # a missing path hashes as itself; the stage body reports it as bad input
-        return {"file": sha256_path(value)} if value.exists() else {"missing": str(value)}
-    if isinstance(value, BaseModel):
-        return {"config": canonical_json(value)}
-    if isinstance(value, dict):
-        return {str(k): fingerprint(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [fingerprint(v) for v in value]
-    return value
-
-
-def cache_key(stage: str, version: str, inputs: dict[str, Any]) -> str:
-    namespace = inputs.get("namespace") or NO_NAMESPACE
-    if namespace != NO_NAMESPACE:
-        validate_name(namespace, "namespace")
-    digest = sha256_bytes(canonical_json(fingerprint(inputs)).encode())
-    return f"{namespace}.{stage}.v{version}.{digest}"
-
-
-def parse_key(key: str) -> dict[str, str] | None:
-    parts = key.split(".")
-    if len(parts) != 4 or not parts[2].startswith("v"):
-        return None
-    return {"namespace": parts[0], "stage": parts[1], "version": parts[2][1:], "digest": parts[3]}
 
 
 @dataclass

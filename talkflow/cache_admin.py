@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from talkflow.cache import parse_key
+from talkflow.keys import parse_key
 from talkflow.store import CACHE_DIR, ArtifactStore, StageResult, mtime_of
 
 SWEEP_GRACE_S = 3600.0  # payloads younger than this may belong to a stage still running

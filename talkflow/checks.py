@@ -73,9 +73,9 @@ def talking_video(path: Path | str, *, need_audio: bool = True, min_duration_s: 
                   max_audio_gap_s: float = MAX_AUDIO_GAP_S) -> Path:
     """A readable video (ffprobe) with a moving picture of at least `min_duration_s` and, if asked, a
     sound track that ends at most `max_audio_gap_s` before the picture (docs/media-contract.md)."""
-    from talkflow import media
-
     p = existing_file(path, "video")
+    from talkflow import media  # after the cheap checks: a missing file is refused before ffmpeg loads
+
     media.require_video(media.probe(p), need_audio=need_audio, min_duration_s=min_duration_s,
                         max_audio_gap_s=max_audio_gap_s if need_audio else None)
     return p
@@ -83,10 +83,10 @@ def talking_video(path: Path | str, *, need_audio: bool = True, min_duration_s: 
 
 def speech_audio(path: Path | str, max_duration_s: float = MAX_SPEECH_S) -> Path:
     """A readable file with an audio stream (any container ffmpeg reads) of at most `max_duration_s`."""
-    from talkflow import media
+    p = existing_file(path, "audio")
+    from talkflow import media  # after the cheap checks: a missing file is refused before ffmpeg loads
     from talkflow.errors import NoAudioStream
 
-    p = existing_file(path, "audio")
     info = media.probe(p)
     if not info.has_audio:
         raise NoAudioStream(f"'{p.name}' has no audio track; give a wav/mp3/m4a with speech")

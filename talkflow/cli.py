@@ -287,7 +287,7 @@ def preprocess(
 
     start_server()
     from flows.preprocess import PreprocessConfig
-    from models.audio.features import AudioFeatureConfig
+    from models.audio.config import AudioFeatureConfig
     from talkflow.api import Talkflow
     from tasks.media import NormalizeConfig
     from tasks.tracking import TrackingConfig
@@ -457,8 +457,8 @@ def portrait(
 @character_app.command("rm")
 def character_rm(name: str) -> None:
     """Free a character's (or person's) cached fits and outputs."""
-    from talkflow.cache import validate_name
     from talkflow.cache_admin import free_namespace
+    from talkflow.checks import validate_name
     from talkflow.store import get_store
 
     entries, freed = free_namespace(get_store(), validate_name(name, "character"))
@@ -523,8 +523,8 @@ def cache_prune(
     dry_run: bool = typer.Option(False, help="Only say what would go."),
 ) -> None:
     """Remove entries, then delete payloads nothing references any more."""
-    from talkflow.cache import validate_name
     from talkflow.cache_admin import list_entries, remove_entries, select_for_prune, sweep
+    from talkflow.checks import validate_name
     from talkflow.store import get_store
 
     if older_than is None and max_size is None and character is None:

@@ -10,7 +10,8 @@ Across hosts, Redis (prefect-redis). Prefect takes its locks with no hold timeou
 lock whose holder is killed (a run's container killed mid-stage) would stay forever and every
 later run of that stage would wait on it. `LeasedRedisLockManager` takes each lock for a short
 lease and renews it from a thread while the holder lives: a killed holder's lock expires after
-at most one lease.
+at most one lease. It lives in talkflow.redis_locks, imported only when Redis is configured
+(prefect-redis and redis take a fair part of a second to import).
 """
 
 from __future__ import annotations
@@ -22,9 +23,6 @@ import time
 from pathlib import Path
 
 from prefect.locking.protocol import LockManager
-from prefect_redis.locking import RedisLockManager
-from redis.exceptions import LockError, RedisError
-from redis.lock import Lock
 
 from talkflow.settings import get_settings
 
@@ -141,51 +139,6 @@ class SettingsLockManager(LockManager):
         return await self._backend().await_for_lock(key, timeout)
 
 
-class LeasedRedisLockManager(RedisLockManager):
-    """prefect-redis's lock manager with leases: see the module's docstring."""
-
-    def __init__(self, connection_url: str, lease_s: float):
-        super().__init__(connection_url=connection_url)
-        self.lease_s = lease_s
-        self._renewers: dict[str, threading.Event] = {}
-
-    def acquire_lock(self, key, holder, acquire_timeout=None, hold_timeout=None) -> bool:
-        got = super().acquire_lock(key, holder, acquire_timeout, hold_timeout or self.lease_s)
-        if got and hold_timeout is None:
-            self._renew(key, holder)
-        return got
-
-    async def aacquire_lock(self, key, holder, acquire_timeout=None, hold_timeout=None) -> bool:
-        got = await super().aacquire_lock(key, holder, acquire_timeout, hold_timeout or self.lease_s)
-        if got and hold_timeout is None:
-            self._renew(key, holder)
-        return got
-
-    def release_lock(self, key, holder) -> None:
-        stop = self._renewers.pop(key, None)
-        if stop is not None:
-            stop.set()
-        super().release_lock(key, holder)
-
-    def _renew(self, key: str, holder: str) -> None:
-        """Reset the lock's time to live to a full lease every third of a lease, until released."""
-        lock = Lock(self.client, self._lock_name_for_key(key), timeout=self.lease_s, thread_local=False)
-        lock.local.token = holder.encode()
-        stop = threading.Event()
-        self._renewers[key] = stop
-
-        def renew() -> None:
-            while not stop.wait(self.lease_s / 3):
-                try:
-                    lock.reacquire()
-                except LockError:  # no longer ours (released meanwhile, or expired)
-                    return
-                except RedisError:  # Redis unreachable for a moment: try again next time
-                    continue
-
-        threading.Thread(target=renew, name=f"lock-lease-{key[:16]}", daemon=True).start()
-
-
 _MANAGERS: dict[tuple[str, str], LockManager] = {}
 _MANAGERS_MUTEX = threading.Lock()
 
@@ -205,4 +158,14 @@ def _flock(directory: str) -> FlockLockManager:
 
 
 def _redis(url: str, lease_s: float) -> LockManager:
+    from talkflow.redis_locks import LeasedRedisLockManager
+
     return _shared("redis", f"{url}#{lease_s}", lambda: LeasedRedisLockManager(url, lease_s))
+
+
+def __getattr__(name: str):
+    if name == "LeasedRedisLockManager":  # kept importable from here
+        from talkflow.redis_locks import LeasedRedisLockManager
+
+        return LeasedRedisLockManager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

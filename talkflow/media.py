@@ -13,11 +13,10 @@ import wave
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ffmpeg
-import numpy as np
 import pydantic
-from PIL import Image
 
 from talkflow.contract import AUDIO_SLACK_S, SAMPLE_RATE, VIDEO_FPS
 from talkflow.errors import (
@@ -30,6 +29,9 @@ from talkflow.errors import (
     NotAMedia,
     NoVideoStream,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "MediaInfo",
@@ -547,6 +549,7 @@ def mux(
 
 
 # --------------------------------------------------------------------------- numpy / Pillow / wave I/O
+# (imported where used: probing a file, the checks' job, loads neither)
 
 
 def write_frames(
@@ -560,6 +563,9 @@ def write_frames(
 
     ``quality`` is Pillow's JPEG quality (1..95); ignored for png.
     """
+    import numpy as np
+    from PIL import Image
+
     ext = _check_ext(ext)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -597,12 +603,17 @@ class FrameFolder(Sequence):
             return [self[j] for j in range(*i.indices(self._n))]
         if not -self._n <= i < self._n:
             raise IndexError(i)
+        import numpy as np
+        from PIL import Image
+
         with Image.open(self.folder / f"{i % self._n}.{self.ext}") as img:
             return np.asarray(img.convert(self.mode))
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """Read a 16-bit PCM wav as float32 mono samples in [-1, 1] (channels averaged) and its rate."""
+    import numpy as np
+
     p = _check_readable(path)
     try:
         with wave.open(str(p), "rb") as w:
@@ -627,6 +638,8 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
 
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
     """Write mono samples (float in [-1, 1], clipped, or int16) as a 16-bit PCM wav."""
+    import numpy as np
+
     arr = np.asarray(samples)
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)

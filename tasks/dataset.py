@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.audio.features import FeatureInfo, save_features, window_features
+from models.audio.config import FeatureInfo
 from models.face.blink import read_au45, write_au_csv
-from models.face.video_landmarks import read_lms, write_lms
 from talkflow.cache import stage
 from talkflow.contract import FEATURE_DIMS, FEATURES, VIDEO_FPS
 from talkflow.errors import InputError
@@ -97,6 +96,8 @@ def assemble_dataset(
 
 def materialize_dataset(dataset: StageResult, dest: Path, *, copy: bool = False) -> Path:
     """Write the dataset folder at `dest` (symlinks into the store's local copies, or copies)."""
+    from models.face.video_landmarks import write_lms
+
     dest = Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
@@ -145,6 +146,8 @@ def _reference_features(folder: Path) -> tuple[Path, str | None]:
 def _features_per_frame(path: Path, kind: str | None, n_frames: int) -> tuple[np.ndarray, str]:
     """(T, 16, D) features and their kind from a reference file: already windowed (T, 16, D), or
     HuBERT's (T, 2, 1024) (two 50 Hz steps per video frame, as the reference's hubert.py saves)."""
+    from models.audio.features import window_features
+
     arr = np.load(path, allow_pickle=False).astype(np.float32)
     by_dim = {d: k for k, d in FEATURE_DIMS.items()}
     if kind is None:  # aud.npy: its kind from its dimension
@@ -187,6 +190,9 @@ def check_reference_folder(folder: Path) -> Path:
 @stage("import_dataset", "1")
 def import_dataset(folder: Path, namespace: str | None = None) -> StageResult:
     """An ER-NeRF dataset folder (as the reference's data_utils/process.py writes it) as a dataset manifest."""
+    from models.audio.features import save_features
+    from models.face.video_landmarks import read_lms
+
     folder = check_reference_folder(folder)
     feats_path, kind = _reference_features(folder)
     images = _numbered(folder / "ori_imgs", "jpg")

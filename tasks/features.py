@@ -6,13 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.audio.features import (
-    AudioFeatureConfig,
-    FeatureInfo,
-    extract_features,
-    load_deepspeech_npy,
-    save_features,
-)
+from models.audio.config import AudioFeatureConfig, FeatureInfo
 from talkflow import media
 from talkflow.cache import stage
 from talkflow.settings import get_settings
@@ -31,6 +25,8 @@ def audio_features(
 ) -> StageResult:
     """(T,16,D) features per video frame: log-mel by default, HuBERT/wav2vec2 from a local model
     folder, or a supplied DeepSpeech .npy."""
+    from models.audio.features import extract_features, load_deepspeech_npy, save_features
+
     with scratch("audio") as work:
         if deepspeech is not None:
             feats = load_deepspeech_npy(local_file(deepspeech), n_frames)

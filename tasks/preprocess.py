@@ -13,11 +13,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from models.face.background import BackgroundConfig, estimate_background
-from models.face.blink import BlinkConfig, au45_from_landmarks, write_au_csv
-from models.face.composite import TorsoConfig, gt_image, torso_rgba
-from models.face.parsing import ParsingConfig, labels_to_rgb, parse_frames, resolve_method, rgb_to_labels
-from models.face.video_landmarks import LandmarkConfig, track_video_landmarks
+from models.face.config import BackgroundConfig, BlinkConfig, LandmarkConfig, ParsingConfig, TorsoConfig, resolve_method
 from talkflow import media
 from talkflow.cache import stage
 from talkflow.contract import VIDEO_FPS
@@ -39,6 +35,8 @@ class LabelFolder(Sequence):
         return len(self.colours)
 
     def __getitem__(self, i: int) -> np.ndarray:
+        from models.face.parsing import rgb_to_labels
+
         return rgb_to_labels(self.colours[i])
 
 
@@ -100,6 +98,8 @@ def detect_landmarks(frames: StageResult, config: LandmarkConfig, fps: float, me
     interpolated. MediaPipe's ``mesh`` (face_landmark.tflite) gives the lips when
     ``config.mouth == "mesh"``; with its ``detector`` (face_detection_short_range.tflite) the points
     where dlib finds no face."""
+    from models.face.video_landmarks import track_video_landmarks
+
     if (config.mouth == "mesh" or config.mesh_fallback) and mesh is None:
         raise InputError("landmarks.mouth='mesh' and landmarks.mesh_fallback need the face mesh network; "
                          "pass assets.shipped('face_mesh')")
@@ -129,6 +129,8 @@ def parse_faces(
     """Head / neck / torso / background label images (BiSeNet when weights are given; else the
     classical parser, its person foreground from ``segmentation``, MediaPipe's
     selfie_segmentation.tflite, when ``config.person_mask == "segmentation"``)."""
+    from models.face.parsing import labels_to_rgb, parse_frames
+
     method = resolve_method(config.method, weights)
     use_seg = method == "classical" and config.person_mask == "segmentation"
     if use_seg and segmentation is None:
@@ -154,6 +156,8 @@ def parse_faces(
 def estimate_plate(frames: StageResult, parsing: StageResult, config: BackgroundConfig,
                    namespace: str | None = None) -> StageResult:
     """The static background over the clip (bc.jpg), person pixels excluded."""
+    from models.face.background import estimate_background
+
     plate = estimate_background(frame_folder(frames), load_labels(parsing), config)
     with scratch("background") as work:
         Image.fromarray(plate).save(work / "bc.jpg", quality=95)
@@ -170,6 +174,8 @@ def composite_images(
     namespace: str | None = None,
 ) -> StageResult:
     """gt_imgs (frame over the plate) and torso_imgs (RGBA torso + neck, head removed)."""
+    from models.face.composite import gt_image, torso_rgba
+
     images, labels = frame_folder(frames), load_labels(parsing)
     plate = load_image(background["bc"])
     if len(images) != len(labels):
@@ -191,6 +197,8 @@ def composite_images(
 def detect_blinks(landmarks: StageResult, config: BlinkConfig, fps: float = VIDEO_FPS,
                   namespace: str | None = None) -> StageResult:
     """Per-frame eye closure (AU45-like, 0 open .. 5 closed) from the eye landmarks, as OpenFace's au.csv."""
+    from models.face.blink import au45_from_landmarks, write_au_csv
+
     au45 = au45_from_landmarks(load_landmarks(landmarks), config)
     with scratch("blinks") as work:
         write_au_csv(work / "au.csv", au45, fps)

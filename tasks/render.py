@@ -17,8 +17,6 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from models.ernerf.audio import eye_feature
-from models.ernerf.trainer import load_model
 from models.face.blink import read_au45
 from talkflow.cache import stage
 from talkflow.errors import InputError
@@ -76,6 +74,9 @@ def render_frames_stage(avatar: StageResult, dataset: StageResult, features: Sta
                         config: RenderConfig = RenderConfig(), namespace: str | None = None) -> StageResult:
     """Frames of the avatar (a lips or torso checkpoint) speaking the features' audio, one per window."""
     import torch
+
+    from models.ernerf.audio import eye_feature
+    from models.ernerf.trainer import load_model
 
     check_features(avatar, features)  # before anything is loaded
     if config.with_torso and avatar.stage != STAGE_NAMES["torso"]:

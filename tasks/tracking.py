@@ -6,24 +6,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 from pydantic import BaseModel, Field
 
-from models.face3d.camera import ERNERF_UNITS_PER_MM, to_nerf_transforms
-from models.face3d.fit import FitConfig, fit_landmarks
-from models.face3d.photometric import PhotoConfig, refine_photometric
 from talkflow.cache import stage
 from talkflow.forms import PLAIN_OPTIONALS
 from talkflow.settings import get_settings
 from talkflow.store import StageResult, get_store
 from tasks.inputs import frame_folder, load_landmarks, morphable_model, scratch
 
-# transforms_*.json are in the reference's units: its save_transforms divides the tracker's
-# translations (decimetres) by 10, so a head ~0.7 units from the camera fits the model's box
-# after its pose_scale of 4
-TRANSFORMS_UNITS_PER_MM = ERNERF_UNITS_PER_MM / 10
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class TrackingConfig(BaseModel):
@@ -56,6 +50,17 @@ def track_faces(
     namespace: str | None = None,
 ) -> StageResult:
     """Per-frame head pose, expression, shared identity and focal for every frame."""
+    import torch  # the fits' libraries load when a fit runs, not when a cached run reads its result
+
+    from models.face3d.camera import ERNERF_UNITS_PER_MM, to_nerf_transforms
+    from models.face3d.config import FitConfig, PhotoConfig
+    from models.face3d.fit import fit_landmarks
+    from models.face3d.photometric import refine_photometric
+
+    # transforms_*.json are in the reference's units: its save_transforms divides the tracker's
+    # translations (decimetres) by 10, so a head ~0.7 units from the camera fits the model's box
+    # after its pose_scale of 4
+    transforms_units_per_mm = ERNERF_UNITS_PER_MM / 10
     device = torch.device(get_settings().torch_device())  # CUDA when present: all frames batched there
     model = morphable_model(bfm).to(device=device)
     lms = torch.from_numpy(load_landmarks(landmarks)).float().to(device)  # (T,68,2)
@@ -65,7 +70,7 @@ def track_faces(
     if config.photometric:
         photo = dataclasses.replace(PhotoConfig(), iters=config.photometric_iters, render_size=config.render_size)
         track = refine_photometric(frame_folder(frames), lms, model, track, photo)
-    c2w = to_nerf_transforms(track.euler.cpu(), track.trans.cpu(), TRANSFORMS_UNITS_PER_MM).numpy()  # (T,4,4)
+    c2w = to_nerf_transforms(track.euler.cpu(), track.trans.cpu(), transforms_units_per_mm).numpy()  # (T,4,4)
     n = track.n_frames
     n_val = max(1, round(n * config.val_fraction))
     with scratch("tracking") as work:

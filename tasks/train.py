@@ -13,14 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from models.ernerf.audio import attention_profile
-from models.ernerf.dataset import ERNeRFDataset, check_dataset, load_split
-from models.ernerf.model import ERNeRF
-from models.ernerf.trainer import Trainer, load_model
 from talkflow.cache import stage
 from talkflow.errors import InputError
 from talkflow.gpu import gpu_slot
@@ -34,6 +28,10 @@ from tasks.presets import ModelPreset, ernerf_model
 from tasks.resume import ResumeSlot, resume_key
 from tasks.train_config import STAGE_NAMES, TrainStageConfig
 
+if TYPE_CHECKING:
+    from models.ernerf.dataset import ERNeRFDataset
+    from models.ernerf.model import ERNeRF
+
 VERSION = "1"
 TRAIN_TIMEOUT_S = 48 * 3600  # the reference schedule takes hours on one GPU
 
@@ -41,6 +39,12 @@ TRAIN_TIMEOUT_S = 48 * 3600  # the reference schedule takes hours on one GPU
 def _train_stage(stage_name: str, inputs: dict[str, Any], make_model: Callable[[ERNeRFDataset], ERNeRF],
                  extra_meta: dict[str, Any]) -> StageResult:
     """Materialize the dataset, build the model, train (resuming), validate, store the checkpoint."""
+    import numpy as np  # the model's libraries load when a stage trains, not when a cached run reads it
+
+    from models.ernerf.audio import attention_profile
+    from models.ernerf.dataset import check_dataset, load_split
+    from models.ernerf.trainer import Trainer
+
     short = stage_name.removeprefix("train_")
     dataset: StageResult = inputs["dataset"]
     config: TrainStageConfig = inputs["config"]
@@ -105,7 +109,13 @@ def _previous_model(previous: StageResult, allowed: tuple[str, ...], what: str) 
     if previous.stage not in allowed or "checkpoint" not in previous.artifacts:
         raise InputError(f"the {what} stage starts from a {' or '.join(allowed)} result, got "
                          f"{previous.stage or 'a result without a stage'}; train the earlier stage first")
-    return lambda _train: load_model(local_file(previous["checkpoint"]), device="cpu")
+
+    def make(_train: ERNeRFDataset) -> ERNeRF:
+        from models.ernerf.trainer import load_model
+
+        return load_model(local_file(previous["checkpoint"]), device="cpu")
+
+    return make
 
 
 @stage(STAGE_NAMES["head"], VERSION, timeout_s=TRAIN_TIMEOUT_S)
@@ -117,6 +127,8 @@ def train_head(dataset: StageResult, config: TrainStageConfig, model: ModelPrese
 
     def make(train: ERNeRFDataset) -> ERNeRF:
         import torch
+
+        from models.ernerf.model import ERNeRF
 
         with torch.random.fork_rng(devices=[]):  # the same inputs give the same initial model
             torch.manual_seed(config.seed)

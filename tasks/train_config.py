@@ -8,7 +8,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import BaseModel, Field
 
-from models.ernerf.trainer import TrainConfig, stage_config
+from models.ernerf.train_config import TrainConfig, stage_config
 from talkflow.errors import InputError
 from talkflow.forms import PLAIN_OPTIONALS
 from tasks.presets import ModelPreset, describe

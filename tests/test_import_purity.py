@@ -67,3 +67,61 @@ def test_importing_tasks_changes_nothing(tmp_path):
     assert "tasks.train" in result["modules"] and "tasks.portrait" in result["modules"]
     assert result["changed"] == [] and result["new_files"] == []
     assert not (tmp_path / "root").exists()
+
+
+# What a command imports, as a process: `talkflow --help`, the commands that only read the cache or
+# the store, and refused input, answer without torch or Prefect (each takes seconds to import).
+HEAVY = ("torch", "prefect")
+LIGHT_COMMANDS = {
+    "help": ["--help"],
+    "cache ls": ["cache", "ls"],
+    "cache du": ["cache", "du"],
+    "cache verify": ["cache", "verify"],
+    "character rm": ["character", "rm", "nobody"],
+    "assets ls": ["assets", "ls"],
+    "server status": ["server", "status"],
+    "refused render": ["render", "--person", "demo", "--audio", "missing.wav"],
+    "refused portrait": ["portrait", "--character", "a", "--image", "missing.png", "--text", "hi"],
+    "refused preprocess": ["preprocess", "missing.mp4", "--person", "a"],
+}
+
+COMMAND = """
+import runpy, sys
+sys.argv = ["talkflow", *sys.argv[1:]]
+try:
+    runpy.run_module("talkflow.cli", run_name="__main__")
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+heavy = sorted(m for m in {HEAVY} if m in sys.modules)
+print("HEAVY", ",".join(heavy), "EXIT", code, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("name", list(LIGHT_COMMANDS))
+def test_light_commands_import_neither_torch_nor_prefect(name, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TALKFLOW_"))}
+    env |= {"PYTHONPATH": str(ROOT), "TALKFLOW_DATA_ROOT": str(tmp_path / "root"), "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", COMMAND.replace("{HEAVY}", repr(HEAVY)), *LIGHT_COMMANDS[name]],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False)
+    last = [line for line in out.stderr.splitlines() if line.startswith("HEAVY")]
+    assert last, out.stderr[-2000:]
+    _, heavy, _, code = last[-1].split(" ")
+    assert heavy == "", f"`talkflow {' '.join(LIGHT_COMMANDS[name])}` imported {heavy}"
+    assert code in ("0", "1", "2", "None"), out.stderr[-2000:]  # ran, or refused with its one-line error
+    if name.startswith("refused"):
+        assert code == "2" and "error:" in out.stderr
+
+
+def test_the_demo_flow_imports_no_torch(tmp_path):
+    """A demo whose stages are all cached never needs torch: the flows' parameters (configs) and
+    the stage modules import without it; each stage imports its models when it computes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TALKFLOW_"))}
+    env |= {"PYTHONPATH": str(ROOT), "TALKFLOW_DATA_ROOT": str(tmp_path / "root"), "HOME": str(tmp_path)}
+    code = "import sys, flows.demo, flows.features, flows.import_dataset; print(sorted(m for m in ('torch', 'scipy') " \
+           "if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -37,10 +37,11 @@ import numpy as np
 import pydantic
 import torch
 
+# the configs live in a torch-free module (a flow's parameters import them); kept importable from here
+from models.audio.config import AudioFeatureConfig, ComputedKind, FeatureInfo, Kind, LogMelConfig  # noqa: F401
 from talkflow.contract import (
     ASSET_KINDS,
     COMPUTED_KINDS,
-    DEFAULT_FEATURES,
     FEATURE_DIMS,
     FEATURE_FPS,
     FEATURES,
@@ -48,52 +49,16 @@ from talkflow.contract import (
     SAMPLE_RATE,
     VIDEO_FPS,
     WINDOW,
-    AnyFeatureKind,
-    FeatureKind,
     frame_count,
     kinds_text,
 )
 from talkflow.errors import AssetMissing, InputError
-from talkflow.forms import PLAIN_OPTIONALS
 
-Kind = AnyFeatureKind  # any kind a features file may hold
-ComputedKind = FeatureKind  # the kinds computed from audio (talkflow.contract.FEATURES)
 MODEL_KINDS = ASSET_KINDS  # need a registered local model folder
 
 FEATS_FILE = "aud_feats.npy"
 INFO_FILE = "aud_feats.json"
 DEEPSPEECH_DIM = FEATURE_DIMS["deepspeech"]
-
-
-class FeatureInfo(pydantic.BaseModel):
-    """What ``aud_feats.npy`` holds (written beside it as ``aud_feats.json``)."""
-
-    kind: Kind
-    dim: int
-    fps: int = VIDEO_FPS  # windows per second (one per video frame)
-    window: int = WINDOW  # 50 Hz feature frames per window
-
-
-class LogMelConfig(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(frozen=True, **PLAIN_OPTIONALS)
-
-    sample_rate: int = pydantic.Field(
-        SAMPLE_RATE, description="Sample rate of the audio the features are computed from, Hz.")
-    n_fft: int = pydantic.Field(512, description="FFT size, samples.")
-    win_length: int = pydantic.Field(400, description="Analysis window, samples (400 = 25 ms at 16 kHz).")
-    hop_length: int = pydantic.Field(
-        320, description="Hop between feature frames, samples (320 = 20 ms: 50 Hz features).")
-    n_mels: int = pydantic.Field(80, description="Mel bands.")
-    fmin: float = pydantic.Field(0.0, description="Lowest mel frequency, Hz.")
-    fmax: float | None = pydantic.Field(None, description="Highest mel frequency, Hz; empty: half the sample rate.")
-    log_floor: float = pydantic.Field(1e-5, gt=0, description="Mel power floor before the log.")
-    normalize: bool = pydantic.Field(
-        True, description="Standardise each band over the clip (mean 0, variance 1), as speech recognisers' "
-        "CMVN: the loudness, microphone and part of the voice drop out, and the network sees unit-scale inputs.")
-    stats_fraction: float = pydantic.Field(
-        1.0, gt=0, le=1, description="Share of the clip, from its start, whose frames give the band statistics: "
-        "preprocessing sets it to the training part so that the held-out end never leaks into the features; "
-        "new audio uses all of itself (1).")
 
 
 def normalize_bands(steps: np.ndarray, fraction: float = 1.0) -> np.ndarray:
@@ -103,25 +68,6 @@ def normalize_bands(steps: np.ndarray, fraction: float = 1.0) -> np.ndarray:
     mean = ref.mean(0, keepdims=True)
     std = ref.std(0, keepdims=True)
     return ((steps - mean) / np.maximum(std, 1e-3)).astype(np.float32)
-
-
-class AudioFeatureConfig(pydantic.BaseModel):
-    """Stage config: which features, and how the model-based ones run."""
-
-    model_config = pydantic.ConfigDict(frozen=True)
-
-    kind: ComputedKind = pydantic.Field(
-        DEFAULT_FEATURES, description="Audio features: " + "; ".join(
-            f"{s.name} ({s.summary}; D={s.width}{', needs the registered asset ' + s.asset if s.asset else ''})"
-            for s in FEATURES.values() if s.computed) + ".")
-    window: int = pydantic.Field(WINDOW, ge=1, description="50 Hz feature frames per video-frame window (ER-NeRF: 16).")
-    logmel: LogMelConfig = pydantic.Field(LogMelConfig(), description="Log-mel settings (kind logmel).")
-    chunk_s: float = pydantic.Field(
-        20.0, gt=0, description="Audio per forward pass of a speech model, s (bounds memory).")
-    context_s: float = pydantic.Field(
-        1.0, ge=0, description="Extra audio each side of a chunk, s; its outputs are dropped.")
-    max_gap_s: float = pydantic.Field(
-        MAX_AUDIO_GAP_S, ge=0, description="The video may outlast the audio by this much, s, before it is an error.")
 
 
 # --------------------------------------------------------------------------- input

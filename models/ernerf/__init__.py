@@ -6,26 +6,43 @@ Modules: encodings (hash grids), audio (audio/eye conditioning), fields (head, t
 (docs/dataset.md layout), model (the assembled module) and trainer (stages, checkpoints).
 """
 
-from models.ernerf.audio import AudioConfig
-from models.ernerf.dataset import ERNeRFDataset, check_dataset, downscale_split, load_split
-from models.ernerf.encodings import HashGridConfig
-from models.ernerf.fields import HeadFieldConfig, TorsoFieldConfig
-from models.ernerf.model import ERNeRF, ModelConfig
-from models.ernerf.occupancy import OccupancyConfig
-from models.ernerf.rendering import RenderConfig
-from models.ernerf.trainer import (
-    HeadTrainConfig,
-    LipsTrainConfig,
-    TorsoTrainConfig,
-    TrainConfig,
-    Trainer,
-    load_model,
-    stage_config,
-)
+# Imported on first use (PEP 562): importing one submodule (e.g. a torch-free config) does not
+# import the others.
+import importlib
 
-__all__ = [
-    "AudioConfig", "ERNeRF", "ERNeRFDataset", "HashGridConfig", "HeadFieldConfig", "HeadTrainConfig",
-    "LipsTrainConfig", "ModelConfig", "OccupancyConfig", "RenderConfig", "TorsoFieldConfig",
-    "TorsoTrainConfig", "TrainConfig", "Trainer", "check_dataset", "downscale_split", "load_model", "load_split",
-    "stage_config",
-]
+_EXPORTS = {
+    "AudioConfig": "models.ernerf.audio",
+    "ERNeRFDataset": "models.ernerf.dataset",
+    "check_dataset": "models.ernerf.dataset",
+    "downscale_split": "models.ernerf.dataset",
+    "load_split": "models.ernerf.dataset",
+    "HashGridConfig": "models.ernerf.encodings",
+    "HeadFieldConfig": "models.ernerf.fields",
+    "TorsoFieldConfig": "models.ernerf.fields",
+    "ERNeRF": "models.ernerf.model",
+    "ModelConfig": "models.ernerf.model",
+    "OccupancyConfig": "models.ernerf.occupancy",
+    "RenderConfig": "models.ernerf.rendering",
+    "HeadTrainConfig": "models.ernerf.train_config",
+    "LipsTrainConfig": "models.ernerf.train_config",
+    "TorsoTrainConfig": "models.ernerf.train_config",
+    "TrainConfig": "models.ernerf.train_config",
+    "Trainer": "models.ernerf.trainer",
+    "load_model": "models.ernerf.trainer",
+    "stage_config": "models.ernerf.train_config",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

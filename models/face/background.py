@@ -14,20 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pydantic
 from scipy import ndimage
 
+from models.face.config import BackgroundConfig  # noqa: F401  (configs live there)
 from talkflow.errors import InputError
-
-
-class BackgroundConfig(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(frozen=True)
-
-    max_frames: int = pydantic.Field(
-        100, ge=1, description="Evenly spaced frames used to estimate the background plate (ER-NeRF: every 20th).")
-    margin_px: int = pydantic.Field(
-        5, ge=0, description="Person masks grown by this much before the plate is estimated, px.")
-    rows_per_chunk: int = pydantic.Field(64, ge=1, description="Image rows processed at once (bounds memory).")
 
 
 def _pick(n: int, k: int) -> np.ndarray:

@@ -21,8 +21,8 @@ so open eyes give ~0 and fully closed ones 5.
 from __future__ import annotations
 
 import numpy as np
-import pydantic
 
+from models.face.config import BlinkConfig  # noqa: F401  (configs live there)
 from talkflow.errors import InputError
 
 RIGHT_EYE = (36, 37, 38, 39, 40, 41)  # the subject's right eye, p1..p6
@@ -30,17 +30,6 @@ LEFT_EYE = (42, 43, 44, 45, 46, 47)
 AU_MAX = 5.0  # OpenFace's intensity scale
 
 
-class BlinkConfig(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(frozen=True)
-
-    open_percentile: float = pydantic.Field(
-        80.0, ge=50, le=100, description="Percentile of the eye aspect ratio taken as the open-eye level.")
-    closed_percentile: float = pydantic.Field(
-        1.0, ge=0, le=50, description="Percentile of the eye aspect ratio taken as the closed-eye level.")
-    closed_ratio: float = pydantic.Field(
-        0.5, gt=0, lt=1, description="The closed level is at most this x the open level.")
-    min_open_ear: float = pydantic.Field(
-        0.18, ge=0, description="Lowest open-eye aspect ratio accepted (typical open eyes: 0.25-0.35).")
 
 
 def _eye_ear(eye: np.ndarray) -> np.ndarray:

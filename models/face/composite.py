@@ -13,26 +13,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pydantic
 from scipy import ndimage
 
+from models.face.config import TorsoConfig  # noqa: F401  (configs live there)
 from models.face.parsing import BG, HEAD, NECK, TORSO
 from talkflow.errors import InputError
-
-
-class TorsoConfig(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(frozen=True)
-
-    neck_extend_px: int = pydantic.Field(48, ge=0, description="Neck colour extended upwards under the head, px.")
-    neck_push_down_px: int = pydantic.Field(
-        4, ge=0, description="The neck colour is taken this far below the neck top, px.")
-    neck_grow_px: int = pydantic.Field(3, ge=0, description="Neck grown vertically before its top is found, px.")
-    torso_extend_px: int = pydantic.Field(
-        8, ge=0, description="Torso columns touching the head are extended by this much, px.")
-    darken: float = pydantic.Field(
-        0.98, gt=0, le=1, description="Colour scale per extended pixel (shades the extension).")
-    blur_sigma: float = pydantic.Field(
-        1.0, ge=0, description="Smoothing of the extended area (removes vertical streaks), px.")
 
 
 def _check(frame: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -26,16 +26,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import pydantic
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from talkflow.errors import AssetMissing, InputError
+from models.face.config import ClassicalParsingConfig, ParsingConfig, resolve_method  # noqa: F401  (configs live there)
+from talkflow.errors import InputError
 
 BG, HEAD, NECK, TORSO = 0, 1, 2, 3
 PART_NAMES = ("background", "head", "neck", "torso")
@@ -251,36 +250,6 @@ def bisenet_parts(model: BiSeNet, frames: np.ndarray, size: int = 512) -> np.nda
 # =========================================================================== classical fallback
 
 
-class ClassicalParsingConfig(pydantic.BaseModel):
-    """Landmark + background-difference parsing (lengths relative to the face: ``face_h`` is
-    brow-centre to chin, ``jaw_w`` the distance between landmarks 0 and 16)."""
-
-    model_config = pydantic.ConfigDict(frozen=True)
-
-    diff_threshold: float = pydantic.Field(
-        30.0, gt=0, description="Foreground threshold: max channel |frame - background|, 0-255, after blurring.")
-    blur_sigma: float = pydantic.Field(1.0, ge=0, description="Gaussian blur before the background difference, px.")
-    open_px: int = pydantic.Field(2, ge=0, description="Morphological opening radius (removes speckle), px.")
-    close_px: int = pydantic.Field(4, ge=0, description="Morphological closing radius (bridges thin gaps), px.")
-    min_component_share: float = pydantic.Field(
-        0.002, ge=0, description="Foreground blobs smaller than this share of the frame are dropped.")
-    forehead: float = pydantic.Field(0.5, ge=0, description="Brows raised by this x face height: the face hull.")
-    crown: float = pydantic.Field(0.9, ge=0, description="Brows raised by this x face height: the skull outline.")
-    hair_scale: float = pydantic.Field(1.2, ge=1, description="The skull ellipse grown by this for hair and ears.")
-    neck_band: float = pydantic.Field(0.9, gt=0, description="Neck band width, x jaw width.")
-    shoulder_width: float = pydantic.Field(
-        1.3, gt=0, description="A foreground row wider than this x jaw width is shoulders.")
-    neck_min: float = pydantic.Field(0.15, ge=0, description="Shortest neck below the chin, x face height.")
-    neck_max: float = pydantic.Field(0.7, ge=0, description="Longest neck below the chin, x face height.")
-    neck_core: float = pydantic.Field(0.5, ge=0, description="Width under the chin always labelled neck, x jaw width.")
-    head_close: float = pydantic.Field(0.08, ge=0, description="Closing radius inside the skull, x face height.")
-    stray_hair_scale: float = pydantic.Field(
-        1.5, ge=1, description="Foreground within this skull scale (and where hair can be) counts as head.")
-    hair_low: float = pydantic.Field(
-        0.35, ge=0, description="Hair and ears beside the jaw reach down to this x face height above the chin "
-                                "(about the mouth); the person lower beside the neck is neck or torso.")
-    body_slope: float = pydantic.Field(
-        1.2, ge=0, description="Person prior: the body's half-width grows by this per px below the chin.")
 
 
 class _FaceGeometry:
@@ -790,38 +759,8 @@ def _fill_holes_padded(mask: np.ndarray) -> np.ndarray:
 # =========================================================================== both methods
 
 
-class ParsingConfig(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(frozen=True)
-
-    method: Literal["auto", "bisenet", "classical"] = pydantic.Field(
-        "auto",
-        description="Face parsing: auto (BiSeNet when its weights are registered, else classical), "
-        "bisenet or classical.")
-    bisenet_size: int = pydantic.Field(512, description="BiSeNet input side, px (ER-NeRF: 512).")
-    batch_size: int = pydantic.Field(8, ge=1, description="Frames per BiSeNet batch.")
-    refine_background: bool = pydantic.Field(
-        False,
-        description="Classical, without a background plate: re-estimate the plate from a first parsing, "
-        "then parse again.")
-    classical: ClassicalParsingConfig = pydantic.Field(
-        ClassicalParsingConfig(), description="Settings of the landmark + background-difference parser.")
-    person_mask: Literal["segmentation", "difference"] = pydantic.Field(
-        "segmentation", description="Classical method: the person foreground from MediaPipe's selfie "
-        "segmentation (used when its network is passed; needs no static camera) or from the difference "
-        "with the background plate.")
 
 
-def resolve_method(method: str = "auto", weights: str | Path | None = None) -> str:
-    """'bisenet' or 'classical' for ``method`` given the BiSeNet ``weights`` (None: none available)."""
-    if method == "auto":
-        return "bisenet" if weights is not None else "classical"
-    if method not in ("bisenet", "classical"):
-        raise InputError(f"unknown parsing method {method!r}; use auto, bisenet or classical")
-    if method == "bisenet" and weights is None:
-        raise AssetMissing("BiSeNet parsing needs its weights (face-parsing.PyTorch's 79999_iter.pth): "
-                           "register them with `talkflow assets add bisenet /path/to/79999_iter.pth`, "
-                           "or use method auto or classical")
-    return method
 
 
 def bootstrap_background(

@@ -28,18 +28,16 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import pydantic
 from PIL import Image
 
+from models.face.config import LandmarkConfig, SmoothConfig  # noqa: F401  (configs live there)
 from models.face.face_mesh import FaceMesh
 from models.face.landmarks import FaceBox, detect_faces, landmarks68
 from models.face.mesh_landmarks import MeshMouth, MeshRescue
 from talkflow.contract import VIDEO_FPS
 from talkflow.errors import FaceNotFound, FaceTooSmall, InputError
-from talkflow.forms import PLAIN_OPTIONALS
 
 Progress = Callable[[int, int | None], None]  # (frames done, total or None)
 
@@ -48,46 +46,8 @@ Progress = Callable[[int, int | None], None]  # (frames done, total or None)
 DETECT_THREADS = min(4, os.cpu_count() or 1)
 
 
-class SmoothConfig(pydantic.BaseModel):
-    """Temporal smoothing of landmark trajectories (see the module docstring)."""
-
-    model_config = pydantic.ConfigDict(frozen=True)
-
-    method: Literal["one_euro", "savgol"] = pydantic.Field(
-        "one_euro",
-        description="Temporal filter of the landmark tracks: one_euro (adaptive low-pass) or savgol (Savitzky-Golay).")
-    min_cutoff_hz: float = pydantic.Field(
-        1.0, gt=0, description="One-euro cutoff for a still point, Hz (lower: steadier, more lag).")
-    beta: float = pydantic.Field(
-        30.0, ge=0,
-        description="One-euro cutoff gain, Hz per (face width / s): higher follows fast motion with less lag.")
-    d_cutoff_hz: float = pydantic.Field(4.0, gt=0, description="One-euro low-pass on the speed estimate, Hz.")
-    savgol_window: int = pydantic.Field(5, ge=3, description="Savitzky-Golay window, frames (odd).")
-    savgol_order: int = pydantic.Field(2, ge=1, description="Savitzky-Golay polynomial order.")
 
 
-class LandmarkConfig(pydantic.BaseModel):
-    """How video landmarks are tracked; defaults suit an ER-NeRF clip (talkflow.contract.VIDEO_FPS, 512 px)."""
-
-    model_config = pydantic.ConfigDict(frozen=True, **PLAIN_OPTIONALS)
-
-    max_missing_share: float = pydantic.Field(
-        0.2, ge=0, le=1,
-        description="Largest share of frames without a usable face before the video is rejected (0-1).")
-    min_face_px: int = pydantic.Field(64, ge=1, description="Smallest face box side accepted, frame pixels.")
-    min_score: float = pydantic.Field(0.3, description="Lowest dlib HOG detection score accepted as a face.")
-    detect_max_side: int = pydantic.Field(
-        512, ge=64, description="Frames are downscaled to this longest side for face detection, px.")
-    smooth: SmoothConfig | None = pydantic.Field(
-        SmoothConfig(), description="Temporal smoothing of the landmark tracks; empty: none.")
-    small_face_probes: int = pydantic.Field(
-        3, ge=0, description="Faceless frames searched again at 2x to report faces that are too small.")
-    mouth: Literal["dlib", "mesh"] = pydantic.Field(
-        "dlib", description="Lip points 48-67 from dlib or from MediaPipe's face mesh (used when the mesh "
-        "network is passed); dlib's follow the sample clip's known mouth opening more closely.")
-    mesh_fallback: bool = pydantic.Field(
-        True, description="On frames where dlib's HOG finds no face, take the 68 points from MediaPipe's "
-        "BlazeFace + face mesh (used when both networks are passed): finds heads tilted 45 degrees or more.")
 
 
 @dataclass

@@ -8,56 +8,47 @@ Units and axes are stated once, in `models.face3d.camera`. Typical use:
     c2w = to_nerf_transforms(track.euler, track.trans)
 """
 
-from models.face3d.camera import (
-    ERNERF_UNITS_PER_MM,
-    euler_to_matrix,
-    geodesic_deg,
-    head_to_camera,
-    matrix_to_euler,
-    principal_point,
-    project,
-    to_nerf_transforms,
-)
-from models.face3d.fit import (
-    FitConfig,
-    TrackResult,
-    fit_landmarks,
-    fit_landmarks_per_frame,
-    rotation_error_deg,
-    search_focal,
-)
-from models.face3d.morphable import (
-    MorphableModel,
-    convert_bfm,
-    default_model,
-    generic_model,
-    load_model,
-)
-from models.face3d.photometric import PhotoConfig, refine_photometric
-from models.face3d.render import render_frames, render_window
+# Imported on first use (PEP 562): importing one submodule (e.g. a torch-free config) does not
+# import the others.
+import importlib
 
-__all__ = [
-    "ERNERF_UNITS_PER_MM",
-    "FitConfig",
-    "MorphableModel",
-    "PhotoConfig",
-    "TrackResult",
-    "convert_bfm",
-    "default_model",
-    "euler_to_matrix",
-    "fit_landmarks",
-    "fit_landmarks_per_frame",
-    "generic_model",
-    "geodesic_deg",
-    "head_to_camera",
-    "load_model",
-    "matrix_to_euler",
-    "principal_point",
-    "project",
-    "refine_photometric",
-    "render_frames",
-    "render_window",
-    "rotation_error_deg",
-    "search_focal",
-    "to_nerf_transforms",
-]
+_EXPORTS = {
+    "ERNERF_UNITS_PER_MM": "models.face3d.camera",
+    "euler_to_matrix": "models.face3d.camera",
+    "geodesic_deg": "models.face3d.camera",
+    "head_to_camera": "models.face3d.camera",
+    "matrix_to_euler": "models.face3d.camera",
+    "principal_point": "models.face3d.camera",
+    "project": "models.face3d.camera",
+    "to_nerf_transforms": "models.face3d.camera",
+    "FitConfig": "models.face3d.config",
+    "TrackResult": "models.face3d.fit",
+    "fit_landmarks": "models.face3d.fit",
+    "fit_landmarks_per_frame": "models.face3d.fit",
+    "rotation_error_deg": "models.face3d.fit",
+    "search_focal": "models.face3d.fit",
+    "MorphableModel": "models.face3d.morphable",
+    "convert_bfm": "models.face3d.morphable",
+    "default_model": "models.face3d.morphable",
+    "generic_model": "models.face3d.morphable",
+    "load_model": "models.face3d.morphable",
+    "PhotoConfig": "models.face3d.config",
+    "refine_photometric": "models.face3d.photometric",
+    "render_frames": "models.face3d.render",
+    "render_window": "models.face3d.render",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -44,34 +44,13 @@ from models.face3d.camera import (
     matrix_to_euler,
     principal_point,
 )
+from models.face3d.config import FitConfig  # noqa: F401  (configs live there)
 from models.face3d.morphable import MorphableModel
 from talkflow.errors import InputError
 
 _FLIP = (1.0, -1.0, -1.0)
 
 
-@dataclass(frozen=True)
-class FitConfig:
-    """Landmark fitting (weights in px^2 per squared unit of what they weigh)."""
-
-    pose_iters: int = 6  # LM steps on the pose alone (mean face, neutral expression)
-    iters: int = 30  # LM steps on pose, expression and identity together
-    damping: float = 1e-3  # initial Marquardt damping
-    tol: float = 1e-9  # stop when no sequence improves by this share of its loss
-    cg_iters: int = 30  # conjugate-gradient steps per LM step (only with the temporal term)
-    w_id: float = 0.005  # per frame, per unit^2 of identity (ER-NeRF's weights are of this size)
-    w_exp: float = 0.005
-    w_smooth_euler: float = 100.0  # per rad^2 of acceleration (1 px^2 for 0.1 rad / frame^2)
-    w_smooth_trans: float = 0.03  # per mm^2
-    w_smooth_exp: float = 0.1
-    # Focal search: candidates (px for a 512 px image, scaled to the image), then a finer grid.
-    focal_candidates: tuple[float, ...] = tuple(float(f) for f in range(600, 1501, 100))
-    focal_step: float = 20.0  # refinement step, px at 512
-    focal_refine: int = 4  # refinement candidates on each side of the best coarse one
-    focal_frames: int = 32  # frames (evenly spread) used by the search
-    # The tensors are small: one CPU thread is faster than several, and far faster when the
-    # cores are shared. None keeps torch's setting.
-    cpu_threads: int | None = 1
 
 
 _THREADS_LOCK = threading.Lock()

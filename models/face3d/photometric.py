@@ -37,37 +37,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.face3d.camera import head_to_camera, principal_point, project
+from models.face3d.config import PhotoConfig  # noqa: F401  (configs live there)
 from models.face3d.fit import TrackResult, check_landmarks, cpu_threads
 from models.face3d.morphable import MorphableModel
 from models.face3d.render import Window, default_light, face_window, project_vertices, render_window, visibility
 from talkflow.errors import InputError
-
-
-@dataclass(frozen=True)
-class PhotoConfig:
-    render_size: int = 96  # rendered window side, px (the face fills most of it)
-    margin: float = 0.04  # window margin round the projected face
-    chunk: int = 16  # frames optimised together
-    iters: int = 30  # Adam steps per chunk
-    raster_every: int = 10  # visibility refresh period, steps
-    tex_frames: int = 8  # frames that estimate the albedo and the light
-    tex_iters: int = 40
-    lr_euler: float = 0.002  # rad
-    lr_trans: float = 0.5  # mm
-    lr_exp: float = 0.02
-    lr_light: float = 0.02
-    lr_tex: float = 0.05
-    lr_id: float = 0.0  # > 0 also refines the identity in stage 1 (on synthetic data it did not help)
-    w_photo: float = 1.0  # per unit of mean absolute RGB error in [0, 1]
-    w_lmk: float = 0.01  # per px^2 (ER-NeRF weighs its colour term ~100x its landmark term)
-    w_exp: float = 0.005
-    w_tex: float = 0.001  # per frame, per unit^2 of texture coefficient
-    w_id: float = 0.00005  # per frame, per unit^2 of identity (the landmark fit's weight x w_lmk)
-    w_smooth_euler: float = 1.0  # per rad^2 of acceleration (the landmark fit's weights x w_lmk)
-    w_smooth_trans: float = 0.0003  # per mm^2
-    w_smooth_exp: float = 0.001
-    cpu_threads: int | None = 1
-    gpu_memory_share: float = 0.5  # on CUDA: share of the free memory the frames of a chunk may use
 
 
 def frame_bytes(model: MorphableModel, render_size: int) -> int:
