@@ -401,15 +401,17 @@ def test_lips_stage_alternates_the_lips_box_and_random_patches(train_split):
     assert seen[1] == seen[3] == (2, 3, 32, 32) and seen[0][0] == 1 and min(seen[0][2:]) >= 32
 
 
-def test_weight_ema_follows_torch_emas_warm_up():
+def test_weight_ema_starts_at_the_first_update_then_follows_torch_emas_warm_up():
     p = torch.nn.Parameter(torch.zeros(3))
     ema = WeightEMA({"p": p}, decay=0.95)
     with torch.no_grad():
         p.fill_(1.0)
-    ema.update()  # d = min(0.95, 1/10)
-    torch.testing.assert_close(ema.shadow["p"], torch.full((3,), 0.9))
+    ema.update()  # the trained weights, none of the initial ones
+    torch.testing.assert_close(ema.shadow["p"], torch.full((3,), 1.0))
+    with torch.no_grad():
+        p.fill_(2.0)
     ema.update()  # d = 2/11
-    torch.testing.assert_close(ema.shadow["p"], torch.full((3,), 0.9 + (9 / 11) * 0.1))
+    torch.testing.assert_close(ema.shadow["p"], torch.full((3,), 1.0 + (9 / 11) * 1.0))
     for _ in range(500):
         ema.update()
     before = ema.shadow["p"].clone()

@@ -187,7 +187,9 @@ class DeviceData:
 class WeightEMA:
     """Exponential moving average of parameters (the reference's torch_ema.ExponentialMovingAverage):
     shadow <- shadow - (1 - d) (shadow - param) with d = min(decay, (1 + n) / (10 + n)) at the n-th
-    update (n from 0). The shadow starts as the parameters' values when the EMA is made."""
+    update. Unlike torch_ema, the shadow starts as the parameters at the FIRST update, not at the
+    EMA's creation: else a schedule of a few EMA intervals keeps a tenth of the random initial
+    weights in its final model (the first update's d is 1/10)."""
 
     def __init__(self, named: dict[str, Tensor], decay: float):
         self.decay = decay
@@ -197,7 +199,7 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.updates else 0.0
         for k, p in self.params.items():
             self.shadow[k].sub_((1 - d) * (self.shadow[k] - p.detach()))
         self.updates += 1
