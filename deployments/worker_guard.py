@@ -30,11 +30,18 @@ def stop_seconds() -> float:
         raise SystemExit(f"TALKFLOW_WORKER_STOP_S must be a number of seconds, not {text!r}") from None
 
 
+def _hear_sigint() -> None:
+    """In the worker before it starts: SIGINT at its default, so that Python turns it into a
+    KeyboardInterrupt even when the guard was started with SIGINT ignored (as bash starts a
+    script's background jobs: `... entrypoint.sh worker &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         raise SystemExit("usage: python -m deployments.worker_guard COMMAND ...")
     grace = stop_seconds()
-    worker = subprocess.Popen(argv)
+    worker = subprocess.Popen(argv, preexec_fn=_hear_sigint)
     stop_at: list[float] = []
 
     def on_signal(signum: int, _frame) -> None:

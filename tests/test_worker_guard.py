@@ -15,10 +15,14 @@ POLITE = ("import time\ntry:\n    print('up', flush=True); time.sleep(60)\n"
           "except KeyboardInterrupt:\n    raise SystemExit(0)")
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as bash starts a script's background job
+
+
 def guarded(code: str, stop_s: str) -> tuple[subprocess.Popen, float]:
     proc = subprocess.Popen([sys.executable, "-m", "deployments.worker_guard", sys.executable, "-c", code],
                             cwd=ROOT, env={**os.environ, "TALKFLOW_WORKER_STOP_S": stop_s},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ignore_sigint)
     assert proc.stdout.readline().strip() == "up"
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
