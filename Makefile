@@ -5,6 +5,10 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# two pytest workers (pytest-xdist), each test file on one of them (its module fixtures made once):
+# the slow files wait on servers and workers much of the time; PYTEST_WORKERS=0 runs in one process
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadgroup
 
 .PHONY: setup demo test test-fast test-docker image-cpu image-gpu lint bench ci clean
 
@@ -15,10 +19,10 @@ demo: setup
 	$(VENV)/bin/talkflow demo
 
 test: setup
-	$(PY) -m pytest --ignore=tests/test_docker_pool.py $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) --ignore=tests/test_docker_pool.py $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" --ignore=tests/test_docker_pool.py $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" --ignore=tests/test_docker_pool.py $(PYTEST_ARGS)
 
 test-docker: setup
 	$(PY) -m pytest tests/test_docker_pool.py -s $(PYTEST_ARGS)

@@ -35,6 +35,27 @@ ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+# The files that take longest run first, so that with `pytest -n 2` (make test) neither worker is
+# left with a long file at the end: seconds per file in one process at 3afc4ba, on 2 shared cores
+# (`--durations`; docs/testing.md); files not listed take less and run after, in their own order.
+LONGEST_FIRST = {
+    "test_worker_pipeline.py": 1082, "test_cli.py": 438, "test_production.py": 306, "test_asset_keys.py": 301,
+    "test_gpu_check.py": 243, "test_api_flows.py": 189, "test_docs_commands.py": 150, "test_train_flow.py": 145,
+    "test_ernerf.py": 128, "test_schedules.py": 127, "test_cache.py": 116, "test_portrait_flow.py": 114,
+    "test_contract.py": 98, "test_face3d.py": 85,
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Longest files first; each file one xdist group (its module fixtures are made once, on one
+    worker) unless its tests name a group of their own."""
+    items.sort(key=lambda item: -LONGEST_FIRST.get(item.path.name, 0))  # stable: a file's order is kept
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefect_server():
     """One Prefect API for the whole session; subprocesses reach it through PREFECT_API_URL."""
