@@ -147,7 +147,11 @@ class StageResult(BaseModel):
 class ArtifactStore:
     def __init__(self, url: str, scratch: Path):
         self.url = url.rstrip("/")
-        options = S3_OPTIONS if self.url.startswith(("s3://", "s3a://")) else {}
+        options = {}
+        if self.url.startswith(("s3://", "s3a://")):
+            # the endpoint among the options: fsspec reuses a filesystem made with the same options, and one
+            # made for another AWS_ENDPOINT_URL (a proxy, a test's server) would answer for this store
+            options = {**S3_OPTIONS, "endpoint_url": os.environ.get("AWS_ENDPOINT_URL") or None}
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.scratch = scratch  # local copies of remote artifacts, and temp files
