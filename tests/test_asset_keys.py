@@ -127,10 +127,10 @@ def bisenet_reads_its_weights_and_parses_classically(monkeypatch):
     """A randomly initialised BiSeNet labels the sample clip as all person (no background plate
     then): the parsing stage still loads the registered weights, and labels as the classical method
     does, so that this test is about cache keys, not about parsing quality."""
-    import tasks.preprocess
+    import models.face.parsing
     from models.face.parsing import load_bisenet
 
-    real = tasks.preprocess.parse_frames
+    real = models.face.parsing.parse_frames
 
     def parse(frames, lms, config, weights, device, **kwargs):
         if weights is not None:
@@ -138,7 +138,7 @@ def bisenet_reads_its_weights_and_parses_classically(monkeypatch):
         return real(frames, lms, config=config.model_copy(update={"method": "classical"}), weights=None,
                     device=device, **kwargs)
 
-    monkeypatch.setattr(tasks.preprocess, "parse_frames", parse)
+    monkeypatch.setattr(models.face.parsing, "parse_frames", parse)  # the stage imports it when it runs
 
 
 def test_preprocess_assets_bisenet_and_hubert(tmp_path, journal, registry,

@@ -49,11 +49,11 @@ RUN_TIMEOUT_S = {"sample-clip": 300, "preprocess": 900, "train": 900, "render": 
 
 
 def output_path(arts: dict, base: str) -> Path:
-    """The store path the run's link artifact names (its link text), checked against its link."""
-    link = arts[f"{base}-output"]
-    assert link.type == "markdown" and "file://" in link.data, link.data
-    path = Path(link.data.split("[", 1)[1].split("](", 1)[0])
-    assert path.as_uri() in link.data and path.exists(), link.data
+    """The store path the run's output artifact states (a local store: the path in backticks, no link)."""
+    note = arts[f"{base}-output"]
+    assert note.type == "markdown" and "file://" not in note.data, note.data
+    path = Path(note.data.split("`", 2)[1])
+    assert path.exists(), note.data
     return path
 
 
