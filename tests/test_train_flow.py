@@ -27,7 +27,7 @@ from flows.sample_clip import SampleClipConfig, make_sample_clip
 from flows.train import train_avatar
 from models.audio.features import AudioFeatureConfig, FeatureInfo, save_features
 from talkflow import media
-from talkflow.errors import InputError, SpeechError
+from talkflow.errors import InputError
 from talkflow.store import StageResult, get_store
 from tasks import presets
 from tasks.media import NormalizeConfig
@@ -175,7 +175,7 @@ def test_killed_stage_resumes_from_its_checkpoint(dataset, run_python, tmp_path,
 def test_bad_inputs_fail_before_work(avatar, dataset, journal, tmp_path):
     with pytest.raises(InputError, match=r"no avatar named 'nobody'.*astro"):
         render("nobody", text="Hello.")
-    with pytest.raises(SpeechError, match="empty"):
+    with pytest.raises(InputError, match="exactly one of audio or text"):  # a blank form field is not a text
         render(PERSON, text="   ")
     with pytest.raises(InputError, match="exactly one of audio or text"):
         render(PERSON)
