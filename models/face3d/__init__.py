@@ -10,7 +10,7 @@ Units and axes are stated once, in `models.face3d.camera`. Typical use:
 
 # Imported on first use (PEP 562): importing one submodule (e.g. a torch-free config) does not
 # import the others.
-import importlib
+from models.lazy import lazy_exports
 
 _EXPORTS = {
     "ERNERF_UNITS_PER_MM": "models.face3d.camera",
@@ -41,14 +41,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
