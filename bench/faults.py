@@ -211,7 +211,8 @@ class Bench:
 
     def wait(self, run_id: str, timeout_s: float = RUN_TIMEOUT_S, stranded_after_s: float | None = None):
         """The run's final state; a run whose processes are gone while the server still says Running
-        (its worker was killed) is marked Crashed after `stranded_after_s`, as an operator would."""
+        or Pending (its worker was killed before or after starting it) is marked Crashed after
+        `stranded_after_s`, as an operator would."""
         deadline = time.monotonic() + timeout_s
         gone_since = None
         while time.monotonic() < deadline:
@@ -222,7 +223,7 @@ class Bench:
                 continue
             if st is not None and st.is_final():
                 return st
-            if stranded_after_s is not None and st is not None and st.is_running():
+            if stranded_after_s is not None and st is not None and (st.is_running() or st.is_pending()):
                 if pids_of_flow_run(run_id):
                     gone_since = None
                 elif gone_since is None:

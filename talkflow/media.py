@@ -6,6 +6,7 @@ names the file, says what was wrong and what to do about it.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -169,12 +170,27 @@ def _stderr_tail(exc: ffmpeg.Error) -> str:
     return text[-_STDERR_TAIL:] if text else "(no output)"
 
 
+_NO_SPACE = "No space left on device"
+
+
+def _raise_if_disk_full(stderr: bytes | None) -> None:
+    """ffmpeg exits 0 when the disk fills while it writes its trailer (the mp4 is left without its
+    index, unreadable): its stderr is the only sign, so read it."""
+    text = (stderr or b"").decode("utf-8", "replace")
+    if _NO_SPACE not in text:
+        return
+    where = re.search(r"(?:Error writing trailer of|Error closing file) (.+?): " + _NO_SPACE, text)
+    raise OSError(errno.ENOSPC, f"ffmpeg could not write its output: {_NO_SPACE}",
+                  where.group(1) if where else None)
+
+
 def _run(stream, what: str, src: str | Path) -> None:
     """Run an ffmpeg-python graph quietly; turn failures into MediaError."""
     try:
-        stream.global_args(*_FFMPEG_GLOBAL).run(
+        _, err = stream.global_args(*_FFMPEG_GLOBAL).run(
             overwrite_output=True, capture_stdout=True, capture_stderr=True
         )
+        _raise_if_disk_full(err)
     except ffmpeg.Error as exc:
         raise MediaError(
             f"ffmpeg failed to {what} '{_name(src)}'. The file may be corrupt or use an unsupported "
