@@ -102,7 +102,7 @@ def test_models_configs_assets_and_forms_derive_from_the_table():
     from tasks.dataset import REFERENCE_FEATURES
 
     assert FEATURE_DIMS == {k: s.width for k, s in FEATURES.items()} and FEATURE_DIMS["wav2vec2"] == 44
-    assert get_args(FeatureKind) == COMPUTED_KINDS == ("logmel", "phonemes", "hubert", "wav2vec2")
+    assert get_args(FeatureKind) == COMPUTED_KINDS == ("logmel", "phonemes", "visemes", "hubert", "wav2vec2")
     schema = af.AudioFeatureConfig.model_json_schema()["properties"]["kind"]
     assert tuple(schema["enum"]) == COMPUTED_KINDS  # the Prefect form's choices
     assert all(s.name in schema["description"] for s in FEATURES.values() if s.computed)

@@ -101,3 +101,27 @@ def test_unknown_words_fall_back_to_recognition():
         align_phones(samples, rate, "Please zxqvw the window.")
     tl = speech_phones(samples, rate, "Please zxqvw the window.")
     assert tl.source == "recognised" and len(tl.spoken()) >= 8
+
+
+@needs_espeak
+def test_visemes_kind_follows_the_recognised_phones():
+    """The `visemes` audio features: the four channels of the recognised phones, windowed like
+    every kind; the lips close on the /m/ of "mama" and open on its vowels."""
+    from models.audio import features as af
+    from models.audio.alignment import recognise_phones
+    from models.audio.tts import synthesize
+
+    samples, rate = synthesize("Mama, mama, mama.", engine="espeak")
+    x = af.to_mono_16k(samples, rate)
+    rows = af.viseme_rows(x, af.AudioFeatureConfig(kind="visemes"), None, "cpu")
+    assert rows.shape == (1 + x.size // 320, 4) and np.isfinite(rows).all()
+    tl = recognise_phones(x, 16_000)
+    nasal = [p for p in tl.spoken() if p.phone in ("M", "B", "P")]
+    vowel = [p for p in tl.spoken() if p.phone in ("AA", "AH", "AE")]
+    assert len(nasal) >= 3 and len(vowel) >= 3, tl.spoken()
+    row = lambda t: rows[int(round(t * 50))]  # noqa: E731 - row k at k/50 s
+    assert np.mean([row(p.middle)[3] for p in nasal]) > 0.6  # closure
+    assert np.mean([row(p.middle)[0] for p in vowel]) > 0.4  # opening
+    n = int(np.ceil(x.size / 16_000 * FPS))
+    feats, info = af.extract_features(samples, rate, n, kind="visemes")
+    assert feats.shape == (n, 16, 4) and info.kind == "visemes" and info.dim == 4

@@ -325,6 +325,17 @@ def phoneme_rows(x: np.ndarray, cfg: AudioFeatureConfig, model_dir: Path | None,
     return phone_features(x)
 
 
+def viseme_rows(x: np.ndarray, cfg: AudioFeatureConfig, model_dir: Path | None, device) -> np.ndarray:
+    """The viseme model's four channels (models.audio.visemes.CHANNELS) of the recognised phones:
+    row k at k/50 s + 5 ms (the 100 Hz tracks' even frames)."""
+    from models.audio.alignment import recognise_phones
+    from models.audio.visemes import CHANNELS, VisemeConfig, viseme_tracks
+
+    length = 1 + x.size // 320
+    tracks = viseme_tracks(recognise_phones(x, SAMPLE_RATE), 2 * length, 100.0, config=VisemeConfig(loudness_weight=0))
+    return np.stack([tracks[c][::2] for c in CHANNELS], axis=1).astype(np.float32)
+
+
 def hubert_rows(x: np.ndarray, cfg: AudioFeatureConfig, model_dir: Path | None, device) -> np.ndarray:
     return model_features(x, "hubert", model_dir, device, model_class="HubertModel", output="last_hidden_state",
                           chunk_s=cfg.chunk_s, context_s=cfg.context_s)
