@@ -497,7 +497,10 @@ class Bench:
         i = 0
         while sum(self.faults.values()) < a.faults and time.monotonic() < deadline:
             i += 1
-            kind = self.rng.choices(kinds, weights=[WEIGHTS[k] for k in kinds])[0]
+            if a.each:
+                kind = kinds[(i - 1) % len(kinds)]
+            else:
+                kind = self.rng.choices(kinds, weights=[WEIGHTS[k] for k in kinds])[0]
             if kind == "disk-full":
                 self.faults[kind] += 1
                 self.recover_s.append(self.disk_full(i))
@@ -505,8 +508,8 @@ class Bench:
             call, params = self.cheap_call(i, a.quick)
             if kind in STORE_KINDS:
                 left = a.faults - sum(self.faults.values())
-                batch = [kind] + [self.rng.choice([k for k in kinds if k in STORE_KINDS])
-                                  for _ in range(min(self.rng.randint(0, 2), left - 1))]
+                batch = [kind] if a.each else [kind] + [self.rng.choice([k for k in kinds if k in STORE_KINDS])
+                                                        for _ in range(min(self.rng.randint(0, 2), left - 1))]
                 fault = self.store_faults(batch)
                 for k in batch:
                     self.faults[k] += 1
@@ -552,6 +555,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1, help="seed of the fault kinds, targets and moments")
     ap.add_argument("--quick", action="store_true", help="sample-clip runs only, no avatar (the tests)")
     ap.add_argument("--kinds", default="", help=f"comma-separated subset of {','.join(KINDS)}")
+    ap.add_argument("--each", action="store_true",
+                    help="the kinds in turn, in the order given, one fault each (with --faults: the count of them)")
     ap.add_argument("--workdir", default="", help="folder for the data roots and logs (default: a new temp one)")
     ap.add_argument("--time-limit-s", type=float, default=1500, help="stop injecting after this many seconds")
     args = ap.parse_args()
