@@ -170,4 +170,4 @@ def test_one_fault_of_each_kind_recovered_and_verify_clean(tmp_path):
     assert report["faults_injected"] == {kind: 1 for kind in FAULT_KINDS}, report
     assert report["entries_lost_or_corrupt"] == 0 and report["verify_clean"], report
     assert report["stages_recomputed_needlessly"] == 0 and report["truncated_outputs"] == 0, report
-    assert report["runs_unrecovered"] == 0 and report["unclear_errors"] == 0, report
+    assert report["runs_unrecovered"] == 0 and report["unclear_errors"] == 0, report["errors"]
