@@ -16,11 +16,8 @@ from pydantic import BaseModel, Field, field_validator
 
 from flows import renderers
 from flows.renderers.base import RenderContext
-from models.nerffacespeech.audio2exp import PhoneticDriverConfig
-from models.nerffacespeech.face_fit import FaceFitConfig
-from models.nerffacespeech.pti import PTIConfig
-from models.nerffacespeech.render import RenderConfig
-from models.portrait_warp import WarpRenderConfig, WarpRigConfig
+from models.nerffacespeech.config import FaceFitConfig, PhoneticDriverConfig, PTIConfig, RenderConfig
+from models.portrait_warp.config import WarpRenderConfig, WarpRigConfig
 from talkflow import assets
 from talkflow.checks import audio_or_text, validate_name
 from talkflow.contract import SAMPLE_RATE, VIDEO_FPS

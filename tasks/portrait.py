@@ -10,25 +10,25 @@ character name is a new key, and one character's entries can be listed and freed
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from models.nerffacespeech.audio2exp import PhoneticAudioToExpression, PhoneticDriverConfig, load_audio2exp
-from models.nerffacespeech.deform import FaceRig
-from models.nerffacespeech.face_fit import FaceFitConfig, crop_portrait, fit_portrait, load_portrait, portrait_camera
-from models.nerffacespeech.generator import GeneratorConfig, load_generator, small_generator
-from models.nerffacespeech.pti import PTIConfig, load_pti, run_pti
-from models.nerffacespeech.render import RenderConfig, render_frames
-from models.portrait_warp import WarpRenderConfig, WarpRigConfig, build_rig, load_rig, render_warp
+from models.nerffacespeech.config import FaceFitConfig, GeneratorConfig, PhoneticDriverConfig, PTIConfig, RenderConfig
+from models.portrait_warp.config import WarpRenderConfig, WarpRigConfig
 from talkflow import media
 from talkflow.cache import stage
 from talkflow.contract import VIDEO_FPS
 from talkflow.hashing import sha256_file
 from talkflow.store import StageResult, get_store
 from tasks.inputs import local_file, morphable_model, scratch
+
+if TYPE_CHECKING:  # the models import torch: each stage imports them when it computes
+    import torch
+
+    from models.nerffacespeech.generator import TriplaneGenerator
 
 
 class GeneratorChoice(BaseModel):
@@ -41,6 +41,8 @@ class GeneratorChoice(BaseModel):
 
 
 def load_coeffs(fit: StageResult) -> dict[str, torch.Tensor]:
+    import torch
+
     return torch.load(local_file(fit["coeffs"]), weights_only=True)
 
 
@@ -49,7 +51,9 @@ def load_fitted_portrait(fit: StageResult) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def build_generator(checkpoint: Path | None, choice: GeneratorChoice):
+def build_generator(checkpoint: Path | None, choice: GeneratorChoice) -> TriplaneGenerator:
+    from models.nerffacespeech.generator import load_generator, small_generator
+
     return load_generator(checkpoint) if checkpoint is not None else small_generator(choice.seed, choice.config)
 
 
@@ -57,6 +61,10 @@ def build_generator(checkpoint: Path | None, choice: GeneratorChoice):
 def fit_character_face(image: Path, config: FaceFitConfig, bfm: Path | None = None,
                        namespace: str | None = None) -> StageResult:
     """Square face-centred crop of the portrait, its 68 landmarks and its 3DMM fit (fitted_coeffs)."""
+    import torch
+
+    from models.nerffacespeech.face_fit import crop_portrait, fit_portrait, load_portrait
+
     img = load_portrait(local_file(image), config.min_size, square=False)
     if img.shape[0] != img.shape[1]:
         img = crop_portrait(img)
@@ -83,6 +91,10 @@ def invert_portrait(fit: StageResult, config: PTIConfig, generator: Path | None 
     generator: a converted checkpoint (else the small fallback, whose geometry is pulled onto the
     face fitted with `bfm`); lpips: LPIPS-Alex weights for the perceptual loss (else the
     substitute). Each file's content is in the cache key."""
+    from models.nerffacespeech.deform import FaceRig
+    from models.nerffacespeech.face_fit import portrait_camera
+    from models.nerffacespeech.pti import run_pti
+
     g = build_generator(generator, fallback)
     coeffs = load_coeffs(fit)
     camera = portrait_camera(coeffs, g.cfg.focal, g.cfg.camera_radius, g.cfg.camera_pivot)
@@ -109,6 +121,8 @@ def audio_to_expressions(audio: StageResult, fit: StageResult, fps: int = VIDEO_
     the one driver of both renderers. Without network weights, the phonetic driver (`driver`): the
     phones aligned to `text` (what is said, when known) or recognised, with the lip closure of
     /p b m/ kept beside the coefficients (``closure``) and the phone timeline (``phones``)."""
+    from models.nerffacespeech.audio2exp import PhoneticAudioToExpression, load_audio2exp
+
     samples, rate = media.read_wav(local_file(audio["audio"]))
     model = morphable_model(bfm)
     meta = {"fps": fps, "predictor": "network" if weights else "phonetic"}
@@ -138,6 +152,10 @@ def audio_to_expressions(audio: StageResult, fit: StageResult, fps: int = VIDEO_
 def render_portrait(pti: StageResult, fit: StageResult, expressions: StageResult, config: RenderConfig,
                     bfm: Path | None = None, namespace: str | None = None) -> StageResult:
     """Frames of the tuned generator, its rays deformed by the expression sequence."""
+    from models.nerffacespeech.face_fit import portrait_camera
+    from models.nerffacespeech.pti import load_pti
+    from models.nerffacespeech.render import render_frames
+
     result = load_pti(local_file(pti["pti"]))
     g = result.generator()
     coeffs = load_coeffs(fit)
@@ -157,6 +175,8 @@ def rig_portrait(fit: StageResult, config: WarpRigConfig, bfm: Path | None = Non
                  namespace: str | None = None) -> StageResult:
     """The warp renderer's per-character rig: the portrait bound to its fitted mesh, face mask,
     lip lines and mouth-interior colours (the generator path's PTI, for the warp path)."""
+    from models.portrait_warp.rig import build_rig
+
     rig = build_rig(load_fitted_portrait(fit), np.load(local_file(fit["landmarks"])), load_coeffs(fit),
                     morphable_model(bfm), config)
     with scratch("warp-rig") as work:
@@ -169,6 +189,9 @@ def rig_portrait(fit: StageResult, config: WarpRigConfig, bfm: Path | None = Non
 def render_warped_portrait(rig: StageResult, expressions: StageResult, config: WarpRenderConfig,
                            bfm: Path | None = None, namespace: str | None = None) -> StageResult:
     """Frames of the portrait itself, warped by the expression sequence (JPEG, the portrait's size)."""
+    from models.portrait_warp.render import render_warp
+    from models.portrait_warp.rig import load_rig
+
     warp_rig = load_rig(local_file(rig["rig"]))
     closure = np.load(local_file(expressions["closure"])) if "closure" in expressions.artifacts else None
     frames = render_warp(warp_rig, morphable_model(bfm), np.load(local_file(expressions["exp"])), config,

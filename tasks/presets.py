@@ -37,8 +37,8 @@ class Preset:
 CONFIGS: dict[str, str | None] = {
     "train": "tasks.train_config:TrainAvatarConfig",
     "ernerf_model": "models.ernerf.model:ModelConfig",
-    "pti": "models.nerffacespeech.pti:PTIConfig",
-    "generator": "models.nerffacespeech.generator:GeneratorConfig",
+    "pti": "models.nerffacespeech.config:PTIConfig",
+    "generator": "models.nerffacespeech.config:GeneratorConfig",
     "preprocess": None,  # flows.preprocess.PreprocessConfig
     "render": None,  # flows.render.RenderVideoConfig
 }
@@ -75,12 +75,12 @@ PRESETS: tuple[Preset, ...] = (
            {"render": {"downscale": 2, "with_torso": False}}),
     Preset("pti", "reference", "PTI's own settings (450 inversion + 350 tuning steps), for a pretrained generator."),
     Preset("pti", "fallback", "For the small randomly initialised generator: 100 inversion steps, a 10x tuning "
-           "rate (about 100 s on one CPU core).", factory="models.nerffacespeech.pti:PTIConfig.fallback"),
+           "rate (about 100 s on one CPU core).", factory="models.nerffacespeech.config:PTIConfig.fallback"),
     Preset("pti", "tiny", "A few seconds on a CPU with a tiny generator (tests).",
-           factory="models.nerffacespeech.pti:PTIConfig.tiny"),
+           factory="models.nerffacespeech.config:PTIConfig.tiny"),
     Preset("generator", "eg3d-ffhq512", "EG3D's FFHQ 512 checkpoint shape (ffhqrebalanced512-128.pkl)."),
     Preset("generator", "small", "The CPU-sized fallback: 64 px images from a 32 px rendering, about 0.3 M "
-           "parameters.", factory="models.nerffacespeech.generator:GeneratorConfig.small"),
+           "parameters.", factory="models.nerffacespeech.config:GeneratorConfig.small"),
 )
 
 TrainPreset = Literal["reference", "cpu-demo"]  # names("train"); a test keeps the two equal

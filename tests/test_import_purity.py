@@ -114,14 +114,28 @@ def test_light_commands_import_neither_torch_nor_prefect(name, tmp_path):
         assert code == "2" and "error:" in out.stderr
 
 
-def test_the_demo_flow_imports_no_torch(tmp_path):
-    """A demo whose stages are all cached never needs torch: the flows' parameters (configs) and
-    the stage modules import without it; each stage imports its models when it computes."""
+def imported_heavy(modules: list[str], tmp_path: Path) -> list[str]:
+    """Which of torch and scipy a fresh interpreter holds after importing `modules`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TALKFLOW_"))}
     env |= {"PYTHONPATH": str(ROOT), "TALKFLOW_DATA_ROOT": str(tmp_path / "root"), "HOME": str(tmp_path)}
-    code = "import sys, flows.demo, flows.features, flows.import_dataset; print(sorted(m for m in ('torch', 'scipy') " \
-           "if m in sys.modules))"
+    code = f"import json, sys, {', '.join(modules)}; " \
+           "print(json.dumps(sorted(m for m in ('torch', 'scipy') if m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_demo_flow_imports_no_torch(tmp_path):
+    """A demo whose stages are all cached never needs torch: the flows' parameters (configs) and
+    the stage modules import without it; each stage imports its models when it computes."""
+    assert imported_heavy(["flows.demo", "flows.features", "flows.import_dataset"], tmp_path) == []
+
+
+def test_the_portrait_flow_imports_no_torch(tmp_path):
+    """The portrait flow, its renderers and their stages import without torch (the configs live in
+    models.nerffacespeech.config and models.portrait_warp.config; the model packages export lazily),
+    so a refused or fully cached portrait never loads it."""
+    modules = ["flows.portrait", "flows.renderers", "flows.renderers.generator", "flows.renderers.warp",
+               "tasks.portrait", "models.nerffacespeech", "models.portrait_warp"]
+    assert "torch" not in imported_heavy(modules, tmp_path)

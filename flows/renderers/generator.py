@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flows.renderers.base import OneShotRenderer, RenderContext
-from models.nerffacespeech.pti import PTIConfig
+from models.nerffacespeech.config import PTIConfig
 from talkflow import assets
 from talkflow.store import StageResult
 from tasks import presets

@@ -3,10 +3,11 @@ PTI of the portrait, a 3DMM fit, audio -> expressions and 3DMM-driven ray deform
 
 Modules: camera (EG3D cameras, labels, rays), stylegan (mapping, modulated convolutions,
 synthesis), triplane (plane lookup, decoder), volume (ray sampling and compositing), superres
-(2D super-resolution), generator (configs, the assembled generator, checkpoints), convert_eg3d
+(2D super-resolution), generator (the assembled generator, checkpoints), convert_eg3d
 (one-time conversion of EG3D pickles), pti (pivotal tuning inversion), face_fit (single-image
 3DMM fit), audio2exp (audio -> expression coefficients), deform (expression ray deformation),
-render (frames). Pure PyTorch; never imports Prefect.
+render (frames), config (the stages' configs and the EG3D camera constants, torch-free). Pure
+PyTorch; never imports Prefect.
 
     G = default_generator(checkpoint)                # a converted checkpoint, else small_generator(0)
     fit = fit_portrait(image)                        # fitted_coeffs, reprojection error (px)
@@ -19,42 +20,47 @@ render (frames). Pure PyTorch; never imports Prefect.
     frames = render_frames(pti.generator(), pti.w_pivot, fit.coeffs, exp, cam, background=pti.background)
 """
 
-from models.nerffacespeech.audio2exp import (
-    AudioToExpression,
-    MelToExpression,
-    PhoneticAudioToExpression,
-    PhoneticDriverConfig,
-    load_audio2exp,
-    save_audio2exp,
-)
-from models.nerffacespeech.camera import EG3D_FOCAL, EG3D_FOV_DEG, Camera, camera_rays, fov_to_focal, look_at
-from models.nerffacespeech.deform import DeformConfig, ExpressionWarp, FaceRig
-from models.nerffacespeech.face_fit import (
-    FaceFit,
-    FaceFitConfig,
-    crop_portrait,
-    fit_portrait,
-    load_portrait,
-    portrait_camera,
-)
-from models.nerffacespeech.generator import (
-    GeneratorConfig,
-    GeneratorOutput,
-    TriplaneGenerator,
-    default_generator,
-    load_generator,
-    save_generator,
-    small_generator,
-)
-from models.nerffacespeech.pti import PTIConfig, PTIResult, load_pti, run_pti
-from models.nerffacespeech.render import RenderConfig, render_frames
+# Imported on first use (PEP 562): the configs (models.nerffacespeech.config) import without torch.
+from models.lazy import lazy_exports
 
-__all__ = [
-    "EG3D_FOCAL", "EG3D_FOV_DEG", "AudioToExpression", "Camera", "DeformConfig", "ExpressionWarp", "FaceFit",
-    "FaceFitConfig", "FaceRig", "GeneratorConfig", "GeneratorOutput", "PhoneticAudioToExpression",
-    "PhoneticDriverConfig",
-    "MelToExpression", "PTIConfig", "PTIResult", "RenderConfig", "TriplaneGenerator", "camera_rays", "crop_portrait",
-    "default_generator", "fit_portrait", "fov_to_focal", "load_audio2exp", "load_generator", "load_portrait",
-    "load_pti", "look_at", "portrait_camera", "render_frames", "run_pti", "save_audio2exp", "save_generator",
-    "small_generator",
-]
+_EXPORTS = {
+    "AudioToExpression": "models.nerffacespeech.audio2exp",
+    "MelToExpression": "models.nerffacespeech.audio2exp",
+    "PhoneticAudioToExpression": "models.nerffacespeech.audio2exp",
+    "load_audio2exp": "models.nerffacespeech.audio2exp",
+    "save_audio2exp": "models.nerffacespeech.audio2exp",
+    "EG3D_FOV_DEG": "models.nerffacespeech.camera",
+    "Camera": "models.nerffacespeech.camera",
+    "camera_rays": "models.nerffacespeech.camera",
+    "fov_to_focal": "models.nerffacespeech.camera",
+    "look_at": "models.nerffacespeech.camera",
+    "EG3D_FOCAL": "models.nerffacespeech.config",
+    "DeformConfig": "models.nerffacespeech.config",
+    "FaceFitConfig": "models.nerffacespeech.config",
+    "GeneratorConfig": "models.nerffacespeech.config",
+    "PTIConfig": "models.nerffacespeech.config",
+    "PhoneticDriverConfig": "models.nerffacespeech.config",
+    "RenderConfig": "models.nerffacespeech.config",
+    "ExpressionWarp": "models.nerffacespeech.deform",
+    "FaceRig": "models.nerffacespeech.deform",
+    "FaceFit": "models.nerffacespeech.face_fit",
+    "crop_portrait": "models.nerffacespeech.face_fit",
+    "fit_portrait": "models.nerffacespeech.face_fit",
+    "load_portrait": "models.nerffacespeech.face_fit",
+    "portrait_camera": "models.nerffacespeech.face_fit",
+    "GeneratorOutput": "models.nerffacespeech.generator",
+    "TriplaneGenerator": "models.nerffacespeech.generator",
+    "default_generator": "models.nerffacespeech.generator",
+    "load_generator": "models.nerffacespeech.generator",
+    "save_generator": "models.nerffacespeech.generator",
+    "small_generator": "models.nerffacespeech.generator",
+    "PTIResult": "models.nerffacespeech.pti",
+    "load_pti": "models.nerffacespeech.pti",
+    "run_pti": "models.nerffacespeech.pti",
+    "render_frames": "models.nerffacespeech.render",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from models.audio.visemes import VisemeConfig
 from models.checkpoint_io import save_atomic
+from models.nerffacespeech.config import PhoneticDriverConfig
 from talkflow.contract import VIDEO_FPS, frame_count
 from talkflow.errors import AssetMissing, InputError
 
@@ -72,18 +71,6 @@ class AudioToExpression(ABC):
 
 
 # ----------------------------------------------------------------------- the phonetic driver
-class PhoneticDriverConfig(BaseModel):
-    """How the built-in driver turns the speech's mouth shapes (models.audio.visemes) into the
-    face3d mouth modes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    jaw_gain: float = Field(0.7, ge=0, description="jaw_open at a fully open viseme (/aa/); 1 is the basis' full "
-                            "0.25 rad, a wide-open mouth.")
-    stretch_gain: float = Field(0.5, ge=0, description="lips_stretch at a fully spread viseme (/iy/).")
-    pucker_gain: float = Field(0.8, ge=0, description="lips_pucker at a fully rounded viseme (/uw/).")
-    visemes: VisemeConfig = Field(default_factory=VisemeConfig, description="Phones -> mouth shapes: "
-                                  "coarticulation and loudness as intensity.")
 
 
 class PhoneticAudioToExpression(AudioToExpression):

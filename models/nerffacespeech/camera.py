@@ -10,6 +10,9 @@
   the FFHQ models' 18.837 degrees give f = 4.2647 (`EG3D_FOCAL`).
 - **Conditioning labels**: c = (c2w flattened row-major (16), K flattened (9)) -> (25,), the
   label EG3D's mapping network and pose conditioning take.
+
+The constants the configs default to (radius, pivot, focal) live in the torch-free
+`models.nerffacespeech.config`.
 """
 
 from __future__ import annotations
@@ -20,11 +23,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from models.nerffacespeech.config import EG3D_FOCAL, EG3D_PIVOT, EG3D_RADIUS
 from talkflow.errors import InputError
 
 EG3D_FOV_DEG = 18.837
-EG3D_RADIUS = 2.7
-EG3D_PIVOT = (0.0, 0.0, 0.2)
 # EG3D's world: its FFHQ poses come from Deep3DFaceRecon's fits, whose BFM (front face) is centred
 # on its own vertex mean, and that face centre is the world origin; the cameras look at the pivot,
 # 0.2 in front of it. FACE_CENTRE_MM is the same centre in the head frame of models.face3d (the
@@ -43,11 +45,6 @@ def fov_to_focal(fov_deg: float) -> float:
 def focal_to_fov(focal: float) -> float:
     """Normalised focal length -> EG3D's diagonal field of view in degrees."""
     return math.degrees(2.0 * math.atan(1.0 / (math.sqrt(2.0) * focal)))
-
-
-# The FFHQ labels store 4.2647; fov_to_focal(18.837) gives 4.2627 (EG3D's own helper, with sqrt(2)
-# rounded to 1.414, 4.2634): the 18.837 degrees are themselves rounded.
-EG3D_FOCAL = 4.2647
 
 
 @dataclass

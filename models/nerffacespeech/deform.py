@@ -32,32 +32,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from models.face3d.camera import euler_to_matrix
 from models.face3d.morphable import MorphableModel
 from models.nerffacespeech.camera import FACE_CENTRE_MM, Camera
+from models.nerffacespeech.config import DeformConfig
 from models.nerffacespeech.volume import WarpResult
 from talkflow.errors import InputError
 
 _FLIP = (1.0, -1.0, -1.0)
 INNER_LIPS = slice(60, 68)  # iBUG inner-lip landmarks, a closed loop
-
-
-class DeformConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    k: int = Field(4, ge=1, description="Nearest expressed 3DMM vertices per volume sample.")
-    falloff_mm: float = Field(
-        8.0, gt=0, description="Gaussian fade of a displacement with the distance to the nearest vertex, mm.")
-    cutoff_mm: float = Field(30.0, gt=0, description="No displacement beyond this distance from the face, mm.")
-    moving_mm: float = Field(0.05, ge=0, description="Vertices moving less than this in every frame are ignored, mm.")
-    max_vertices: int = Field(4096, ge=1, description="Most moving vertices used.")
-    chunk: int = Field(65536, ge=1024, description="Sample points per nearest-neighbour chunk (bounds memory).")
-    mouth_darken: float = Field(0.85, ge=0, le=1, description="Colour scale of samples inside the open mouth.")
-    mouth_density: float = Field(10.0, ge=0, description="Density added to samples in the mouth gap.")
-    mouth_depth_mm: float = Field(25.0, ge=0, description="Depth of the mouth cavity behind the inner lips, mm.")
 
 
 @dataclass

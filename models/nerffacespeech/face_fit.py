@@ -21,39 +21,19 @@ import io
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from models.face3d.camera import euler_to_matrix, head_to_camera, principal_point, project
 from models.face3d.morphable import MorphableModel
 from models.nerffacespeech.camera import EG3D_FOCAL, EG3D_PIVOT, EG3D_RADIUS, FACE_CENTRE_MM, Camera
+from models.nerffacespeech.config import FaceFitConfig
 from talkflow.contract import MIN_PORTRAIT_PX
 from talkflow.errors import FaceNotFound, InputError
 
 _FLIP = (1.0, -1.0, -1.0)
-
-
-class FaceFitConfig(BaseModel):
-    """Single-image 3DMM fit."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_size: int = Field(MIN_PORTRAIT_PX, ge=16, description="Smallest portrait side accepted, px.")
-    focal: float | Literal["generator", "search"] = Field(
-        "generator",
-        description="Camera focal length: a number in px, generator (the generator camera's) or search (fitted).")
-    generator_focal: float = Field(EG3D_FOCAL, description="Normalised focal length of the generator's camera.")
-    photometric: bool = Field(
-        True, description="Refine lighting (SH), albedo, pose and expression on the pixels after the landmark fit.")
-    photo_iters: int = Field(30, ge=0, description="Iterations of the photometric refinement.")
-    photo_tex_iters: int = Field(40, ge=0, description="Iterations of the albedo (texture) fit.")
-    photo_render_size: int = Field(96, ge=16, description="Side of the images the photometric fit renders, px.")
-    detect_upsample: int = Field(
-        0, ge=0, description="dlib HOG upsampling for face detection (0 avoids false faces on big photos).")
 
 
 @dataclass

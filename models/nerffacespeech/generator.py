@@ -31,110 +31,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pydantic
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from models.checkpoint_io import save_atomic
-from models.nerffacespeech.camera import EG3D_FOCAL, EG3D_PIVOT, EG3D_RADIUS, Camera, camera_rays, look_at
+from models.nerffacespeech.camera import Camera, camera_rays, look_at
+from models.nerffacespeech.config import GeneratorConfig
 from models.nerffacespeech.stylegan import MappingNetwork, NoiseMode, SynthesisNetwork
 from models.nerffacespeech.superres import SuperResolution
 from models.nerffacespeech.triplane import TriplaneDecoder, query_field
 from models.nerffacespeech.volume import PointWarp, render_rays
 from talkflow.errors import AssetMissing, InputError
-from talkflow.forms import PLAIN_OPTIONALS
 
 CHECKPOINT_FORMAT = "talkflow.nerffacespeech.generator"
 CHECKPOINT_VERSION = 1
 CONVERT_HINT = ("convert it once, in an environment you trust, with `python -m models.nerffacespeech.convert_eg3d "
                 "<file.pkl> <out.pt> --eg3d-repo <path to the EG3D repository>` and register the .pt with "
                 "`talkflow assets add generator <out.pt>`")
-
-
-class GeneratorConfig(BaseModel):
-    """Shape and rendering of the generator. Defaults: EG3D FFHQ 512 (`ffhqrebalanced512-128.pkl`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, **PLAIN_OPTIONALS)
-
-    # mapping
-    z_dim: int = Field(512, ge=1, description="Size of the latent z.")
-    c_dim: int = Field(
-        25, ge=0, description="Size of the camera label (16 extrinsics + 9 intrinsics); 0: unconditional.")
-    w_dim: int = Field(512, ge=1, description="Size of the intermediate latent w.")
-    mapping_layers: int = Field(2, ge=1, description="Layers of the mapping network (EG3D --map-depth).")
-    mapping_lr_mul: float = Field(0.01, description="Learning-rate multiplier of the mapping network.")
-    c_scale: float = Field(1.0, description="Camera labels are multiplied by this before the mapping.")
-    # tri-plane synthesis (StyleGAN2 skip architecture, channels min(channel_base / res, channel_max))
-    triplane_resolution: int = Field(256, ge=4, description="Side of each tri-plane, px (a power of two).")
-    triplane_channels: int = Field(32, ge=1, description="Feature channels per tri-plane.")
-    channel_base: int = Field(32768, description="Synthesis channels: min(channel_base / resolution, channel_max).")
-    channel_max: int = Field(512, description="Most channels of a synthesis layer.")
-    conv_clamp: float | None = Field(None, description="Clamp of the synthesis convolutions' outputs; empty: none.")
-    noise_strength_init: float = Field(0.0, description="Initial strength of the per-layer noise inputs.")
-    # decoder
-    decoder_hidden: int = Field(64, ge=1, description="Hidden units of the tri-plane decoder MLP.")
-    decoder_features: int = Field(32, ge=3, description="Channels of the rendered feature image (RGB first).")
-    decoder_lr_mul: float = Field(1.0, description="Learning-rate multiplier of the decoder.")
-    # volume rendering
-    neural_rendering_resolution: int = Field(128, ge=4, description="Side of the volume-rendered feature image, px.")
-    depth_resolution: int = Field(48, ge=2, description="Coarse samples per ray.")
-    depth_resolution_importance: int = Field(48, ge=0, description="Fine (importance) samples per ray.")
-    ray_start: float = Field(2.25, description="Near bound of the rays, world units.")
-    ray_end: float = Field(3.3, description="Far bound of the rays, world units.")
-    box_warp: float = Field(1.0, description="Side of the tri-plane box, world units.")
-    # camera (EG3D FFHQ: 18.837 deg diagonal fov, radius 2.7, pivot (0, 0, 0.2))
-    focal: float = Field(EG3D_FOCAL, description="Normalised focal length of the camera.")
-    camera_radius: float = Field(EG3D_RADIUS, description="Distance of the camera from its pivot, world units.")
-    camera_pivot: tuple[float, float, float] = Field(EG3D_PIVOT, description="Point the camera looks at, world units.")
-    # super-resolution
-    img_resolution: int = Field(512, ge=4, description="Side of the output image, px.")
-    sr_input_resolution: int = Field(128, ge=4, description="Side of the super-resolution network's input, px.")
-    sr_channels: tuple[int, ...] = Field(
-        (256, 128), description="Channels of each super-resolution block (one doubling each).")
-    sr_antialias: bool = Field(True, description="Antialiased resampling in the super-resolution network.")
-    sr_conv_clamp: float | None = Field(
-        256.0, description="Clamp of the super-resolution convolutions' outputs; empty: none.")
-    sr_noise_mode: Literal["const", "random", "none"] = Field(
-        "none", description="Noise inputs of the super-resolution network: const, random or none.")
-    # sampling defaults for `generate`
-    truncation_psi: float = Field(0.7, description="Truncation of sampled latents toward the mean (1: none).")
-    truncation_cutoff: int | None = Field(14, description="Layers the truncation applies to; empty: all.")
-
-    @model_validator(mode="after")
-    def _check(self) -> GeneratorConfig:
-        r = self.triplane_resolution
-        if r & (r - 1):
-            raise ValueError(f"triplane_resolution must be a power of two, got {r}")
-        if self.sr_input_resolution * 2 ** len(self.sr_channels) != self.img_resolution:
-            raise ValueError(f"img_resolution {self.img_resolution} must be sr_input_resolution "
-                             f"{self.sr_input_resolution} x 2^{len(self.sr_channels)} (one doubling per SR block)")
-        if not self.ray_start < self.ray_end:
-            raise ValueError("ray_start must be below ray_end")
-        return self
-
-    @classmethod
-    def eg3d_ffhq512(cls) -> GeneratorConfig:
-        """EG3D's FFHQ 512 checkpoint (`ffhqrebalanced512-128.pkl`)."""
-        return cls()
-
-    @classmethod
-    def small(cls, **overrides) -> GeneratorConfig:
-        """CPU-sized fallback: 64 px images from a 32 px rendering (24 + 12 samples per ray),
-        32 px tri-planes of 16 channels, 64-d z/w; about 0.3 M parameters."""
-        base = dict(z_dim=64, w_dim=64, triplane_resolution=32, triplane_channels=16, channel_base=1024,
-                    channel_max=64, noise_strength_init=0.1, decoder_hidden=32, decoder_features=16,
-                    neural_rendering_resolution=32, depth_resolution=24, depth_resolution_importance=12,
-                    img_resolution=64, sr_input_resolution=32, sr_channels=(32,), truncation_cutoff=None)
-        return cls(**(base | overrides))
-
-    @property
-    def num_ws(self) -> int:
-        n = int(np.log2(self.triplane_resolution)) - 1  # blocks 4 .. R
-        return 1 + 2 * (n - 1) + 1
 
 
 @dataclass

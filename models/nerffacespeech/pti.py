@@ -45,12 +45,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torch.nn import functional as F
 
 from models.checkpoint_io import save_atomic
 from models.nerffacespeech.camera import Camera
+from models.nerffacespeech.config import PTIConfig
 from models.nerffacespeech.generator import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -59,84 +59,12 @@ from models.nerffacespeech.generator import (
     generator_from_checkpoint,
 )
 from talkflow.errors import InputError
-from talkflow.forms import PLAIN_OPTIONALS
 
 PTI_FORMAT = "talkflow.nerffacespeech.pti"
 PTI_VERSION = 1
 
 Progress = Callable[[str, int, int, float], None]  # (stage, step, total steps, loss)
 ImageLoss = Callable[[Tensor, Tensor], Tensor]  # (B, 3, h, w) pred, target in [0, 1] -> scalar
-
-
-class PTIConfig(BaseModel):
-    """PTI stage config. Defaults: the PTI reference at 512 px."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, **PLAIN_OPTIONALS)
-
-    # (a) inversion
-    inversion_steps: int = Field(450, ge=0, description="Steps of the latent inversion (PTI first_inv_steps).")
-    inversion_lr: float = Field(0.01, gt=0, description="Initial learning rate of the inversion (StyleGAN2 projector).")
-    w_avg_samples: int = Field(
-        10000, ge=1, description="Latents sampled to estimate the mean w the inversion starts from.")
-    initial_noise_factor: float = Field(
-        0.05, description="Scale of the noise added to w during the inversion, at the start.")
-    lr_rampup: float = Field(0.05, description="Share of the inversion steps over which the learning rate ramps up.")
-    lr_rampdown: float = Field(
-        0.25, description="Share of the inversion steps over which the learning rate ramps down.")
-    noise_ramp: float = Field(0.75, description="Share of the inversion steps over which the added w noise fades out.")
-    noise_reg_weight: float = Field(1e5, description="Weight of the noise-map regulariser of the inversion.")
-    inversion_l2_weight: float | None = Field(
-        None, description="Pixel L2 weight of the inversion; empty: 0 with LPIPS, 1 with the structural substitute.")
-    loss_resolution: int = Field(
-        256, ge=8, description="Images are area-downsampled to this side before the losses, px.")
-    # (b) pivotal tuning
-    tuning_steps: int = Field(350, ge=0, description="Steps of pivotal tuning of the generator (PTI max_pti_steps).")
-    tuning_lr: float = Field(3e-4, gt=0, description="Learning rate of pivotal tuning.")
-    tuning_l2_weight: float = Field(1.0, description="Pixel L2 weight of pivotal tuning.")
-    tuning_perceptual_weight: float = Field(
-        1.0, description="Perceptual (LPIPS or substitute) weight of pivotal tuning.")
-    lpips_threshold: float = Field(0.06, description="Tuning stops below this LPIPS (real LPIPS only).")
-    locality_weight: float = Field(
-        1.0, ge=0,
-        description="Weight of the locality regulariser (keeps the generator unchanged away from the pivot); 0: off.")
-    locality_every: int = Field(1, ge=1, description="Tuning steps between locality regulariser steps.")
-    locality_samples: int = Field(1, ge=1, description="Latents sampled around the pivot per regulariser step.")
-    locality_alpha: float = Field(
-        30.0, gt=0, description="Distance of the regulariser's samples from the pivot, w units.")
-    locality_psi: float = Field(0.5, description="Truncation of the regulariser's sampled latents.")
-    locality_l2_weight: float = Field(0.1, description="Pixel L2 weight of the locality regulariser.")
-    locality_perceptual_weight: float = Field(0.1, description="Perceptual weight of the locality regulariser.")
-    # geometry prior (not in PTI): only when run_pti gets a `face_depth` target, for generators
-    # without a learned face prior (the small fallback), whose tuned density would otherwise sit
-    # anywhere along the rays and not on the face the 3DMM deformation moves.
-    depth_weight: float = Field(
-        1.0, ge=0, description="Weight of the face-depth prior (keeps density on the fitted face), per world unit.")
-    # both
-    stratified: bool = Field(True, description="Jitter ray sample depths while optimising.")
-    seed: int = Field(0, description="Random seed of the inversion and tuning.")
-    # CPU threads while optimising (None: torch's setting). The small generator's tensors are small:
-    # one thread beats several, and by far when the cores are shared (as face3d's fits do).
-    cpu_threads: int | None = Field(1, description="CPU threads while optimising; empty: torch's setting.")
-
-    @classmethod
-    def fallback(cls, **overrides) -> PTIConfig:
-        """For the randomly initialised small generator (no pretrained weights): its w space holds
-        no portrait, so 100 inversion steps; the weights must move far, so a 10x tuning rate over
-        PTI's 350 steps; the locality step scaled to its w space (see `tiny`). About 100 s on one
-        CPU core at 64 px (measured: MSE 1.54 at w_avg -> 0.048, against 0.074 with PTI's rates)."""
-        base = dict(inversion_steps=100, w_avg_samples=4096, tuning_lr=3e-3, locality_alpha=8.0,
-                    locality_l2_weight=1.0)
-        return cls(**(base | overrides))
-
-    @classmethod
-    def tiny(cls, **overrides) -> PTIConfig:
-        """A few seconds on a CPU with a tiny generator (tests): 30 + 50 steps, a 10x tuning rate (a
-        random generator is far from any portrait), and the locality step scaled to the small
-        generator's w space (|w_z - w_avg| is about 6 for its 8 x 64-d ws, against a few hundred for
-        EG3D's 14 x 512) with a stronger L2 weight (the perceptual term is the substitute)."""
-        base = dict(inversion_steps=30, w_avg_samples=512, tuning_steps=50, tuning_lr=3e-3, locality_alpha=8.0,
-                    locality_l2_weight=1.0)
-        return cls(**(base | overrides))
 
 
 @dataclass

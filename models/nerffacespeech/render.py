@@ -13,37 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torch.nn import functional as F
 
 from models.face3d.morphable import MorphableModel
 from models.nerffacespeech.camera import Camera
-from models.nerffacespeech.deform import DeformConfig, ExpressionWarp, FaceRig
+from models.nerffacespeech.config import RenderConfig
+from models.nerffacespeech.deform import ExpressionWarp, FaceRig
 from models.nerffacespeech.generator import TriplaneGenerator, to_uint8
 from talkflow.errors import InputError
-from talkflow.forms import PLAIN_OPTIONALS
-
-
-class RenderConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, **PLAIN_OPTIONALS)
-
-    batch_frames: int = Field(4, ge=1, description="Frames rendered together.")
-    neural_rendering_resolution: int | None = Field(
-        None, description="Side of the volume-rendered feature image, px; empty: the generator's.")
-    depth_resolution: int | None = Field(None, description="Coarse samples per ray; empty: the generator's.")
-    depth_resolution_importance: int | None = Field(
-        None, description="Fine (importance) samples per ray; empty: the generator's.")
-    paste_static: bool = Field(
-        True, description="Paste the still portrait where the face does not move (sharper than the generator).")
-    motion_threshold_mm: float = Field(
-        0.25, ge=0, description="Displacement that counts as motion for the paste mask, mm.")
-    grow_px: int = Field(2, ge=0, description="Low-resolution pixels the motion mask grows by.")
-    feather_px: float = Field(
-        1.0, ge=0, description="Gaussian blur of the motion mask, output pixels per neural pixel.")
-    deform: DeformConfig = Field(
-        DeformConfig(), description="How the 3DMM's expression displacements deform the generator's volume.")
-    cpu_threads: int | None = Field(1, description="CPU threads while rendering; empty: torch's setting.")
 
 
 def _as_ws(w: Tensor, generator: TriplaneGenerator) -> Tensor:

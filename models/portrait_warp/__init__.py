@@ -5,9 +5,23 @@ portrait itself, with a synthesised mouth interior. Pure PyTorch / numpy; no dow
     rig = build_rig(image, fit.landmarks, fit.coeffs, model)      # once per character (cached)
     exp = PhoneticAudioToExpression(model.exp_names).predict(samples, sr) + fit.coeffs["exp"].numpy()
     frames = render_warp(rig, model, exp)                         # (T, S, S, 3) uint8, S >= 512
+
+The configs live in models.portrait_warp.config (torch-free).
 """
 
-from models.portrait_warp.render import WarpRenderConfig, render_warp
-from models.portrait_warp.rig import WarpRig, WarpRigConfig, build_rig, load_rig
+# Imported on first use (PEP 562): the configs import without torch.
+from models.lazy import lazy_exports
 
-__all__ = ["WarpRenderConfig", "WarpRig", "WarpRigConfig", "build_rig", "load_rig", "render_warp"]
+_EXPORTS = {
+    "WarpRenderConfig": "models.portrait_warp.config",
+    "WarpRigConfig": "models.portrait_warp.config",
+    "render_warp": "models.portrait_warp.render",
+    "WarpRig": "models.portrait_warp.rig",
+    "build_rig": "models.portrait_warp.rig",
+    "load_rig": "models.portrait_warp.rig",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

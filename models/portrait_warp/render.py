@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torch.nn import functional as F
 
@@ -29,23 +28,9 @@ from models.face.mouth import (
     smoothstep,
 )
 from models.face3d.morphable import MorphableModel
+from models.portrait_warp.config import WarpRenderConfig
 from models.portrait_warp.rig import WarpRig
 from talkflow.errors import InputError
-from talkflow.forms import PLAIN_OPTIONALS
-
-
-class WarpRenderConfig(BaseModel):
-    """How the warp frames are drawn."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, **PLAIN_OPTIONALS)
-
-    batch_frames: int = Field(8, ge=1, description="Frames warped together.")
-    feather_px: float = Field(1.0, gt=0, description="Width of the soft edge of the painted mouth opening, px.")
-    corner_shade: float = Field(0.45, ge=0, le=1, description="How much darker the mouth interior gets at its "
-                                "corners and under the upper lip (0: flat).")
-    min_opening_px: float = Field(3.0, ge=0, description="Lip gap (px) over which the interior fades in: a barely "
-                                  "parted mouth shows a soft shadow, not a drawn line.")
-    cpu_threads: int | None = Field(None, ge=1, description="CPU threads while rendering (None: torch's setting).")
 
 
 def displacement(rig: WarpRig, vertex_offsets: Tensor) -> Tensor:

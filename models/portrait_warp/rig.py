@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from models.checkpoint_io import save_atomic
@@ -24,24 +23,12 @@ from models.face.mouth import INNER_UPPER, MouthColours, profile, smoothstep, te
 from models.face3d.camera import head_to_camera, principal_point, project
 from models.face3d.morphable import MorphableModel
 from models.face3d.raster import rasterize
+from models.portrait_warp.config import WarpRigConfig
 from talkflow.errors import InputError
 
 RIG_FORMAT = "talkflow.portrait_warp.rig"
 RIG_VERSION = 1
 _REFERENCE_SKIN = 165.0  # luminance of well-lit skin, for which MouthColours.teeth is right
-
-
-class WarpRigConfig(BaseModel):
-    """How the portrait is bound to its 3DMM fit."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    min_size: int = Field(512, ge=64, le=4096, description="Output side in px: a smaller portrait is upscaled "
-                          "(Lanczos) to it, a larger one keeps its own size.")
-    falloff: float = Field(0.15, gt=0, le=1, description="Width of the ring outside the fitted face over which "
-                           "the warp fades to zero, as a fraction of the face width (jaw landmarks 0 -> 16).")
-    align_landmarks: bool = Field(True, description="Bend the projected mesh onto dlib's 68 landmarks (thin-plate "
-                                  "spline) so that the mesh's lip line is the photo's.")
 
 
 @dataclass
