@@ -136,6 +136,19 @@ def test_ffmpeg_filling_the_disk_is_disk_full_not_a_corrupt_file(small_disk, tmp
     assert [p.name for p in small_disk.iterdir()] == ["ballast"]  # no half-written mp4 left
 
 
+def test_a_full_disk_without_a_file_name_names_the_data_root(tmp_path, monkeypatch):
+    from talkflow.settings import get_settings
+    from talkflow.store import disk_full
+
+    monkeypatch.setenv("TALKFLOW_DATA_ROOT", str(tmp_path / "root"))
+    get_settings.cache_clear()
+    try:
+        full = disk_full(RuntimeError("writing failed: No space left on device"))
+        assert full is not None and f"the data root {tmp_path / 'root'} (" in str(full)
+    finally:
+        get_settings.cache_clear()
+
+
 def test_prune_spares_a_payload_a_running_stage_has_just_written_again(tmp_path):
     from talkflow.cache_admin import sweep
 
