@@ -4,7 +4,7 @@
 #   entrypoint.sh [worker] [extra `prefect worker start` options]
 #       wait for the Prefect API, save the result-storage block, then exec a worker:
 #       prefect worker start --pool $TALKFLOW_WORKER_POOL --type $TALKFLOW_WORKER_TYPE ...
-#   entrypoint.sh setup [deployments.setup options]
+#   entrypoint.sh setup [pools.setup options]
 #       wait for the API, create pools/limits/block, then `prefect deploy --all`
 #   entrypoint.sh <command ...>
 #       anything else (a Docker worker starts runs as `prefect flow-run execute`): set up the
@@ -15,9 +15,9 @@
 # TALKFLOW_WORKER_LIMIT (runs at once), TALKFLOW_API_WAIT_S (default 120), TALKFLOW_PYTHON,
 # TALKFLOW_CA_BUNDLE (a CA bundle file to trust, mounted read-only; see with-ca.sh),
 # and the store settings: TALKFLOW_STORE_URL, TALKFLOW_REDIS_URL, AWS_*.
-# A Docker worker is prefect-docker's, started through deployments.docker_worker (one clear
+# A Docker worker is prefect-docker's, started through pools.docker_worker (one clear
 # error line for a GPU run on a host without the NVIDIA runtime).
-# The worker runs under deployments.worker_guard, exec'd (it replaces this shell), so `docker stop`'s
+# The worker runs under pools.worker_guard, exec'd (it replaces this shell), so `docker stop`'s
 # one SIGTERM stops it within TALKFLOW_WORKER_STOP_S (default 8 s); runs in progress go on
 # (docs/production.md).
 set -euo pipefail
@@ -45,12 +45,12 @@ done
 
 # Prefect reads its settings once, when imported: result storage must be in the environment
 # before any prefect process starts (the worker, and each run it spawns).
-run_env=$("$PYTHON" -m deployments.setup env) || die "cannot read talkflow's settings (see above)"
+run_env=$("$PYTHON" -m pools.setup env) || die "cannot read talkflow's settings (see above)"
 eval "$run_env"
 
 need_api() {
   [[ -n ${PREFECT_API_URL:-} ]] || die "set PREFECT_API_URL to the Prefect server's API (e.g. http://prefect-server:4200/api)"
-  "$PYTHON" -m deployments.setup wait --timeout "${TALKFLOW_API_WAIT_S:-120}"
+  "$PYTHON" -m pools.setup wait --timeout "${TALKFLOW_API_WAIT_S:-120}"
 }
 
 mode=${1:-worker}
@@ -64,21 +64,21 @@ case $mode in
     [[ -z ${TALKFLOW_WORKER_LIMIT:-} || ${TALKFLOW_WORKER_LIMIT} =~ ^[1-9][0-9]*$ ]] \
       || die "TALKFLOW_WORKER_LIMIT must be a positive integer, not '${TALKFLOW_WORKER_LIMIT}'"
     need_api
-    "$PYTHON" -m deployments.setup result-storage >/dev/null
-    # pools come from deployments/setup.py (a worker would create a bare, GPU-less one)
+    "$PYTHON" -m pools.setup result-storage >/dev/null
+    # pools come from pools/setup.py (a worker would create a bare, GPU-less one)
     args=(worker start --pool "$pool" --type "$type" --install-policy never --no-create-pool-if-not-found)
     if [[ -n ${TALKFLOW_WORKER_NAME:-} ]]; then args+=(--name "$TALKFLOW_WORKER_NAME"); fi
     if [[ -n ${TALKFLOW_WORKER_LIMIT:-} ]]; then args+=(--limit "$TALKFLOW_WORKER_LIMIT"); fi
     echo "entrypoint: prefect ${args[*]} $*" >&2
     # the guard stops the worker on one SIGTERM (docker stop), within TALKFLOW_WORKER_STOP_S
-    guard=("$PYTHON" -m deployments.worker_guard)
-    if [[ $type == docker ]]; then exec "${guard[@]}" "$PYTHON" -m deployments.docker_worker "${args[@]}" "$@"; fi
+    guard=("$PYTHON" -m pools.worker_guard)
+    if [[ $type == docker ]]; then exec "${guard[@]}" "$PYTHON" -m pools.docker_worker "${args[@]}" "$@"; fi
     exec "${guard[@]}" "$PYTHON" -m prefect "${args[@]}" "$@"
     ;;
   setup)
     shift
     need_api
-    "$PYTHON" -m deployments.setup all "$@"
+    "$PYTHON" -m pools.setup all "$@"
     exec "$PYTHON" -m prefect --no-prompt deploy --all
     ;;
   *)

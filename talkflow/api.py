@@ -176,7 +176,7 @@ def _export(artifact, dest: Path) -> Path:
 
 def gpu_job_variables(gpu_id: int | str | None, pool_type: str = "docker") -> dict[str, Any]:
     """Job variables that pin a run to one GPU: a Docker GPU pool's device_ids
-    (deployments/gpu_pool.py), a process pool's CUDA_VISIBLE_DEVICES (Prefect's process worker
+    (pools/gpu_pool.py), a process pool's CUDA_VISIBLE_DEVICES (Prefect's process worker
     adds the `env` job variable to the run's environment). InputError for other pool types."""
     index = checks.gpu_index(gpu_id)
     if index is None:

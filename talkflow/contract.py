@@ -82,8 +82,8 @@ FEATURES: dict[str, FeatureSpec] = {s.name: s for s in [  # the reference's defa
                 "models.audio.features:logmel_rows", "aud.npy"),
     FeatureSpec("phonemes", 40, "share of each of 39 phones + silence, decoded by pocketsphinx's bundled en-us model",
                 "models.audio.features:phoneme_rows", "aud.npy"),
-    FeatureSpec("visemes", 4, "the mouth targets (opening, width, rounding, closure) of pocketsphinx's recognised phones "
-                "through the viseme model", "models.audio.features:viseme_rows", "aud.npy"),
+    FeatureSpec("visemes", 4, "the mouth targets (opening, width, rounding, closure) of pocketsphinx's "
+                "recognised phones through the viseme model", "models.audio.features:viseme_rows", "aud.npy"),
     FeatureSpec("hubert", 1024, "last hidden state of HuBERT large (ER-NeRF's hubert-large-ls960-ft)",
                 "models.audio.features:hubert_rows", "aud_hu.npy", "hubert", "hubert-large-ls960-ft/"),
     FeatureSpec("wav2vec2", 44, "CTC logits of wav2vec2 (ER-NeRF's wav2vec2-large-xlsr-53-esperanto)",

@@ -6,7 +6,7 @@ A GPU task wraps its work in `gpu_slot()`:
         train_head(...)
 
 The limit `gpu-<class>` has as many slots as the fleet has GPUs of that class
-(deployments/setup.py creates it), so runs queue for a free GPU instead of sharing one.
+(pools/setup.py creates it), so runs queue for a free GPU instead of sharing one.
 The class comes from TALKFLOW_GPU_CLASS, which each GPU pool's job template sets. Without a class
 (CPU pools) or embedded (the background or a temporary server) the slot is a no-op: one machine,
 one process, nothing to share.

@@ -37,7 +37,7 @@ MARKER = re.compile(r"<!--\s*doc-test:\s*(run|check|skip)\b\s*(?:\((.*?)\))?\s*-
 FENCE = re.compile(r"^```(\w*)\s*$")
 OPTION = re.compile(r"^--[a-zA-Z][\w-]*")
 ENV_ASSIGN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
-REPO_DIRS = ("bench", "deployments", "docker", "docs", "flows", "models", "scripts", "talkflow", "tasks", "tests")
+REPO_DIRS = ("bench", "docker", "docs", "flows", "models", "pools", "scripts", "talkflow", "tasks", "tests")
 INLINE = re.compile(r"`((?:talkflow|make|python(?:3)? (?:-m |bench/|scripts/)|bash scripts/)[^`]*)`")
 
 

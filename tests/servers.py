@@ -1,7 +1,7 @@
 """Real Prefect servers and workers as plain processes on 127.0.0.1, for the slow tests.
 
 `prefect server start` on SQLite or on a fresh PostgreSQL database (created, then dropped),
-`python -m deployments.setup`, `prefect deploy --all` of the project's prefect.yaml, process
+`python -m pools.setup`, `prefect deploy --all` of the project's prefect.yaml, process
 workers: what an operator runs, nothing mocked.
 """
 
@@ -151,8 +151,8 @@ def prefect_server(tmp: Path, database: str = "sqlite", **settings: str) -> Iter
 
 
 def setup_server(env: dict[str, str], *args: str) -> str:
-    """`python -m deployments.setup all ARGS` (pools, limits, block, deployment targets)."""
-    out = subprocess.run([sys.executable, "-m", "deployments.setup", "all", *args], cwd=ROOT,
+    """`python -m pools.setup all ARGS` (pools, limits, block, deployment targets)."""
+    out = subprocess.run([sys.executable, "-m", "pools.setup", "all", *args], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout

@@ -81,7 +81,7 @@ def test_gpu_id_pins_a_pool_run_to_the_docker_device(monkeypatch):
     from prefect.client.schemas.objects import FlowRun
     from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
 
-    from deployments.gpu_pool import pool_definitions
+    from pools.gpu_pool import pool_definitions
     from tests.test_production import FakeDockerClient
 
     gpu = pool_definitions(["a100"], gpus={"a100": 4})[0]
@@ -124,7 +124,7 @@ def test_bad_inputs_fail_before_any_flow(tmp_path, monkeypatch):
         tf.train(tmp_path, tmp_path / "m")
     with pytest.raises(InputError, match="no person 'nobody' preprocessed"):
         tf.train("nobody", tmp_path / "m")
-    with pytest.raises(InputError, match="kind must be one of logmel, phonemes, hubert, wav2vec2"):
+    with pytest.raises(InputError, match="kind must be one of logmel, phonemes, visemes, hubert, wav2vec2"):
         tf.extract_audio_features(clip, "mfcc")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="does not compute deepspeech features"):
         tf.extract_audio_features(clip, "deepspeech")
@@ -209,7 +209,7 @@ def test_gpu_id_pins_a_process_pool_run_with_cuda_visible_devices(monkeypatch):
     from prefect.client.schemas.objects import FlowRun
     from prefect.workers.process import ProcessJobConfiguration
 
-    from deployments.setup import process_pool
+    from pools.setup import process_pool
 
     template = process_pool("local").base_job_template
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")  # the worker's own

@@ -69,7 +69,7 @@ def test_help_says_what_talkflow_is(tmp_path):
     (["render", "--person", "bob"], "give exactly one of audio or text"),
     (["render", "--person", "bob", "--audio", "{missing}"], "does not exist"),
     (["features", "{noaudio}"], "has no audio track"),
-    (["features", "{noaudio}", "--kind", "mfcc"], "--kind must be one of logmel, phonemes, hubert, wav2vec2"),
+    (["features", "{noaudio}", "--kind", "mfcc"], "--kind must be one of logmel, phonemes, visemes, hubert, wav2vec2"),
     (["features", "{noaudio}", "--kind", "deepspeech"], "talkflow does not compute deepspeech features"),
 ])
 def test_bad_input_is_refused_before_prefect_starts(tmp_path, args, message):

@@ -18,7 +18,7 @@ from talkflow import contract
 from talkflow.contract import COMPUTED_KINDS, FEATURES, SAMPLE_RATE, VIDEO_FPS, frame_count
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("talkflow", "tasks", "flows", "models", "deployments", "bench", "scripts")
+SOURCES = ("talkflow", "tasks", "flows", "models", "pools", "bench", "scripts")
 TABLE = ROOT / "talkflow" / "contract.py"
 
 

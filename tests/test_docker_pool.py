@@ -53,7 +53,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = os.environ.get("TALKFLOW_TEST_IMAGE", "talkflow-worker:cpu")
-POOL = "cpu"  # the Docker pool every deployment goes to (deployments.setup --cpu-only)
+POOL = "cpu"  # the Docker pool every deployment goes to (pools.setup --cpu-only)
 GPU_CLASS = "nogpu"  # a GPU pool on a host without the NVIDIA runtime
 PROCESS_POOL = "local"
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -257,9 +257,9 @@ def worker_container(name: str, pool: str, env: dict[str, str]) -> str:
 def test_pipeline_through_the_docker_pool(image, tmp_path):
     from prefect import get_client
 
-    from deployments.docker_worker import no_gpu_message
     from flows.render import render
     from flows.sample_clip import make_sample_clip
+    from pools.docker_worker import no_gpu_message
 
     person = f"dk-{uuid.uuid4().hex[:6]}"
     data = tmp_path / "data"  # the data volume: /data in every run, the store under it

@@ -2,7 +2,7 @@
 
 The "cluster" fixture runs what docker/compose.yaml runs, as plain processes on 127.0.0.1:
 `prefect server start` on a fresh PostgreSQL database, moto's S3 server as the store, Redis for
-locks, `python -m deployments.setup`, and two workers started through docker/entrypoint.sh
+locks, `python -m pools.setup`, and two workers started through docker/entrypoint.sh
 (process workers, each with its own data root, so each journal shows what that worker computed).
 No Docker engine is needed: the Docker side is tested up to the job configuration and the
 arguments docker-py would send.
@@ -250,7 +250,7 @@ def test_prefect_yaml_deploys_to_the_process_pool(cluster):
 
 
 def test_deploy_to_a_setup_without_its_pools_fails_before_deploying(tmp_path):
-    from deployments.setup import deploy_targets
+    from pools.setup import deploy_targets
 
     with pytest.raises(ValueError, match="--process-pool"):
         deploy_targets("process", gpu_classes=["a100"])
@@ -259,7 +259,7 @@ def test_deploy_to_a_setup_without_its_pools_fails_before_deploying(tmp_path):
     assert deploy_targets("docker", gpu_classes=["l4"], cpu_pool=False) == {
         "talkflow_cpu_pool": "gpu-l4", "talkflow_gpu_pool": "gpu-l4", "talkflow_code_dir": "/opt/talkflow"}
     assert deploy_targets("process", process_pools=["local"])["talkflow_code_dir"] == str(ROOT)
-    out = subprocess.run([sys.executable, "-m", "deployments.setup", "all", "--deploy-to", "process"],
+    out = subprocess.run([sys.executable, "-m", "pools.setup", "all", "--deploy-to", "process"],
                          cwd=ROOT, env=clean_env(PREFECT_API_URL="http://127.0.0.1:9/api"),
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--process-pool" in out.stderr
@@ -440,7 +440,7 @@ def test_gpu_job_configuration_carries_gpus_shm_volume_and_env(monkeypatch):
     from prefect.client.schemas.objects import FlowRun
     from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
 
-    from deployments.gpu_pool import pool_definitions
+    from pools.gpu_pool import pool_definitions
 
     secret = f"tf-secret-{uuid.uuid4().hex}"
     worker_env = {"TALKFLOW_STORE_URL": "s3://studio-bucket/talkflow",
@@ -499,8 +499,8 @@ def test_docker_pools_on_the_host_network_with_a_ca_bundle_and_no_gpu():
     read-only and named to the run, images pulled only when absent."""
     from prefect_docker.worker import DockerWorkerJobConfiguration
 
-    from deployments.gpu_pool import CA_BUNDLE_IN_CONTAINER, docker_job_template, pool_definitions
-    from deployments.setup import deploy_targets
+    from pools.gpu_pool import CA_BUNDLE_IN_CONTAINER, docker_job_template, pool_definitions
+    from pools.setup import deploy_targets
 
     assert deploy_targets("docker", cpu_only=True) == {
         "talkflow_cpu_pool": "cpu", "talkflow_gpu_pool": "cpu", "talkflow_code_dir": "/opt/talkflow"}
@@ -518,7 +518,7 @@ def test_docker_pools_on_the_host_network_with_a_ca_bundle_and_no_gpu():
 
 
 def test_pool_definitions_and_the_template_file():
-    from deployments.gpu_pool import TEMPLATE_JSON, docker_job_template, gpu_limits, pool_definitions
+    from pools.gpu_pool import TEMPLATE_JSON, docker_job_template, gpu_limits, pool_definitions
 
     pools = pool_definitions(["a100", "l4", "a100"], gpus={"l4": 3})
     assert [p.name for p in pools] == ["gpu-a100", "gpu-l4", "cpu"]
@@ -527,7 +527,7 @@ def test_pool_definitions_and_the_template_file():
         pool_definitions(["A100/x"])
     with pytest.raises(ValueError, match="without a pool"):
         pool_definitions(["a100"], gpus={"h100": 8})
-    # the checked-in JSON is what the code builds (regenerate: python -m deployments.gpu_pool --write)
+    # the checked-in JSON is what the code builds (regenerate: python -m pools.gpu_pool --write)
     assert json.loads(TEMPLATE_JSON.read_text()) == docker_job_template()
 
 

@@ -28,7 +28,7 @@ def production_block() -> str:
 
 def test_the_block_uses_the_venv_and_waits_for_the_server():
     block = production_block()
-    assert "deployments.setup wait" in block and "deploy --all" in block
+    assert "pools.setup wait" in block and "deploy --all" in block
     assert "prefect deployment run" in block and "--param 'config={" in block
     commands = [line.split()[0] for line in block.splitlines() if line and not line.startswith((" ", "#"))]
     assert not {"python", "prefect", "python3"} & set(commands)  # nothing needs an activated venv

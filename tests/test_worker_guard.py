@@ -1,4 +1,4 @@
-"""deployments.worker_guard: one SIGTERM stops a worker, even one that does not act on Prefect's SIGINT."""
+"""pools.worker_guard: one SIGTERM stops a worker, even one that does not act on Prefect's SIGINT."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _ignore_sigint() -> None:
 
 
 def guarded(code: str, stop_s: str) -> tuple[subprocess.Popen, float]:
-    proc = subprocess.Popen([sys.executable, "-m", "deployments.worker_guard", sys.executable, "-c", code],
+    proc = subprocess.Popen([sys.executable, "-m", "pools.worker_guard", sys.executable, "-c", code],
                             cwd=ROOT, env={**os.environ, "TALKFLOW_WORKER_STOP_S": stop_s},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ignore_sigint)
     assert proc.stdout.readline().strip() == "up"

@@ -1,6 +1,6 @@
 """A worker that stops on one SIGTERM, idle or not.
 
-    python -m deployments.worker_guard COMMAND ...     (docker/entrypoint.sh runs every worker so)
+    python -m pools.worker_guard COMMAND ...     (docker/entrypoint.sh runs every worker so)
 
 runs COMMAND (a `prefect worker start ...`) as a child. On the first SIGTERM or SIGINT the guard
 passes one SIGINT to it, Prefect's graceful stop (it takes no new runs); if the worker has not
@@ -39,7 +39,7 @@ def _hear_sigint() -> None:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        raise SystemExit("usage: python -m deployments.worker_guard COMMAND ...")
+        raise SystemExit("usage: python -m pools.worker_guard COMMAND ...")
     grace = stop_seconds()
     worker = subprocess.Popen(argv, preexec_fn=_hear_sigint)
     stop_at: list[float] = []

@@ -3,11 +3,11 @@
 Idempotent; run it once per server (and again after changing the pools):
 
     PREFECT_API_URL=http://prefect:4200/api TALKFLOW_STORE_URL=s3://bucket/talkflow \\
-        python -m deployments.setup all --gpu-classes a100,l4 --gpus a100=8,l4=2
+        python -m pools.setup all --gpu-classes a100,l4 --gpus a100=8,l4=2
 
 Without Docker (one machine, a process worker runs every deployment from this checkout):
 
-    python -m deployments.setup all --process-pool local
+    python -m pools.setup all --process-pool local
 
 prefect.yaml sends each deployment to the pools named by three Prefect variables that `all` sets
 for the chosen infrastructure (--deploy-to), so `prefect deploy --all` only references pools
@@ -38,7 +38,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from deployments.gpu_pool import (
+from pools.gpu_pool import (
     DEFAULT_DATA_ROOT_HOST,
     DEFAULT_IMAGE,
     DEFAULT_SHM_SIZE,
@@ -117,7 +117,7 @@ def deploy_targets(
                 "talkflow_code_dir": code_dir or str(REPO_ROOT)}
     if deploy_to == "docker":
         classes = list(dict.fromkeys(gpu_classes))
-        from deployments.gpu_pool import CPU_POOL, gpu_pool_name
+        from pools.gpu_pool import CPU_POOL, gpu_pool_name
 
         if cpu_only and cpu_pool:
             return {"talkflow_cpu_pool": CPU_POOL, "talkflow_gpu_pool": CPU_POOL,
@@ -243,7 +243,7 @@ def split_list(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.setup", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pools.setup", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     full = sub.add_parser("all", help="pools, GPU limits and the result-storage block")

@@ -12,8 +12,8 @@ The base job template is prefect-docker's own, with what talkflow's runs need ad
   not, is ever stored on the Prefect server. A name the worker does not have renders as "", and
   docker/entrypoint.sh drops empty TALKFLOW_*/AWS_* variables before anything reads them.
 
-`python -m deployments.gpu_pool` prints the GPU template (the file docker-gpu-template.json is
-that output; a test keeps the two equal). Pools are created on a server by deployments/setup.py.
+`python -m pools.gpu_pool` prints the GPU template (the file docker-gpu-template.json is
+that output; a test keeps the two equal). Pools are created on a server by pools/setup.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Docker worker talkflow runs: prefect-docker's, with one clear error for a GPU run on a
 host that cannot give it a GPU.
 
-    python -m deployments.docker_worker worker start --pool gpu-l4 --type docker ...
+    python -m pools.docker_worker worker start --pool gpu-l4 --type docker ...
 
 is `prefect worker start ...` with this class as the `docker` worker type (docker/entrypoint.sh
 starts Docker workers this way). A GPU pool's run asks Docker for NVIDIA devices; an engine
