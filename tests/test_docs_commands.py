@@ -75,9 +75,9 @@ def test_local_links_and_pictures_exist(path):
     "talkflow train (--person NAME | --dataset DIR)",        # in synopsis form too
     "talkflow cache",                                        # a group without its command
     "make tests",                                            # no such target
-    "python -m pools.nosuch all",                      # no such module
+    "python -m pools.nosuch all",                            # no such module
     "python bench/nosuch.py --seconds 3",                    # no such script
-    "python -m pools.setup all --gpu-class a100",      # an option its --help does not show
+    "python -m pools.setup all --gpu-class a100",            # an option its --help does not show
     "bash scripts/nosuch.sh start",
     "docker build -f docker/Dockerfile.nosuch .",
 ])
