@@ -95,8 +95,9 @@ def disk_full(exc: BaseException, path: str | os.PathLike | None = None) -> Disk
         if (isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT)) or \
                 "No space left on device" in str(seen):
             # the file that did not fit, else the data root (where the work and the local store are)
-            where = path or getattr(seen, "filename", None) or f"the data root {get_settings().root}"
-            free = _free_bytes(path or getattr(seen, "filename", None) or get_settings().root)
+            named = path or getattr(seen, "filename", None)
+            where = named or f"the data root {get_settings().root}"
+            free = _free_bytes(named or get_settings().root)
             return DiskFull(f"no space left on the disk holding {where}"
                             f"{f' ({free // 1024} KiB free)' if free is not None else ''}: free space there "
                             "(e.g. `talkflow cache prune --max-size ...`) or move TALKFLOW_DATA_ROOT / "
