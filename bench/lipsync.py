@@ -71,6 +71,9 @@ def _args() -> argparse.Namespace:
     p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True,
                    help="photometric refinement of the 3DMM tracking")
     p.add_argument("--max-offset", type=int, default=5, help="audio-video offsets searched, frames")
+    p.add_argument("--words", action=argparse.BooleanOptionalAction, default=True,
+                   help="give the features the words spoken (the clip's transcript, the new sentence's text): "
+                        "visemes align their phones to them; --no-words: recognised phones only")
     p.add_argument("--root", type=Path, default=None, help="data root (reuse it to share the cache); default: new")
     return p.parse_args()
 
@@ -160,8 +163,9 @@ def _edge_opacity(dataset, checkpoint: Path, features, work: Path) -> dict:
             "worst_ratio": round(float(first.min() / later), 4)}
 
 
-def _new_voice(dataset, checkpoint: Path, work: Path) -> dict:
-    """Render SCORING_SENTENCE spoken by espeak-ng; score it with the phonetic measure."""
+def _new_voice(dataset, checkpoint: Path, work: Path, words: bool) -> dict:
+    """Render SCORING_SENTENCE spoken by espeak-ng (from its text when `words`, so that features
+    that read words align to it; else from the audio alone); score it with the phonetic measure."""
     import numpy as np
     from PIL import Image
 
@@ -172,12 +176,17 @@ def _new_voice(dataset, checkpoint: Path, work: Path) -> dict:
     from talkflow.store import get_store
     from tasks.inputs import local_file
     from tasks.render import RenderConfig
+    from tasks.speech import SpeechConfig
 
-    samples, rate = synthesize(ls.SCORING_SENTENCE, engine="espeak")
-    wav = work / "new_voice.wav"
-    media.write_wav(wav, samples, rate)
+    config = RenderVideoConfig(render=RenderConfig(with_torso=False), speech=SpeechConfig(engine="espeak"))
     t0 = time.perf_counter()
-    result = render(PERSON, audio=wav, config=RenderVideoConfig(render=RenderConfig(with_torso=False)))
+    if words:
+        result = render(PERSON, text=ls.SCORING_SENTENCE, config=config)
+    else:
+        samples, rate = synthesize(ls.SCORING_SENTENCE, engine="espeak")
+        wav = work / "new_voice.wav"
+        media.write_wav(wav, samples, rate)
+        result = render(PERSON, audio=wav, config=config)
     render_s = time.perf_counter() - t0
     folder = get_store().fetch(result.frames["frames"])  # a directory artifact
     n = result.frames.meta["n_frames"]
@@ -207,14 +216,15 @@ def main() -> None:
 
     times = {}
     t0 = time.perf_counter()
-    sample = make_sample_clip(passage(args.seconds), SampleClipConfig(size=args.size), SpeechConfig(engine="piper"))
+    transcript = passage(args.seconds)
+    sample = make_sample_clip(transcript, SampleClipConfig(size=args.size), SpeechConfig(engine="piper"))
     clip = get_store().fetch(sample["video"])
     times["clip_s"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
     config = PreprocessConfig(normalize=NormalizeConfig(size=args.size), audio=AudioFeatureConfig(kind=args.features),
                               tracking=TrackingConfig(photometric=args.photometric, val_fraction=0.1))
-    dataset = preprocess_video(clip, PERSON, config)
+    dataset = preprocess_video(clip, PERSON, config, transcript=transcript if args.words else "")
     times["preprocess_s"] = round(time.perf_counter() - t0, 1)
 
     per_seed = {}
@@ -228,7 +238,7 @@ def main() -> None:
             held = _held_out(dataset, local_file(avatar.lips["checkpoint"]), work)
             held_s = round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
-            new = _new_voice(dataset, local_file(avatar.lips["checkpoint"]), work)
+            new = _new_voice(dataset, local_file(avatar.lips["checkpoint"]), work, args.words)
         per_seed[str(seed)] = {"held_out": held, "new_voice": new, "head_steps": avatar.head.meta["steps"],
                                "lips_steps": avatar.lips.meta["steps"],
                                "times": {"train_s": train_s, "held_out_s": held_s,
@@ -236,7 +246,8 @@ def main() -> None:
         print(json.dumps({"seed": seed, **per_seed[str(seed)]}), flush=True)
 
     print(json.dumps({
-        "bench": "lipsync", "features": args.features, "preset": args.preset, "size": args.size, "seeds": args.seed,
+        "bench": "lipsync", "features": args.features, "words": args.words, "preset": args.preset, "size": args.size,
+        "seeds": args.seed,
         "clip_s": round(sample.meta["duration_s"], 2), "frames": dataset.meta["n_frames"],
         "n_train": dataset.meta["n_train"], "n_val": dataset.meta["n_val"], "times": times, "runs": per_seed,
     }))

@@ -20,10 +20,10 @@ from models.face.config import BackgroundConfig, BlinkConfig, LandmarkConfig, Pa
 from talkflow import assets
 from talkflow.cache import validate_name
 from talkflow.contract import FEATURES
-from talkflow.forms import PLAIN_OPTIONALS
+from talkflow.forms import PLAIN_OPTIONALS, Text, given
 from talkflow.store import StageResult
 from tasks.dataset import assemble_dataset
-from tasks.features import audio_features
+from tasks.features import audio_features, words_read
 from tasks.media import FramesConfig, NormalizeConfig, extract_frames, normalize_video
 from tasks.outputs import publish_output
 from tasks.preprocess import (
@@ -70,13 +70,16 @@ def _on_thread(stage_task):
 
 
 @flow(name="preprocess-video", task_runner=ThreadPoolTaskRunner(max_workers=BRANCH_WORKERS))
-def preprocess_video(video: Path, person: str, config: PreprocessConfig = PreprocessConfig()) -> StageResult:
+def preprocess_video(video: Path, person: str, config: PreprocessConfig = PreprocessConfig(),
+                     transcript: Text = "") -> StageResult:
     """Turn a talking-head video into an ER-NeRF dataset (a manifest; see docs/dataset.md).
 
     Args:
         video: the source video (a path the run can read).
         person: the avatar's name: letters, digits, '_' or '-'; namespaces its cache entries.
         config: settings of every step.
+        transcript: the words spoken in the video, if known (optional): features built on phones
+            (visemes) align to them instead of recognising them; other kinds ignore them.
     """
     ns = validate_name(person, "person")
     asset = FEATURES[config.audio.kind].asset
@@ -96,7 +99,8 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
         update={"stats_fraction": max(n_train, 1) / n_frames})})
     # Independent branches, submitted together; a future passed on is awaited by its consumer.
     features = _on_thread(audio_features).submit(normalized["audio"], n_frames, audio_cfg,
-                                                 model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns)
+                                                 model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns,
+                                                 text=words_read(audio_cfg, given(transcript)))
     tracking = _on_thread(track_faces).submit(frames, landmarks, config.tracking, bfm=assets.locate("bfm"),
                                               namespace=ns)
     bisenet = assets.locate("bisenet") if config.parsing.method != "classical" else None

@@ -144,9 +144,11 @@ def _load(ref: str) -> Any:
 
 
 def _jsonable(value: Any) -> Any:
-    """Parameters as the Prefect API carries them (the worker validates them back into types)."""
+    """Parameters as the Prefect API carries them (the worker validates them back into types). A
+    config carries the fields it was given, so that the flow still tells them from its defaults
+    (a preset gives way only to what was given: tasks.presets.changed_fields)."""
     if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+        return value.model_dump(mode="json", exclude_unset=True)
     if isinstance(value, Path):
         return str(value.expanduser().resolve())
     if isinstance(value, Mapping):
@@ -310,10 +312,11 @@ class Talkflow:
 
     # -- the backend's calls -------------------------------------------------------------------
     def preprocess(self, video_path: Path | str, task_id: str, *, data_path: Path | str | None = None,
-                   config: PreprocessConfig | None = None, copy: bool = False) -> Dataset:
+                   config: PreprocessConfig | None = None, copy: bool = False, transcript: str = "") -> Dataset:
         """ER-NeRF preprocessing of `video_path` for the person `task_id`; the dataset folder is
         written at `data_path` (default <data_root>/datasets/<task_id>; links into the store, or
-        copies with copy=True) with its manifest, which train() reads."""
+        copies with copy=True) with its manifest, which train() reads. `transcript`: the words
+        spoken, if known (visemes features align to them)."""
         checks.validate_name(task_id, "task_id")
         if config is not None:
             checks.feature_kind(config.audio.kind, "config.audio.kind")
@@ -329,7 +332,8 @@ class Talkflow:
         if dest.exists() and any(dest.iterdir()) and not (dest / DATASET_MANIFEST).is_file():
             raise InputError(f"'{dest}' is a folder that preprocess() did not write; it is replaced by the "
                              "dataset, so give a new or empty folder as data_path")
-        manifest = self.run("preprocess", video=video.resolve(), person=task_id, config=config)
+        manifest = self.run("preprocess", video=video.resolve(), person=task_id, config=config,
+                            transcript=transcript)
         from tasks.dataset import materialize_dataset
 
         dest = materialize_dataset(manifest, dest, copy=copy)

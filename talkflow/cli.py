@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from talkflow.contract import kinds_text
+from talkflow.contract import TEXT_KINDS, kinds_text
 from talkflow.errors import InputError, TalkflowError
 from talkflow.settings import get_settings
 
@@ -275,6 +275,8 @@ def preprocess(
     deepspeech: Path = typer.Option(None, help="Precomputed DeepSpeech features (.npy)."),
     photometric: bool = typer.Option(True, help="Photometric refinement of the 3DMM tracking."),
     out: Path = typer.Option(None, help="The dataset folder (copies; default: links under <data_root>/datasets/)."),
+    transcript: str = typer.Option("", help=f"The words spoken in the video, if known: {' and '.join(TEXT_KINDS)} "
+                                   "features align their phones to them."),
 ) -> None:
     """Turn a talking-head VIDEO into an ER-NeRF training dataset (every step cached)."""
     from talkflow import checks
@@ -300,7 +302,7 @@ def preprocess(
     )
     tf = Talkflow()
     d = run_call(tf, "preprocess", video, person, data_path=out, config=config, copy=out is not None,
-                 status=f"preprocessing {video.name}")
+                 transcript=transcript, status=f"preprocessing {video.name}")
     m = d.manifest.meta
     console.print(f"dataset for {person}: {m['n_frames']} frames ({m['n_train']} train, {m['n_val']} val) "
                   f"at {m['size']} px, focal {m['focal']:.1f} px, {m['features']['kind']} features "

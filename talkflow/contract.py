@@ -69,6 +69,7 @@ class FeatureSpec:
     reference_file: str  # the file name ER-NeRF's loader reads in a dataset folder
     asset: str | None = None  # the registered asset (talkflow.assets) it needs, if any
     asset_file: str | None = None  # the file or folder the asset is known by
+    reads_text: bool = False  # its phones are aligned to the spoken words when they are known
 
     @property
     def computed(self) -> bool:
@@ -82,8 +83,9 @@ FEATURES: dict[str, FeatureSpec] = {s.name: s for s in [  # the reference's defa
                 "models.audio.features:logmel_rows", "aud.npy"),
     FeatureSpec("phonemes", 40, "share of each of 39 phones + silence, decoded by pocketsphinx's bundled en-us model",
                 "models.audio.features:phoneme_rows", "aud.npy"),
-    FeatureSpec("visemes", 4, "the mouth targets (opening, width, rounding, closure) of pocketsphinx's "
-                "recognised phones through the viseme model", "models.audio.features:viseme_rows", "aud.npy"),
+    FeatureSpec("visemes", 4, "the mouth targets (opening, width, rounding, closure) of the speech's phones "
+                "(aligned to its words when they are known, else recognised by pocketsphinx) through the viseme "
+                "model", "models.audio.features:viseme_rows", "aud.npy", reads_text=True),
     FeatureSpec("hubert", 1024, "last hidden state of HuBERT large (ER-NeRF's hubert-large-ls960-ft)",
                 "models.audio.features:hubert_rows", "aud_hu.npy", "hubert", "hubert-large-ls960-ft/"),
     FeatureSpec("wav2vec2", 44, "CTC logits of wav2vec2 (ER-NeRF's wav2vec2-large-xlsr-53-esperanto)",
@@ -92,6 +94,7 @@ FEATURES: dict[str, FeatureSpec] = {s.name: s for s in [  # the reference's defa
 DEFAULT_FEATURES = "logmel"
 COMPUTED_KINDS: tuple[str, ...] = tuple(k for k, s in FEATURES.items() if s.computed)
 ASSET_KINDS: tuple[str, ...] = tuple(k for k, s in FEATURES.items() if s.asset)  # need a registered model
+TEXT_KINDS: tuple[str, ...] = tuple(k for k, s in FEATURES.items() if s.reads_text)  # align to the words spoken
 FEATURE_DIMS: dict[str, int] = {k: s.width for k, s in FEATURES.items()}
 
 # The kinds as types: pydantic and the Prefect forms offer them as choices.

@@ -139,7 +139,10 @@ _UNSET = object()
 
 
 def changed_fields(config: Any) -> dict[str, Any]:
-    """The fields of a pydantic `config` that differ from its class's defaults (nested)."""
+    """The fields of a pydantic `config` that were given and differ from its class's defaults
+    (nested). A field left out is never a change: `{"head": {"steps": 100}}` changes head.steps
+    alone, though head's other fields then hold their class defaults (empty), which differ from
+    the config's default head (the reference's values written out)."""
 
     def diff(value: Any, default: Any) -> Any:
         if isinstance(value, dict) and isinstance(default, dict):
@@ -147,7 +150,7 @@ def changed_fields(config: Any) -> dict[str, Any]:
             return {k: v for k, v in out.items() if v is not _UNSET}
         return _UNSET if value == default else value
 
-    out = diff(config.model_dump(), type(config)().model_dump())
+    out = diff(config.model_dump(exclude_unset=True), type(config)().model_dump())
     return {} if out is _UNSET else out
 
 

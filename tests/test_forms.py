@@ -110,6 +110,15 @@ def test_train_form_offers_the_cpu_demo_preset():
     assert on_demo.model == "small" and on_demo.torso == demo.torso
     assert presets.on_preset(edited, "train", "reference") == edited
     assert presets.on_preset(demo, "train", "reference") == demo
+    # a config given in part (a deployment's parameters, a Python caller) changes only what it
+    # names, also after the API has carried it to a worker; the preset keeps the rest
+    from talkflow.api import _jsonable
+
+    part = TrainAvatarConfig(head=TrainStageConfig(steps=100))
+    for given in (part, TrainAvatarConfig.model_validate(_jsonable(part)),
+                  TrainAvatarConfig.model_validate({"head": {"steps": 100}})):
+        on_demo = presets.on_preset(given, "train", "cpu-demo")
+        assert on_demo.head == demo.head.model_copy(update={"steps": 100}) and on_demo.lips == demo.lips
 
 
 def test_ernerf_configs_describe_every_field():

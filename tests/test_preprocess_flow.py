@@ -23,6 +23,7 @@ from tasks.tracking import TrackingConfig
 from tests.mediafiles import ffmpeg_run, make_clip
 
 pytestmark = pytest.mark.slow
+PERSON = "orbit"  # a person and a sentence no other test file uses: every stage below computes here
 STAGES = ("normalize", "frames", "landmarks", "audio_features", "parsing", "background", "composite",
           "blinks", "tracking", "dataset")
 
@@ -43,15 +44,14 @@ def small_config(**parsing) -> PreprocessConfig:
 
 @pytest.fixture(scope="module")
 def clip():
-    # a clip no other test file preprocesses: every stage below must compute here, once
-    result = make_sample_clip("One two three four five six.", SampleClipConfig(size=256, seed=19))
+    result = make_sample_clip("Seven eight nine ten eleven.", SampleClipConfig(size=256, seed=19))
     return get_store().fetch(result["video"])
 
 
 def test_dataset_complete_and_consistent(clip, tmp_path, journal):
     before = {s: journal.count(s) for s in STAGES}
     started = time.time()
-    ds = preprocess_video(clip, "astro", small_config())
+    ds = preprocess_video(clip, PERSON, small_config())
     n = ds.meta["n_frames"]
     assert n > 25 and ds.meta["n_train"] + ds.meta["n_val"] == n
     root = materialize_dataset(ds, tmp_path / "ds")
@@ -82,7 +82,7 @@ def test_dataset_complete_and_consistent(clip, tmp_path, journal):
     assert (torso_rgba[..., 3][background] == 0).mean() > 0.95
     top_of_head = head & (np.arange(256)[:, None] < np.argwhere(head)[:, 0].mean())
     assert (torso_rgba[..., 3][top_of_head] == 0).all()  # the head is cut out (ER-NeRF extends the neck under the chin)
-    ours = computed_since(started, "astro")
+    ours = computed_since(started, PERSON)
     assert {s: ours[s] for s in STAGES[2:]} == {s: 1 for s in STAGES[2:]}, (ours, [
         (s, journal.count(s) - before[s]) for s in STAGES])
     # the branches after the landmarks ran concurrently: parsing and tracking overlapped in time
@@ -91,8 +91,8 @@ def test_dataset_complete_and_consistent(clip, tmp_path, journal):
 
     # a parsing config change recomputes parsing and what uses it, not landmarks/features/tracking
     again = time.time()
-    preprocess_video(clip, "astro", small_config(neck_band=0.6))
-    changed = set(computed_since(again, "astro"))
+    preprocess_video(clip, PERSON, small_config(neck_band=0.6))
+    changed = set(computed_since(again, PERSON))
     assert changed == {"parsing", "background", "composite", "dataset"}
 
 

@@ -125,3 +125,31 @@ def test_visemes_kind_follows_the_recognised_phones():
     n = int(np.ceil(x.size / 16_000 * FPS))
     feats, info = af.extract_features(samples, rate, n, kind="visemes")
     assert feats.shape == (n, 16, 4) and info.kind == "visemes" and info.dim == 4
+
+
+@needs_espeak
+def test_visemes_kind_aligns_to_the_words_when_given():
+    """Given the words, the `visemes` features close the lips on the /p b m/ that pocketsphinx's
+    recognition misses in an unfamiliar voice; kinds that do not read words never get them (their
+    cache keys stay the same)."""
+    from models.audio import features as af
+    from models.audio.tts import synthesize
+    from models.eval.lipsync import SCORING_SENTENCE
+    from tasks.features import words_read
+
+    samples, rate = synthesize(SCORING_SENTENCE, engine="espeak")
+    x = af.to_mono_16k(samples, rate)
+    cfg = af.AudioFeatureConfig(kind="visemes")
+    aligned = af.viseme_rows(x, cfg, None, "cpu", text=SCORING_SENTENCE)
+    recognised = af.viseme_rows(x, cfg, None, "cpu")
+    bilabial = [p.middle for p in align_phones(x, 16_000, SCORING_SENTENCE).spoken() if p.phone in ("P", "B", "M")]
+    closed = lambda rows: sum(rows[int(round(t * 50)), 3] > 0.5 for t in bilabial)  # noqa: E731
+    assert len(bilabial) == 13 and closed(aligned) >= 12 and closed(recognised) < closed(aligned)
+    n = int(np.ceil(x.size / 16_000 * FPS))
+    with_words, _ = af.extract_features(samples, rate, n, kind="visemes", text=SCORING_SENTENCE)
+    assert not np.allclose(with_words, af.extract_features(samples, rate, n, kind="visemes")[0])
+    logmel = af.AudioFeatureConfig()
+    assert np.array_equal(af.extract_features(samples, rate, n, config=logmel, text=SCORING_SENTENCE)[0],
+                          af.extract_features(samples, rate, n, config=logmel)[0])
+    assert words_read(cfg, f"  {SCORING_SENTENCE} ") == SCORING_SENTENCE
+    assert words_read(logmel, SCORING_SENTENCE) is None and words_read(cfg, "   ") is None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -54,6 +55,7 @@ from talkflow.contract import (
 )
 from talkflow.errors import AssetMissing, InputError
 
+logger = logging.getLogger(__name__)
 MODEL_KINDS = ASSET_KINDS  # need a registered local model folder
 
 FEATS_FILE = "aud_feats.npy"
@@ -311,7 +313,8 @@ def load_deepspeech_npy(path: str | Path, n_frames: int, *, max_frame_diff: int 
 # --------------------------------------------------------------------------- the kinds' functions
 # One per computed kind of talkflow.contract.FEATURES (its `computes`): (N,) 16 kHz mono float32
 # samples, the stage config, the kind's model folder (None when it needs none) and the torch
-# device -> (L, D) float32 rows at 50 Hz, L = 1 + N // 320.
+# device -> (L, D) float32 rows at 50 Hz, L = 1 + N // 320. A kind whose row `reads_text` also
+# takes `text`: the words spoken, or None.
 
 
 def logmel_rows(x: np.ndarray, cfg: AudioFeatureConfig, model_dir: Path | None, device) -> np.ndarray:
@@ -325,14 +328,19 @@ def phoneme_rows(x: np.ndarray, cfg: AudioFeatureConfig, model_dir: Path | None,
     return phone_features(x)
 
 
-def viseme_rows(x: np.ndarray, cfg: AudioFeatureConfig, model_dir: Path | None, device) -> np.ndarray:
-    """The viseme model's four channels (models.audio.visemes.CHANNELS) of the recognised phones:
-    row k at k/50 s + 5 ms (the 100 Hz tracks' even frames)."""
-    from models.audio.alignment import recognise_phones
+def viseme_rows(x: np.ndarray, cfg: AudioFeatureConfig, model_dir: Path | None, device,
+                text: str | None = None) -> np.ndarray:
+    """The viseme model's four channels (models.audio.visemes.CHANNELS) of the speech's phones,
+    aligned to `text` when it is given (recognition misses most /p b m/ of an unfamiliar voice),
+    else recognised: row k at k/50 s + 5 ms (the 100 Hz tracks' even frames)."""
+    from models.audio.alignment import speech_phones
     from models.audio.visemes import CHANNELS, VisemeConfig, viseme_tracks
 
+    phones = speech_phones(x, SAMPLE_RATE, text)
+    if text and phones.source != "aligned":
+        logger.warning("the words given did not align to the speech: the visemes follow recognised phones")
     length = 1 + x.size // 320
-    tracks = viseme_tracks(recognise_phones(x, SAMPLE_RATE), 2 * length, 100.0, config=VisemeConfig(loudness_weight=0))
+    tracks = viseme_tracks(phones, 2 * length, 100.0, config=VisemeConfig(loudness_weight=0))
     return np.stack([tracks[c][::2] for c in CHANNELS], axis=1).astype(np.float32)
 
 
@@ -368,12 +376,14 @@ def extract_features(
     *,
     device: str | torch.device = "cpu",
     config: AudioFeatureConfig | None = None,
+    text: str | None = None,
 ) -> tuple[np.ndarray, FeatureInfo]:
     """Windowed audio features (T, window, D) float32 and their FeatureInfo.
 
     ``n_frames`` defaults to the audio's frame count (``talkflow.contract.frame_count``). ``kind`` (default
     ``config.kind``, i.e. logmel) overrides the config; ``model_dir`` defaults to the
-    registered ``hubert``/``wav2vec2`` asset.
+    registered ``hubert``/``wav2vec2`` asset. ``text``: the words spoken, if known; the kinds that
+    read them (the table's ``reads_text``) align their phones to them, the others ignore them.
     """
     cfg = config or AudioFeatureConfig()
     if kind is not None and kind != cfg.kind:
@@ -386,7 +396,8 @@ def extract_features(
         raise InputError("the audio is empty; give at least a fraction of a second of sound")
     if n_frames is None:
         n_frames = max(frame_count(x.size), 1)
-    steps = feature_rows(cfg.kind)(x, cfg, model_dir, device)
+    words = {"text": text} if text and FEATURES[cfg.kind].reads_text else {}
+    steps = feature_rows(cfg.kind)(x, cfg, model_dir, device, **words)
     feats = window_features(steps, n_frames, cfg.window, max_gap_s=cfg.max_gap_s)
     return feats, FeatureInfo(kind=cfg.kind, dim=int(feats.shape[-1]), window=cfg.window)
 
