@@ -34,7 +34,7 @@ from tests.servers import (
     task_runs,
 )
 
-# the whole pipeline through a worker: 6-7 min alone on 2 cores, more beside other work
+# the whole pipeline through a worker: 2.5 min alone on 2 cores, more beside other work
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parents[1]
