@@ -66,6 +66,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--head-steps", type=int, default=None, help="default: 2000 small, 5000 reference")
     p.add_argument("--lips-steps", type=int, default=None, help="default: head-steps / 10")
     p.add_argument("--rays", type=int, default=None, help="rays per step; default 2048 small, 65536 reference")
+    p.add_argument("--mouth-weight", type=float, default=1.0,
+                   help="head and lips stages: squared errors in the lips box count this many times (1: reference)")
     p.add_argument("--seed", type=int, nargs="+", default=[0, 1],
                    help="seeds of the training's ray sampling (run-to-run spread); one training per seed")
     p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True,
@@ -83,15 +85,16 @@ def _train_config(args: argparse.Namespace, seed: int):
 
     head = args.head_steps or (2000 if args.preset == "small" else 5000)
     lips = args.lips_steps or max(head // 10, 1)
+    mouth = {"mouth_weight": args.mouth_weight} if args.mouth_weight != 1.0 else {}
     if args.preset == "reference":
         rays = args.rays or 65536
-        return TrainAvatarConfig(head=TrainStageConfig(steps=head, rays_per_batch=rays, seed=seed),
-                                 lips=TrainStageConfig(steps=lips, rays_per_batch=rays, seed=seed))
+        return TrainAvatarConfig(head=TrainStageConfig(steps=head, rays_per_batch=rays, seed=seed, overrides=mouth),
+                                 lips=TrainStageConfig(steps=lips, rays_per_batch=rays, seed=seed, overrides=mouth))
     rays = args.rays or 2048
     quick = {"rays_per_batch": rays, "checkpoint_every": 500, "val_frames": 4, "val_downscale": 2, "seed": seed}
     # MLPs at 5x the reference rate; the audio attention at the reference's own (faster, it collapses)
     return TrainAvatarConfig(model="small", head=TrainStageConfig(steps=head, lr_net=5e-3, overrides={
-        "attention_lr_mult": 1.0}, **quick), lips=TrainStageConfig(steps=lips, **quick))
+        "attention_lr_mult": 1.0, **mouth}, **quick), lips=TrainStageConfig(steps=lips, overrides=mouth, **quick))
 
 
 def _held_out(dataset, checkpoint: Path, work: Path) -> dict:
@@ -246,7 +249,8 @@ def main() -> None:
         print(json.dumps({"seed": seed, **per_seed[str(seed)]}), flush=True)
 
     print(json.dumps({
-        "bench": "lipsync", "features": args.features, "words": args.words, "preset": args.preset, "size": args.size,
+        "bench": "lipsync", "features": args.features, "words": args.words, "mouth_weight": args.mouth_weight,
+        "preset": args.preset, "size": args.size,
         "seeds": args.seed,
         "clip_s": round(sample.meta["duration_s"], 2), "frames": dataset.meta["n_frames"],
         "n_train": dataset.meta["n_train"], "n_val": dataset.meta["n_val"], "times": times, "runs": per_seed,

@@ -377,6 +377,23 @@ def test_the_gpu_path_falls_back_to_torch_with_one_warning(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- training terms
+def test_mouth_weight_counts_the_lips_box_more(train_split):
+    """mouth_weight multiplies the squared error of rays inside the lips box only."""
+    losses = {}
+    corner = torch.stack(torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="xy"), -1).view(-1, 2) + 0.5
+    for weight in (1.0, 5.0):
+        torch.manual_seed(0)
+        config = HeadTrainConfig(steps=1, uncertainty_loss=False, lambda_entropy=0.0, lambda_ambient=0.0,
+                                 lambda_smooth=0.0, mouth_weight=weight)
+        trainer = Trainer(ERNeRF(tiny_model_config()), train_split, config, device="cpu")
+        lips = trainer._pixels(0, lips_step=True, patch_step=False)[0][:64]
+        for name, px in (("lips", lips), ("corner", corner)):
+            flat = px[:, 1].long() * train_split.width + px[:, 0].long()
+            losses[weight, name] = float(trainer._head_loss(0, px, flat, None)[0])
+    assert losses[1.0, "lips"] > 0 and losses[5.0, "lips"] == pytest.approx(5 * losses[1.0, "lips"], rel=1e-5)
+    assert losses[5.0, "corner"] == pytest.approx(losses[1.0, "corner"], rel=1e-6)
+
+
 def test_lips_stage_alternates_the_lips_box_and_random_patches(train_split):
     seen = []
 

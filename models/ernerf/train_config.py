@@ -38,6 +38,9 @@ class TrainConfig(BaseModel):
         description="Weight of the smoothness of attention and uncertainty under 1e-3 jitter.")
     smooth_every: int = Field(16, description="Steps between smoothness-loss evaluations.")
     eye_noise: float = Field(0.1, description="Training eye closure += U(-eye_noise/2, eye_noise/2).")
+    mouth_weight: float = Field(1.0, ge=1.0,
+        description="Head and lips stages: the squared error of a ray inside the lips box counts this many times "
+                    "(1: the reference; the mouth is about 2 % of a frame's pixels).")
     patch_weight: float = Field(0.01, description="Lips stage: weight of the lips patch loss (reference LPIPS weight).")
     min_patch: int = Field(32, description="Lips patches are padded to at least this side, px.")
     alternate_lips: bool = Field(True,

@@ -411,6 +411,8 @@ class Trainer:
         out = m.render_head_rays(origins, dirs, HeadConditioning(audio, eye, app), jitter, with_uncertainty=unc)
         pred = composite(out["rgb"].float(), out["opacity"].float(), bg)
         err = (pred - target).pow(2).mean(dim=-1)  # (R,)
+        if c.mouth_weight != 1.0 and patch is None:
+            err = err * (1.0 + (c.mouth_weight - 1.0) * _in_rect(pixels, d.lips_rects[i]).to(err.dtype))
         sf = min(self.step_count / c.steps, 1.0)
         if unc:
             err = uncertainty_weighted_loss(err, pred, target, out["uncertainty"], face, sf)
