@@ -3,18 +3,21 @@ new sentence in another voice.
 
 1. A sample clip of about --seconds of one voice (piper) animating the sample portrait
    (flows.sample_clip); its last 10 % is held out (TrackingConfig.val_fraction).
-2. preprocess_video with --features, then train_avatar up to the lips stage (--preset small: a
-   CPU-sized model and step budget; --preset reference: ER-NeRF's model, --head-steps on a GPU).
+2. preprocess_video with --features (and the clip's transcript unless --no-words: features that
+   read words align their phones to it), then train_avatar up to the lips stage (--preset small: a
+   CPU-sized model and step budget; --preset reference: ER-NeRF's model, --head-steps on a GPU;
+   --mouth-weight counts the lips box's squared error N times).
 3. Held-out frames rendered over their ground-truth torso: PSNR, SSIM, LMD (mouth landmarks, px at
    512) and the Pearson correlation of the rendered mouth opening |lm66-lm62|/|lm54-lm48| with the
    ground truth's (dlib's 68 points on both; frames where either has no face are left out), and the
    largest audio-attention weight on any neighbouring frame (near 1: the attention collapsed).
 4. A NEW sentence in a DIFFERENT voice (espeak-ng, models.eval.lipsync.SCORING_SENTENCE) rendered by
-   render and scored by the phonetic measure (models.eval.lipsync.lip_sync_report): the
-   rendered mouth on every frame (a frame without a face is a counted gap) against the visemes of
-   the sentence's forced alignment: opening and width correlation, the share of /p b m/ whose middle
-   frame shows closed lips, the offset; the old loudness correlation as a secondary figure; and
-   the head's opacity on its first three frames against later ones (ghosting: a see-through head).
+   render (from its text, or from its audio alone with --no-words) and scored by the phonetic
+   measure (models.eval.lipsync.lip_sync_report): the rendered mouth on every frame (a frame
+   without a face is a counted gap) against the visemes of the sentence's forced alignment:
+   opening and width correlation, the share of /p b m/ whose middle frame shows closed lips, the
+   offset; the old loudness correlation as a secondary figure; and the head's opacity on its
+   first three frames against later ones (ghosting: a see-through head).
 
 --seed takes several seeds: the clip and preprocessing are shared, training and scoring run per
 seed. Prints one JSON object as its last line. Run twice with the same --root to compare feature
