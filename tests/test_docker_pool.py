@@ -214,11 +214,12 @@ def host_path(in_container: str, data: Path) -> Path:
 
 
 def output_path(arts: dict, base: str, data: Path) -> str:
-    """The store path (as the runs see it, under /data) that the run's link artifact names."""
-    link = arts[f"{base}-output"]
-    assert link.type == "markdown" and "file://" in link.data, link.data
-    path = link.data.split("[", 1)[1].split("](", 1)[0]
-    assert path.startswith("/data/store/") and host_path(path, data).exists(), link.data
+    """The store path (as the runs see it, under /data) that the run's output artifact states (a
+    local store: the path in backticks, no file:// link a browser would refuse)."""
+    note = arts[f"{base}-output"]
+    assert note.type == "markdown" and "file://" not in note.data, note.data
+    path = note.data.split("`", 2)[1]
+    assert path.startswith("/data/store/") and host_path(path, data).exists(), note.data
     return path
 
 
