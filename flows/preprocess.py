@@ -19,11 +19,11 @@ from models.audio.config import AudioFeatureConfig
 from models.face.config import BackgroundConfig, BlinkConfig, LandmarkConfig, ParsingConfig, TorsoConfig, resolve_method
 from talkflow import assets
 from talkflow.cache import validate_name
-from talkflow.contract import FEATURES
-from talkflow.forms import PLAIN_OPTIONALS, Text, given
+from talkflow.contract import FEATURES, words_read
+from talkflow.forms import PLAIN_OPTIONALS, Text
 from talkflow.store import StageResult
 from tasks.dataset import assemble_dataset
-from tasks.features import audio_features, words_read
+from tasks.features import audio_features
 from tasks.media import FramesConfig, NormalizeConfig, extract_frames, normalize_video
 from tasks.outputs import publish_output
 from tasks.preprocess import (
@@ -100,7 +100,7 @@ def preprocess_video(video: Path, person: str, config: PreprocessConfig = Prepro
     # Independent branches, submitted together; a future passed on is awaited by its consumer.
     features = _on_thread(audio_features).submit(normalized["audio"], n_frames, audio_cfg,
                                                  model_dir=model_dir, deepspeech=config.deepspeech_npy, namespace=ns,
-                                                 text=words_read(audio_cfg, given(transcript)))
+                                                 text=words_read(audio_cfg.kind, transcript))
     tracking = _on_thread(track_faces).submit(frames, landmarks, config.tracking, bfm=assets.locate("bfm"),
                                               namespace=ns)
     bisenet = assets.locate("bisenet") if config.parsing.method != "classical" else None

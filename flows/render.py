@@ -15,12 +15,12 @@ from pydantic import BaseModel, Field
 from models.audio.config import AudioFeatureConfig
 from talkflow import assets
 from talkflow.checks import audio_or_text, validate_name
-from talkflow.contract import COMPUTED_KINDS, FEATURE_DIMS, FEATURES, SAMPLE_RATE
+from talkflow.contract import COMPUTED_KINDS, FEATURE_DIMS, FEATURES, SAMPLE_RATE, words_read
 from talkflow.errors import InputError, MediaUnreadable
 from talkflow.forms import FilePath, Hidden, Text, given
 from talkflow.store import Artifact, StageResult
 from tasks.evaluation import score_lip_sync
-from tasks.features import audio_features, words_read
+from tasks.features import audio_features
 from tasks.media import MuxConfig, mux_video, prepare_audio
 from tasks.outputs import publish_output
 from tasks.registry import AvatarRecord, read_avatar
@@ -76,7 +76,7 @@ def _render_one(avatar: AvatarRecord, source: Path | Artifact, config: RenderVid
     asset = FEATURES[feature_cfg.kind].asset
     model_dir = assets.require(asset) if asset else None
     features = audio_features(prepared["audio"], prepared.meta["n_frames"], feature_cfg, model_dir=model_dir,
-                              namespace=ns, text=words_read(feature_cfg, text))
+                              namespace=ns, text=words_read(feature_cfg.kind, text))
     frames = render_frames_stage(checkpoint, avatar.dataset, features, config.render, namespace=ns)
     video = mux_video(frames, prepared["audio"], MuxConfig(crf=config.crf), fps=fps, namespace=ns)
     lip_sync = score_lip_sync(video["video"], text, namespace=ns)  # the figures shown beside the preview

@@ -110,6 +110,13 @@ def feature_spec(kind: str) -> FeatureSpec:
         raise ValueError(f"unknown audio feature kind {kind!r}; kinds: {', '.join(FEATURES)}") from None
 
 
+def words_read(kind: str, text: str | None) -> str | None:
+    """The spoken words a `kind` gets: `text` (stripped) when the kind aligns its phones to them,
+    else None (so that words never change the cache key of features that do not read them)."""
+    text = (text or "").strip()
+    return text if text and FEATURES[kind].reads_text else None
+
+
 def kinds_text(kinds: tuple[str, ...] = COMPUTED_KINDS) -> str:
     """'logmel, phonemes, hubert or wav2vec2'."""
     return ", ".join(kinds[:-1]) + f" or {kinds[-1]}" if len(kinds) > 1 else "".join(kinds)

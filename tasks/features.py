@@ -9,17 +9,9 @@ from pathlib import Path
 from models.audio.config import AudioFeatureConfig, FeatureInfo
 from talkflow import media
 from talkflow.cache import stage
-from talkflow.contract import FEATURES
 from talkflow.settings import get_settings
 from talkflow.store import Artifact, StageResult, get_store
 from tasks.inputs import local_file, scratch
-
-
-def words_read(config: AudioFeatureConfig, text: str | None) -> str | None:
-    """The spoken words to give the stage: `text` for a kind that aligns its phones to them, else
-    None (so that words never change the cache key of features that do not read them)."""
-    text = (text or "").strip()
-    return text if text and FEATURES[config.kind].reads_text else None
 
 
 @stage("audio_features", "2")
@@ -33,7 +25,8 @@ def audio_features(
     text: str | None = None,
 ) -> StageResult:
     """(T,16,D) features per video frame: log-mel by default, HuBERT/wav2vec2 from a local model
-    folder, or a supplied DeepSpeech .npy. `text`: the words spoken (see `words_read`)."""
+    folder, or a supplied DeepSpeech .npy. `text`: the words spoken, for a
+    kind that reads them (talkflow.contract.words_read)."""
     from models.audio.features import extract_features, load_deepspeech_npy, save_features
 
     with scratch("audio") as work:
@@ -51,4 +44,4 @@ def audio_features(
                            meta=info.model_dump() | recorded)
 
 
-__all__ = ["audio_features", "words_read"]
+__all__ = ["audio_features"]

@@ -135,7 +135,7 @@ def test_visemes_kind_aligns_to_the_words_when_given():
     from models.audio import features as af
     from models.audio.tts import synthesize
     from models.eval.lipsync import SCORING_SENTENCE
-    from tasks.features import words_read
+    from talkflow.contract import words_read
 
     samples, rate = synthesize(SCORING_SENTENCE, engine="espeak")
     x = af.to_mono_16k(samples, rate)
@@ -151,5 +151,5 @@ def test_visemes_kind_aligns_to_the_words_when_given():
     logmel = af.AudioFeatureConfig()
     assert np.array_equal(af.extract_features(samples, rate, n, config=logmel, text=SCORING_SENTENCE)[0],
                           af.extract_features(samples, rate, n, config=logmel)[0])
-    assert words_read(cfg, f"  {SCORING_SENTENCE} ") == SCORING_SENTENCE
-    assert words_read(logmel, SCORING_SENTENCE) is None and words_read(cfg, "   ") is None
+    assert words_read("visemes", f"  {SCORING_SENTENCE} ") == SCORING_SENTENCE
+    assert words_read("logmel", SCORING_SENTENCE) is None and words_read("visemes", "   ") is None

@@ -35,7 +35,7 @@ from tests.servers import (
 )
 
 # the whole pipeline through a worker: 2.5 min alone on 2 cores, more beside other work
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = "local"
@@ -48,7 +48,7 @@ RENDER_CONFIG = {"render": {"downscale": 2}}
 # the train form's preset with two fields changed on top of it (as a person edits the form): a
 # third of cpu-demo's steps proves the same path through the worker in a third of the time
 TRAIN_CONFIG = {"head": {"steps": 100}, "torso": {"steps": 200}}
-RUN_TIMEOUT_S = {"sample-clip": 300, "preprocess": 900, "train": 1200, "render": 600}
+RUN_TIMEOUT_S = {"sample-clip": 300, "preprocess": 900, "train": 900, "render": 600}
 
 
 def output_path(arts: dict, base: str) -> Path:

@@ -52,6 +52,7 @@ from talkflow.contract import (
     WINDOW,
     frame_count,
     kinds_text,
+    words_read,
 )
 from talkflow.errors import AssetMissing, InputError
 
@@ -396,8 +397,8 @@ def extract_features(
         raise InputError("the audio is empty; give at least a fraction of a second of sound")
     if n_frames is None:
         n_frames = max(frame_count(x.size), 1)
-    words = {"text": text} if text and FEATURES[cfg.kind].reads_text else {}
-    steps = feature_rows(cfg.kind)(x, cfg, model_dir, device, **words)
+    words = words_read(cfg.kind, text)
+    steps = feature_rows(cfg.kind)(x, cfg, model_dir, device, **({"text": words} if words else {}))
     feats = window_features(steps, n_frames, cfg.window, max_gap_s=cfg.max_gap_s)
     return feats, FeatureInfo(kind=cfg.kind, dim=int(feats.shape[-1]), window=cfg.window)
 
