@@ -6,7 +6,8 @@ new sentence in another voice.
 2. preprocess_video with --features (and the clip's transcript unless --no-words: features that
    read words align their phones to it), then train_avatar up to the lips stage (--preset small: a
    CPU-sized model and step budget; --preset reference: ER-NeRF's model, --head-steps on a GPU;
-   --mouth-weight counts the lips box's squared error N times).
+   --mouth-weight counts the lips box's squared error N times; --attention-warmup conditions the
+   head's first N steps on each frame's own audio code, before the attention smooths).
 3. Held-out frames rendered over their ground-truth torso: PSNR, SSIM, LMD (mouth landmarks, px at
    512) and the Pearson correlation of the rendered mouth opening |lm66-lm62|/|lm54-lm48| with the
    ground truth's (dlib's 68 points on both; frames where either has no face are left out), and the
@@ -71,6 +72,8 @@ def _args() -> argparse.Namespace:
     p.add_argument("--rays", type=int, default=None, help="rays per step; default 2048 small, 65536 reference")
     p.add_argument("--mouth-weight", type=float, default=1.0,
                    help="head and lips stages: squared errors in the lips box count this many times (1: reference)")
+    p.add_argument("--attention-warmup", type=int, default=0,
+                   help="head stage: the first N steps use each frame's own audio code, the attention skipped")
     p.add_argument("--seed", type=int, nargs="+", default=[0, 1],
                    help="seeds of the training's ray sampling (run-to-run spread); one training per seed")
     p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True,
@@ -89,15 +92,17 @@ def _train_config(args: argparse.Namespace, seed: int):
     head = args.head_steps or (2000 if args.preset == "small" else 5000)
     lips = args.lips_steps or max(head // 10, 1)
     mouth = {"mouth_weight": args.mouth_weight} if args.mouth_weight != 1.0 else {}
+    warmup = {"attention_warmup_steps": args.attention_warmup} if args.attention_warmup else {}
     if args.preset == "reference":
         rays = args.rays or 65536
-        return TrainAvatarConfig(head=TrainStageConfig(steps=head, rays_per_batch=rays, seed=seed, overrides=mouth),
+        return TrainAvatarConfig(head=TrainStageConfig(steps=head, rays_per_batch=rays, seed=seed,
+                                                       overrides={**mouth, **warmup}),
                                  lips=TrainStageConfig(steps=lips, rays_per_batch=rays, seed=seed, overrides=mouth))
     rays = args.rays or 2048
     quick = {"rays_per_batch": rays, "checkpoint_every": 500, "val_frames": 4, "val_downscale": 2, "seed": seed}
     # MLPs at 5x the reference rate; the audio attention at the reference's own (faster, it collapses)
     return TrainAvatarConfig(model="small", head=TrainStageConfig(steps=head, lr_net=5e-3, overrides={
-        "attention_lr_mult": 1.0, **mouth}, **quick), lips=TrainStageConfig(steps=lips, overrides=mouth, **quick))
+        "attention_lr_mult": 1.0, **mouth, **warmup}, **quick), lips=TrainStageConfig(steps=lips, overrides=mouth, **quick))
 
 
 def _held_out(dataset, checkpoint: Path, work: Path) -> dict:
@@ -253,6 +258,7 @@ def main() -> None:
 
     print(json.dumps({
         "bench": "lipsync", "features": args.features, "words": args.words, "mouth_weight": args.mouth_weight,
+        "attention_warmup": args.attention_warmup,
         "preset": args.preset, "size": args.size,
         "seeds": args.seed,
         "clip_s": round(sample.meta["duration_s"], 2), "frames": dataset.meta["n_frames"],

@@ -394,6 +394,26 @@ def test_mouth_weight_counts_the_lips_box_more(train_split):
     assert losses[5.0, "corner"] == pytest.approx(losses[1.0, "corner"], rel=1e-6)
 
 
+def test_attention_warmup_conditions_on_each_frames_own_code_first(train_split):
+    """During attention_warmup_steps a frame's audio code is its own (centre) code; afterwards the
+    attention's weighted sum over the window, which differs."""
+    trainer = Trainer(ERNeRF(tiny_model_config()), train_split, HeadTrainConfig(steps=4, attention_warmup_steps=2),
+                      device="cpu")
+    m, dev = trainer.model, trainer.dev
+    i = len(train_split) // 2
+    own = m.audio.encoder(dev.audio[dev.aud_ids[i:i + 1]])  # (1, C): the frame's own code
+    smoothed = m.audio_codes(dev.audio, dev.aud_ids[i:i + 1])
+    assert not torch.allclose(own, smoothed, atol=1e-4)
+    codes = []
+    for step in range(4):
+        trainer.step_count = step
+        codes.append(trainer._frame_conditioning(i)[0])
+    assert torch.allclose(codes[0], own, atol=1e-6) and torch.allclose(codes[1], own, atol=1e-6)
+    assert torch.allclose(codes[2], smoothed, atol=1e-6) and torch.allclose(codes[3], smoothed, atol=1e-6)
+    trainer.step_count = 0  # rendering and validation always smooth
+    assert torch.allclose(trainer._frame_conditioning(i, train=False)[0], smoothed, atol=1e-6)
+
+
 def test_lips_stage_alternates_the_lips_box_and_random_patches(train_split):
     seen = []
 

@@ -143,10 +143,11 @@ class AudioConditioning(nn.Module):
         self.attention = AudioAttention(cfg.code_dim, cfg.att_window) if cfg.use_attention else None
 
     def forward(self, windows: Tensor) -> Tensor:
-        """windows: (B, W, 16, D) -> (B, C); without attention the centre frame's code."""
+        """windows: (B, W, 16, D) -> (B, C); without attention, or given one frame (W = 1), the
+        centre frame's code."""
         b, w = windows.shape[:2]
         codes = self.encoder(windows.flatten(0, 1)).view(b, w, -1)  # (B, W, C)
-        if self.attention is None:
+        if self.attention is None or w == 1:
             return codes[:, w // 2 if w > 1 else 0]
         return self.attention(codes)
 

@@ -70,8 +70,9 @@ class ERNeRF(nn.Module):
         out[:, :3, 3] = out[:, :3, 3] * self.cfg.pose_scale
         return out
 
-    def audio_codes(self, feats: Tensor, index: Tensor) -> Tensor:
-        """feats (T, 16, D), index (B,) frame indices -> (B, C) attention-smoothed audio codes."""
+    def audio_codes(self, feats: Tensor, index: Tensor, centre_only: bool = False) -> Tensor:
+        """feats (T, 16, D), index (B,) frame indices -> (B, C) attention-smoothed audio codes;
+        centre_only: each frame's own code, the attention skipped (training's warm-up)."""
         if feats.dim() != 3 or feats.shape[1] != self.cfg.audio.window:
             raise InputError(
                 f"audio features must have shape (T, {self.cfg.audio.window}, D), got {tuple(feats.shape)}"
@@ -81,7 +82,7 @@ class ERNeRF(nn.Module):
                 f"audio features have dimension D={feats.shape[2]} but the model expects D={self.cfg.audio.in_dim}; "
                 "use the feature kind the model was trained with (see aud_feats.json)"
             )
-        win = self.cfg.audio.att_window if self.cfg.audio.use_attention else 1
+        win = self.cfg.audio.att_window if self.cfg.audio.use_attention and not centre_only else 1
         windows = audio_windows(feats, index.to(feats.device), win).to(self.device)  # (B, W, 16, D)
         return self.audio(windows)
 

@@ -29,6 +29,9 @@ class TrainConfig(BaseModel):
     attention_lr_mult: float = Field(5.0,
         description="The audio attention net learns at lr_net times this (weight decay attention_weight_decay).")
     attention_weight_decay: float = Field(1e-4, description="Weight decay of the audio attention net.")
+    attention_warmup_steps: int = Field(0, ge=0,
+        description="The first N steps of a stage condition each frame on its own audio code, the attention "
+                    "skipped (AD-NeRF's warm-up before smoothing; 0: the reference, attention from the start).")
     uncertainty_loss: bool = Field(True, description="Weight the photometric loss by the predicted uncertainty.")
     lambda_entropy: float = Field(1e-4,
         description="Weight of the binary entropy of the opacity (head) or torso alpha.")

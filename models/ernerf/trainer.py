@@ -333,7 +333,8 @@ class Trainer:
     def _frame_conditioning(self, i: int, train: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
         """audio (1, C), eye (1, E), head appearance (1, A) of training frame i."""
         m, dev = self.model, self.dev
-        audio = m.audio_codes(dev.audio, dev.aud_ids[i:i + 1])
+        warm_up = train and self.step_count < self.cfg.attention_warmup_steps
+        audio = m.audio_codes(dev.audio, dev.aud_ids[i:i + 1], centre_only=warm_up)
         eye = dev.eye[i:i + 1]
         if train and self.cfg.eye_noise:
             eye = eye + (self._rand(1, 1) - 0.5) * self.cfg.eye_noise
