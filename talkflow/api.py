@@ -265,11 +265,11 @@ def local_run(gpu_id: int | str | None = None) -> Iterator[list[str]]:
     error (a TalkflowError) it is dropped, so the error alone says what was wrong; otherwise it
     is printed afterwards, less the stage warnings, which the caller reports."""
     from talkflow.cache import collect_warnings
-    from talkflow.runtime import ensure_result_storage
+    from talkflow.runtime import background_run_settings, ensure_result_storage
 
     ensure_result_storage()
     held = _HeldLog()
-    with pinned_gpu(gpu_id), collect_warnings() as warnings:
+    with background_run_settings(), pinned_gpu(gpu_id), collect_warnings() as warnings:
         try:
             with held.holding():
                 yield warnings
