@@ -599,6 +599,12 @@ def server_status() -> None:
     console.print(f"background server: {state.ui_url} (API {state.url}, pid {state.pid}), up "
                   f"{_duration(time.time() - state.started_at)}, {busy}; stops after {_duration(state.idle_s)} unused")
     console.print(f"log: {server.paths().log}")
+    from talkflow import warm
+
+    home = server.paths().home
+    w = warm.status(home)
+    console.print(f"warm process: pid {w['pid']}, up {_duration(time.time() - w['started_at'])}; log {home / warm.LOG_NAME}"
+                  if w else "warm process: none (the next command that runs a flow leaves one)")
 
 
 @server_app.command("stop")
@@ -613,6 +619,14 @@ def server_stop() -> None:
         return
     console.print(f"stopped the background server {state.ui_url} (pid {state.pid})"
                   + (" while a command was using it" if busy else ""))
+
+
+def fresh_consoles() -> None:
+    """New consoles for this process's stdout and stderr (a warm child: they were made for the warm
+    process's log, without the command's terminal and width)."""
+    global console, errors
+    console = Console()
+    errors = Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def main() -> None:

@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         "on first use, on 127.0.0.1, and later commands reuse it (`talkflow server status|stop`); "
         "'ephemeral' starts and stops a temporary server in every process (Prefect's default; 8-17 s each).",
     )
+    warm_commands: bool = Field(
+        default=True,
+        description="With the background server: a command that runs a flow forks from a warm process that has "
+        "imported the flows and torch (talkflow.warm), instead of importing them again (3-6 s).",
+    )
     server_idle_s: float = Field(
         default=1800.0, gt=0,
         description="The background server stops itself after this many seconds with no talkflow process using it.",

@@ -86,10 +86,11 @@ LIGHT_COMMANDS = {
 }
 
 COMMAND = """
-import runpy, sys
+import sys
 sys.argv = ["talkflow", *sys.argv[1:]]
 try:
-    runpy.run_module("talkflow.cli", run_name="__main__")
+    from talkflow.warm import main  # the `talkflow` program
+    main()
 except SystemExit as exc:
     code = exc.code
 else:
