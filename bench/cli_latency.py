@@ -1,15 +1,16 @@
 """What a person waits for at the command line: each command's wall time as a process.
 
-Commands, each a new `python -m talkflow.cli` process:
+Commands, each a new process of the `talkflow` program (talkflow.warm:main):
   help      `talkflow --help`
   refused   a refused bad input (`talkflow render --person demo --audio <missing file>`)
   demo      `talkflow demo`, every stage a cache hit
   portrait  `talkflow portrait` of a character whose fit and rig are cached, with NEW audio
   render    `talkflow render --person demo --text <a NEW sentence>`
-in three conditions:
+in four conditions:
   ephemeral  TALKFLOW_EMBEDDED_SERVER=ephemeral: a temporary Prefect server per command (as before)
   cold       the background server is stopped before each command: the first command of a day
-  warm       the background server is running
+  server     the background server is running, no warm process (TALKFLOW_WARM_COMMANDS=0)
+  warm       the background server and the data root's warm process are running (talkflow.warm)
 For portrait and render, `*_stages_s` is the time of the stages the command computed (from the data
 root's journal) and `*_overhead_s` the rest of the wall time. `imports_s`: where a command's start-up
 goes, as the wall time of a process that only imports one thing (Python itself, the CLI, Prefect,
@@ -34,11 +35,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PROGRAM = [sys.executable, "-c", "from talkflow.warm import main; main()"]  # what `talkflow` runs
 CHARACTER = "bench"
 SENTENCES = {  # a new one per condition: never cached before
     "setup": "A first sentence, to fit the portrait.",
     "ephemeral": "Every morning the baker opens the shop at six.",
     "cold": "The river runs quietly under the old stone bridge.",
+    "server": "A gentle wind moved the tall grass by the road.",
     "warm": "She packed a small bag and left before sunrise.",
 }
 
@@ -52,7 +55,7 @@ def env_for(root: Path, **extra: str) -> dict[str, str]:
 def talkflow(root: Path, *args: str, expect: int = 0, **extra: str) -> float:
     """Wall time of one command, as a process."""
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "talkflow.cli", *args], cwd=ROOT, env=env_for(root, **extra),
+    out = subprocess.run([*PROGRAM, *args], cwd=ROOT, env=env_for(root, **extra),
                          capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     if out.returncode != expect:
@@ -121,14 +124,32 @@ def import_costs(root: Path, repeat: int = 2) -> dict[str, float]:
     return out
 
 
+def wait_warm(root: Path, timeout_s: float = 180) -> None:
+    """The data root's warm process, started by a cached demo if none runs, ready to serve."""
+    sys.path.insert(0, str(ROOT))
+    from talkflow import warm
+
+    home = root / "prefect"
+    if warm.status(home) is None:
+        talkflow(root, "demo", *DEMO_ARGS)
+    deadline = time.monotonic() + timeout_s
+    while warm.status(home) is None:
+        if time.monotonic() > deadline:
+            sys.exit(f"no warm process after {timeout_s:.0f} s: {(home / warm.LOG_NAME).read_text()[-2000:]}")
+        time.sleep(0.5)
+
+
 def condition(name: str, root: Path, image: Path, work: Path, commands: tuple[str, ...] = COMMANDS) -> dict:
-    extra = {"TALKFLOW_EMBEDDED_SERVER": "ephemeral"} if name == "ephemeral" else {}
+    extra = {"ephemeral": {"TALKFLOW_EMBEDDED_SERVER": "ephemeral"},
+             "server": {"TALKFLOW_WARM_COMMANDS": "0"}}.get(name, {})
 
     def before() -> None:
         if name == "cold":
             talkflow(root, "server", "stop")
-        elif name == "warm":
+        elif name in ("server", "warm"):
             talkflow(root, "server", "start")
+        if name == "warm":
+            wait_warm(root)
 
     out: dict[str, float | list[str]] = {}
     if "help" in commands:
@@ -163,7 +184,7 @@ def condition(name: str, root: Path, image: Path, work: Path, commands: tuple[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, help="A data root to reuse (default: a new temporary one).")
-    parser.add_argument("--conditions", default="ephemeral,cold,warm", help="Which conditions, in this order.")
+    parser.add_argument("--conditions", default="ephemeral,cold,server,warm", help="Which conditions, in this order.")
     parser.add_argument("--commands", default=",".join(COMMANDS), help="Which commands (default: all).")
     parser.add_argument("--demo-text", help="The demo's --text (a root made with other sentences).")
     parser.add_argument("--demo-new-text", help="The demo's --new-text.")

@@ -571,8 +571,8 @@ def assets_add(name: str, path: Path) -> None:
 # -- the background server -----------------------------------------------------------------
 @server_app.command("start")
 def server_start() -> None:
-    """Start the background server now (any command that runs a flow starts it anyway) and print
-    its UI address."""
+    """Start the background server now (any command that runs a flow starts it anyway) and the warm
+    process beside it, and print the server's UI address."""
     from talkflow import runtime, server
 
     if not runtime.embedded():
@@ -584,6 +584,9 @@ def server_start() -> None:
         state = server.ensure()
     console.print(f"background server: {state.ui_url} (API {state.url}, pid {state.pid}); it stops after "
                   f"{_duration(state.idle_s)} unused, or on `talkflow server stop`")
+    from talkflow import warm
+
+    warm.leave_warm_process()  # ready in a few seconds: later commands skip their imports
 
 
 @server_app.command("status")

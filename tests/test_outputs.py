@@ -88,3 +88,22 @@ def test_preview_is_a_short_animated_clip_with_the_figures_beside_it(tmp_path):
     assert webp.count(b"ANMF") == int(PREVIEW_S * PREVIEW_FPS)  # frames: the first seconds only
     table = figures_table({"opening_corr": 0.41, "bilabial_closure": 0.8, "phones_source": "aligned", "ok": True})
     assert "| opening_corr | 0.41 |" in table and "| phones_source | aligned |" in table and "ok" not in table
+
+
+def test_a_videos_preview_is_made_once(tmp_path, monkeypatch):
+    """publish_output's preview is kept by the video's content hash: a cached rerun makes none."""
+    import tasks.outputs as outputs
+    from talkflow.hashing import sha256_file
+    from talkflow.store import get_store
+
+    store = get_store()
+    video = store.put_file(make_clip(tmp_path / "clip.mp4", duration=1.0, fps=25, size="64x64"))
+    made = []
+    monkeypatch.setattr(outputs, "preview_webp", lambda path: made.append(path) or sha256_file(path).encode())
+    first = outputs.cached_preview(store, video)
+    assert outputs.cached_preview(store, video) == first and len(made) == 1
+    other = store.put_file(make_clip(tmp_path / "other.mp4", duration=1.2, fps=25, size="64x64"))
+    assert outputs.cached_preview(store, other) != first and len(made) == 2
+    from talkflow.settings import get_settings
+
+    assert not list((get_settings().work_dir / "previews").glob("*.part"))  # no half-written preview left

@@ -228,3 +228,20 @@ def test_commands_share_the_real_prefect_server_and_their_runs_show_in_it(root, 
     stop = talkflow(root, "server", "stop")
     assert stop.returncode == 0 and f"pid {state.pid}" in stop.stdout
     assert not server.running(state.pid)
+
+
+def test_flows_on_the_background_server_send_no_heartbeats(monkeypatch):
+    """The background server runs no crash detection, and each flow run's end waits up to 1 s for its
+    heartbeat thread: runs on it send none; elsewhere Prefect's setting stands."""
+    from prefect.settings import get_current_settings
+
+    from talkflow import runtime
+
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None
+    with runtime.background_run_settings():  # this session's test harness: left as it is
+        assert get_current_settings().flows.heartbeat_frequency == default
+    monkeypatch.setattr(runtime, "_wants_background_server", lambda: True)
+    with runtime.background_run_settings():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == default
