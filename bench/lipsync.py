@@ -102,7 +102,8 @@ def _train_config(args: argparse.Namespace, seed: int):
     quick = {"rays_per_batch": rays, "checkpoint_every": 500, "val_frames": 4, "val_downscale": 2, "seed": seed}
     # MLPs at 5x the reference rate; the audio attention at the reference's own (faster, it collapses)
     return TrainAvatarConfig(model="small", head=TrainStageConfig(steps=head, lr_net=5e-3, overrides={
-        "attention_lr_mult": 1.0, **mouth, **warmup}, **quick), lips=TrainStageConfig(steps=lips, overrides=mouth, **quick))
+        "attention_lr_mult": 1.0, **mouth, **warmup}, **quick),
+        lips=TrainStageConfig(steps=lips, overrides=mouth, **quick))
 
 
 def _held_out(dataset, checkpoint: Path, work: Path) -> dict:

@@ -606,8 +606,9 @@ def server_status() -> None:
 
     home = server.paths().home
     w = warm.status(home)
-    console.print(f"warm process: pid {w['pid']}, up {_duration(time.time() - w['started_at'])}; log {home / warm.LOG_NAME}"
-                  if w else "warm process: none (the next command that runs a flow leaves one)")
+    console.print(f"warm process: pid {w['pid']}, up {_duration(time.time() - w['started_at'])}; "
+                  f"log {home / warm.LOG_NAME}" if w else "warm process: none (the next command that runs a flow "
+                  "leaves one)")
 
 
 @server_app.command("stop")

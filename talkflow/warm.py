@@ -203,7 +203,7 @@ def status(home: Path) -> dict | None:
     state = _read_state(home)
     if state and _lock_held(home / LOCK_NAME) and running(int(state["pid"])) and (home / SOCKET_NAME).exists():
         return state
-    return None
+    return None  # none, or still importing
 
 
 def main() -> None:
@@ -241,44 +241,54 @@ def serve(home: Path, expected: str) -> None:
     if own != expected or not server_state.exists():
         _log("the sources changed, or the server stopped, while starting: not serving")
         return
+    state = {"pid": os.getpid(), "started_at": time.time(), "stamp": own}
+    (home / STATE_NAME).write_text(json.dumps(state))  # starting: commands with this stamp start no other
+    path = home / SOCKET_NAME
+    try:
+        listener = _import_and_listen(home, path, server_state)
+        if listener is None:
+            return
+        from talkflow.settings import get_settings
+
+        idle_s = get_settings().server_idle_s
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        last_used = time.monotonic()
+        with listener:
+            while time.monotonic() - last_used < idle_s and server_state.exists():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                last_used = time.monotonic()
+                with conn:
+                    if not _serve_one(conn, listener, own):
+                        _log("a command with other code or settings: retiring")
+                        return
+        _log("idle, or the background server stopped: exiting")
+    finally:
+        if (_read_state(home) or {}).get("pid") == os.getpid():  # a newer warm process keeps its own
+            path.unlink(missing_ok=True)
+            (home / STATE_NAME).unlink(missing_ok=True)
+
+
+def _import_and_listen(home: Path, path: Path, server_state: Path) -> socket.socket | None:
+    """Import what commands need, then listen on `path`; None when the server stopped meanwhile."""
     started = time.monotonic()
     for name in PRELOAD:
+        if not server_state.exists():
+            _log("the background server stopped while importing: not serving")
+            return None
         __import__(name)
     _log(f"imported the flows and torch in {time.monotonic() - started:.1f} s")
-
-    from talkflow.settings import get_settings
-
-    idle_s = get_settings().server_idle_s
-    path = home / SOCKET_NAME
     tmp = home / f"warm.{os.getpid()}.sock"
     tmp.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp))
     listener.listen(16)
-    os.replace(tmp, path)  # commands find it only now, fully imported
-    (home / STATE_NAME).write_text(json.dumps({"pid": os.getpid(), "started_at": time.time(), "stamp": own}))
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     listener.settimeout(1.0)
-    last_used = time.monotonic()
-    try:
-        while time.monotonic() - last_used < idle_s and server_state.exists():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            last_used = time.monotonic()
-            with conn:
-                if not _serve_one(conn, listener, own):
-                    _log("a command with other code or settings: retiring")
-                    return
-        _log("idle, or the background server stopped: exiting")
-    finally:
-        state = _read_state(home)
-        if state and state.get("pid") == os.getpid():  # a newer warm process keeps its own
-            path.unlink(missing_ok=True)
-            (home / STATE_NAME).unlink(missing_ok=True)
-        listener.close()
+    os.replace(tmp, path)  # commands find it only now, fully imported
+    return listener
 
 
 def _serve_one(conn: socket.socket, listener: socket.socket, own: str) -> bool:
