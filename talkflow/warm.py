@@ -158,7 +158,7 @@ def leave_warm_process() -> None:
     if os.environ.get(CHILD_ENV):
         return
     home = _home()
-    if home is None or len(str(home / SOCKET_NAME)) > 100 or not (home / "server.json").exists():
+    if home is None or len(str(home / SOCKET_NAME)) > 100 or not _server_state(home).exists():
         return  # no background server: the command was refused before it started one
     from talkflow.server import running
 
@@ -176,17 +176,21 @@ def leave_warm_process() -> None:
 
 
 def _lock_held(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
+    """Another process holds the warm lock (a warm process is running or starting)."""
+    from talkflow.server import try_flock
+
+    fd = try_flock(path, fcntl.LOCK_EX)
+    if fd is None:
         return True
-    finally:
-        os.close(fd)
+    os.close(fd)
+    return False
+
+
+def _server_state(home: Path) -> Path:
+    """The background server's state file: while it exists, the server runs."""
+    from talkflow.server import Paths
+
+    return Paths(home).state
 
 
 def _read_state(home: Path) -> dict | None:
@@ -237,7 +241,7 @@ def serve(home: Path, expected: str) -> None:
                 os.kill(int(old["pid"]), signal.SIGTERM)  # an older warm process (other code): it retires
         fcntl.flock(lock, fcntl.LOCK_EX)  # held for life: one warm process per data root
     own = stamp(ORIGINAL_ENV)
-    server_state = home / "server.json"
+    server_state = _server_state(home)
     if own != expected or not server_state.exists():
         _log("the sources changed, or the server stopped, while starting: not serving")
         return
